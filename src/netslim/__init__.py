@@ -1,0 +1,21 @@
+"""netslim: network slimming (Liu et al., ICCV 2017) for any PyTorch CNN.
+
+    model = netslim.models.create("vgg19", num_classes=10)
+    reg = netslim.SparsityRegularizer(model, lam=1e-4)      # reg.step() after loss.backward()
+    plan = netslim.plan_pruning(model, percent=0.7)           # global |γ| threshold, guarded
+    small = netslim.apply_plan(model, plan)                   # physically narrower, same outputs
+"""
+
+from . import models
+from .graph import ChannelGraph, GraphError, trace_channels
+from .layers import SelectBatchNorm
+from .metrics import count_flops, count_params
+from .plan import PruningPlan, plan_pruning
+from .sparsity import SparsityRegularizer, init_bn_scales
+from .surgery import apply_plan, masked_model
+
+__version__ = "0.1.0"
+__all__ = [
+    "ChannelGraph", "GraphError", "PruningPlan", "SelectBatchNorm", "SparsityRegularizer", "apply_plan",
+    "count_flops", "count_params", "init_bn_scales", "masked_model", "models", "plan_pruning", "trace_channels",
+]

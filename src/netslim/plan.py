@@ -1,0 +1,213 @@
+"""Which channels survive: the paper's global |γ| threshold with per-layer guards, as plain data.
+
+A :class:`PruningPlan` is frozen and JSON-serializable: for every BN (keyed by its module path) the
+indices of the channels it keeps, the threshold and a per-layer report. Planning never touches the
+model; :func:`netslim.surgery.apply_plan` turns a plan into a compact model.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .graph import ChannelGraph, trace_channels
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One BN layer in a plan: width before and after, and whether a guard kept channels."""
+
+    width: int
+    kept: int
+    guard: str = ""  # "min_channels", "max_layer_fraction", "round_to" or ""
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Kept channel indices per BN layer, and how they were chosen."""
+
+    kept: dict[str, tuple[int, ...]]
+    layers: dict[str, LayerReport]
+    threshold: float
+    percent: float
+    total_channels: int
+    pruned_channels: int
+    options: dict = field(default_factory=dict)
+
+    @property
+    def achieved_percent(self) -> float:
+        """Fraction of prunable channels actually pruned (guards may keep some of the requested)."""
+        return self.pruned_channels / max(self.total_channels, 1)
+
+    @property
+    def guarded(self) -> list[str]:
+        """BN layers where a guard kept channels the threshold alone would have pruned."""
+        return [p for p, r in self.layers.items() if r.guard]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["kept"] = {k: list(v) for k, v in self.kept.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> PruningPlan:
+        try:
+            return cls(
+                kept={k: tuple(int(i) for i in v) for k, v in d["kept"].items()},
+                layers={k: LayerReport(**v) for k, v in d["layers"].items()},
+                threshold=float(d["threshold"]), percent=float(d["percent"]),
+                total_channels=int(d["total_channels"]), pruned_channels=int(d["pruned_channels"]),
+                options=dict(d.get("options", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"not a pruning plan: {e!r}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a JSON pruning plan: {e}") from None
+
+
+def channel_scores(model: nn.Module, graph: ChannelGraph, aggregate: str = "max") -> dict[int, float]:
+    """|γ| per prunable channel (root id); coupled BN channels combine by ``max`` or ``sum``."""
+    if aggregate not in ("max", "sum"):
+        raise ValueError(f"aggregate must be 'max' or 'sum', got {aggregate!r}")
+    prunable = graph.prunable_roots()
+    scores: dict[int, float] = {}
+    for path, use in graph.bns.items():
+        gamma = model.get_submodule(path).weight.detach().abs().float().cpu().tolist()
+        for pos, i in enumerate(use.out_ids):
+            r = graph.root(i)
+            if r not in prunable:
+                continue
+            old = scores.get(r)
+            if old is None:
+                scores[r] = gamma[pos]
+            else:
+                scores[r] = max(old, gamma[pos]) if aggregate == "max" else old + gamma[pos]
+    return scores
+
+
+def plan_pruning(
+    model: nn.Module,
+    percent: float | None = None,
+    *,
+    layer_percent: float | Mapping[str, float] | None = None,
+    max_layer_fraction: float | None = None,
+    min_channels: int = 1,
+    round_to: int = 1,
+    aggregate: str = "max",
+    exclude: Sequence[str] = (),
+    fixed: Sequence[str] = (),
+    example_input: torch.Tensor | None = None,
+    graph: ChannelGraph | None = None,
+) -> PruningPlan:
+    """Plan the pruning of ``model`` by the magnitude of its BN scaling factors (paper Sec. 3).
+
+    ``percent``: prune exactly ``floor(N * percent)`` of the N prunable channels with the smallest
+    |γ| across the whole network (ties broken by graph order), before guards.
+    ``layer_percent``: instead, prune that fraction of every BN layer (a float, or a mapping from
+    module-path patterns to fractions), as the paper does for the MLP (Table 3).
+    Guards, applied after: keep at least ``min_channels`` per layer, prune at most
+    ``max_layer_fraction`` of a layer (the multi-pass scheme uses 0.5), round kept counts up to a
+    multiple of ``round_to``. Kept-back channels are those with the largest |γ| among the pruned.
+    ``exclude``: BN path patterns never pruned; ``fixed``: module patterns kept as they are.
+    """
+    _check_args(percent, layer_percent, max_layer_fraction, min_channels, round_to)
+    graph = graph or trace_channels(model, example_input, fixed)
+    scores = channel_scores(model, graph, aggregate)
+    for path, use in graph.bns.items():
+        if any(fnmatch.fnmatch(path, p) for p in exclude):
+            for i in use.out_ids:
+                scores.pop(graph.root(i), None)
+    order = {r: k for k, r in enumerate(sorted(scores))}  # deterministic tie-break: graph order
+    ranked = sorted(scores, key=lambda r: (scores[r], order[r]))
+    if not ranked:
+        raise ValueError("the model has no prunable channel (every BN is fixed, excluded or coupled to a "
+                         "fixed tensor)")
+    members = {p: [graph.root(i) for i in u.out_ids] for p, u in graph.bns.items()}
+
+    if layer_percent is None:
+        n_prune = math.floor(len(ranked) * percent)
+        pruned = set(ranked[:n_prune])
+        threshold = scores[ranked[n_prune]] if n_prune < len(ranked) else math.inf
+    else:
+        pruned = set()
+        for path, roots in members.items():
+            p = _layer_fraction(layer_percent, path)
+            own = sorted({r for r in roots if r in scores}, key=lambda r: (scores[r], order[r]))
+            pruned.update(own[: math.floor(len(roots) * p)])
+        threshold = math.nan
+
+    guards: dict[str, str] = {}
+    for path, roots in members.items():
+        _apply_guards(path, roots, pruned, scores, min_channels, max_layer_fraction, round_to, guards)
+    pruned = graph.close_selection(pruned)
+
+    kept = {p: tuple(k for k, r in enumerate(roots) if r not in pruned) for p, roots in members.items()}
+    layers = {p: LayerReport(len(members[p]), len(kept[p]), guards.get(p, "")) for p in members}
+    options = dict(percent=percent, layer_percent=layer_percent, max_layer_fraction=max_layer_fraction,
+                   min_channels=min_channels, round_to=round_to, aggregate=aggregate, exclude=list(exclude))
+    return PruningPlan(kept, layers, float(threshold), float(percent or 0.0), len(ranked),
+                       len(pruned & set(scores)), options)
+
+
+def _apply_guards(path: str, roots: list[int], pruned: set[int], scores: dict[int, float], min_channels: int,
+                  max_fraction: float | None, round_to: int, guards: dict[str, str]) -> None:
+    """Un-prune the largest-|γ| pruned channels of one layer until its guards hold."""
+    width = len(roots)
+    candidates = sorted({r for r in roots if r in pruned}, key=lambda r: -scores.get(r, math.inf))
+
+    def n_kept() -> int:
+        return sum(r not in pruned for r in roots)
+
+    rules = [("min_channels", min(min_channels, width))]
+    if max_fraction is not None:
+        rules.append(("max_layer_fraction", width - math.floor(width * max_fraction)))
+    for name, needed in rules:
+        while n_kept() < needed and candidates:
+            pruned.discard(candidates.pop(0))
+            guards[path] = name
+    if round_to > 1:
+        target = min(width, math.ceil(n_kept() / round_to) * round_to)
+        while n_kept() < target and candidates:
+            pruned.discard(candidates.pop(0))
+            guards.setdefault(path, "round_to")
+
+
+def _layer_fraction(layer_percent: float | Mapping[str, float], path: str) -> float:
+    if isinstance(layer_percent, Mapping):
+        for pattern, p in layer_percent.items():
+            if fnmatch.fnmatch(path, pattern):
+                return float(p)
+        return 0.0
+    return float(layer_percent)
+
+
+def _check_args(percent, layer_percent, max_layer_fraction, min_channels, round_to) -> None:
+    if (percent is None) == (layer_percent is None):
+        raise ValueError("give exactly one of percent (global) or layer_percent (per layer)")
+    fractions = [("percent", percent), ("max_layer_fraction", max_layer_fraction)]
+    if isinstance(layer_percent, Mapping):
+        fractions += [(f"layer_percent[{k!r}]", v) for k, v in layer_percent.items()]
+    else:
+        fractions.append(("layer_percent", layer_percent))
+    for name, value in fractions:
+        if value is not None and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r} (e.g. 0.7 prunes 70%)")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise ValueError(f"min_channels must be an integer >= 1 (a layer is never emptied), got {min_channels!r}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}")

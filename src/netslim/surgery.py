@@ -1,0 +1,241 @@
+"""Building the physically narrower model from a plan: one mechanism for every architecture.
+
+The compact model is a copy of the original module tree in which every conv, Linear and BN touched
+by the plan is replaced by a narrower one holding the surviving weights (paper Sec. 3, Fig. 1); no
+mask remains. It equals :func:`masked_model` (the original with the pruned channels' γ zeroed) in
+eval mode. A pruned channel's constant output (e.g. ReLU(β)) is folded into the bias of the layers
+that read it where that is exact (Linear, and convs without zero padding); elsewhere β is zeroed too.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .graph import ChannelGraph, LayerUse, trace_channels
+from .layers import SelectBatchNorm
+from .plan import PruningPlan
+
+_CONSUMERS = ("conv", "conv_t", "linear")
+
+
+def pruned_channels(graph: ChannelGraph, plan: PruningPlan) -> set[int]:
+    """The channels (root ids) a plan removes; a clear error if the plan does not fit the graph."""
+    bns = graph.bns
+    extra = sorted(set(plan.kept) - set(bns))
+    if extra:
+        raise ValueError(f"plan does not fit the model: it names BN layers the model lacks: {extra[:3]}")
+    prunable = graph.prunable_roots()
+    kept_roots, pruned = set(), set()
+    for path, use in bns.items():
+        if path not in plan.kept:
+            raise ValueError(f"plan does not fit the model: no entry for BN layer '{path}'")
+        width = plan.layers[path].width if path in plan.layers else len(use.out_ids)
+        if width != len(use.out_ids) or any(not 0 <= k < width for k in plan.kept[path]):
+            raise ValueError(f"plan does not fit the model: layer '{path}' has {len(use.out_ids)} channels, "
+                             f"the plan was made for {width}")
+        keep = set(plan.kept[path])
+        for pos, i in enumerate(use.out_ids):
+            (kept_roots if pos in keep else pruned).add(graph.root(i))
+    if pruned & kept_roots:
+        raise ValueError("plan does not fit the model: it keeps a channel in one layer and prunes it in a "
+                         "layer coupled to it")
+    if pruned - prunable:
+        raise ValueError("plan does not fit the model: it prunes channels that cannot be removed here")
+    return pruned
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan, *, fold_bias: bool = True,
+               example_input: torch.Tensor | None = None, fixed: Sequence[str] = (),
+               graph: ChannelGraph | None = None) -> nn.Module:
+    """Return a new, physically narrower copy of ``model`` with the channels of ``plan`` removed."""
+    graph = graph or trace_channels(model, example_input, fixed)
+    pruned = pruned_channels(graph, plan)
+    constants = _pruned_constants(model, graph, pruned, fold_bias)
+    compact = copy.deepcopy(model)
+    for path, use in graph.layers.items():
+        old = model.get_submodule(path)
+        in_keep = _positions(graph, use.in_ids, pruned)
+        out_keep = _positions(graph, use.out_ids, pruned)
+        new = _narrow(old, use, in_keep, out_keep)
+        if path in constants:
+            _fold(new, old, out_keep, *constants[path])
+        compact.set_submodule(path, new)
+    return compact
+
+
+def masked_model(model: nn.Module, plan: PruningPlan, *, fold_bias: bool = True,
+                 example_input: torch.Tensor | None = None, fixed: Sequence[str] = (),
+                 graph: ChannelGraph | None = None) -> nn.Module:
+    """The original model with the plan's channels switched off: what :func:`apply_plan` equals.
+
+    Pruned channels get γ = 0; their β is zeroed too unless ``fold_bias`` and every layer reading
+    the channel can absorb its constant output exactly.
+    """
+    graph = graph or trace_channels(model, example_input, fixed)
+    pruned = pruned_channels(graph, plan)
+    return _masked(model, graph, pruned, _foldable(model, graph, pruned) if fold_bias else set())
+
+
+def _positions(graph: ChannelGraph, ids: tuple, pruned: set[int]) -> torch.Tensor:
+    return torch.tensor([k for k, i in enumerate(ids) if graph.root(i) not in pruned], dtype=torch.long)
+
+
+def _foldable(model: nn.Module, graph: ChannelGraph, pruned: set[int]) -> set[int]:
+    """Pruned channels whose every reader can take a constant input into its bias exactly."""
+    ok = set(pruned)
+    for path, use in graph.layers.items():
+        if use.kind in _CONSUMERS and not _absorbs_constants(model.get_submodule(path), use):
+            ok -= {graph.root(i) for i in use.in_ids}
+    return ok
+
+
+def _absorbs_constants(module: nn.Module, use: LayerUse) -> bool:
+    if use.kind == "linear":
+        return True
+    # A zero-padded conv sees the constant only inside the image, not at its border: not exact.
+    return use.kind == "conv" and (module.padding == "valid" or not any(module.padding))
+
+
+def _masked(model: nn.Module, graph: ChannelGraph, pruned: set[int], keep_beta: set[int]) -> nn.Module:
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for path, use in graph.bns.items():
+            bn = masked.get_submodule(path)
+            for pos, i in enumerate(use.out_ids):
+                r = graph.root(i)
+                if r in pruned:
+                    bn.weight[pos] = 0
+                    if r not in keep_beta:
+                        bn.bias[pos] = 0
+    return masked
+
+
+@torch.no_grad()
+def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int],
+                      fold_bias: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For each layer reading pruned channels: their positions and the constant value they carry.
+
+    Measured, not derived: the masked model runs once and each reader's input is recorded, so any
+    chain of elementwise ops and pooling between BN and reader is handled. Only constants that are
+    truly constant and nonzero, at readers that can absorb them, are returned for folding.
+    """
+    keep_beta = _foldable(model, graph, pruned) if fold_bias else set()
+    masked = _masked(model, graph, pruned, keep_beta).eval()
+    readers = {p: u for p, u in graph.layers.items()
+               if u.kind in _CONSUMERS and any(graph.root(i) in pruned for i in u.in_ids)}
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [masked.get_submodule(p).register_forward_pre_hook(
+        lambda m, args, p=p: seen.setdefault(p, args[0].detach())) for p in readers]
+    try:
+        generator = torch.Generator().manual_seed(0)
+        masked(torch.randn(2, *graph.input_shape[1:], generator=generator).to(_device(model)))
+    finally:
+        for h in hooks:
+            h.remove()
+    constants, inexact = {}, []
+    for path, use in readers.items():
+        positions = torch.tensor([k for k, i in enumerate(use.in_ids) if graph.root(i) in pruned])
+        values = seen[path].index_select(1, positions.to(seen[path].device)).float()
+        per_channel = values.transpose(0, 1).reshape(len(positions), -1)
+        mean = per_channel.mean(1)
+        spread = (per_channel - mean[:, None]).abs().amax(1)
+        scale = 1e-5 * (1 + mean.abs())
+        nonzero = (mean.abs() > scale) | (spread > scale)
+        if not nonzero.any():
+            continue
+        if not _absorbs_constants(model.get_submodule(path), use) or (spread > scale).any():
+            inexact.append(path)
+            continue
+        constants[path] = (positions, mean)
+    if inexact:
+        warnings.warn(f"pruned channels read by {inexact[:3]} carry a nonzero value these layers cannot absorb; "
+                      "the compact model differs slightly from the masked one there", stacklevel=3)
+    return constants
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+# -- one narrowing function per module type --
+
+def resized(old: nn.Module, n_in: int, n_out: int, bias: bool | None = None) -> nn.Module:
+    """A fresh module like ``old`` with ``n_in`` input and ``n_out`` output channels."""
+    dd = dict(device=old.weight.device, dtype=old.weight.dtype) if getattr(old, "weight", None) is not None else {}
+    if isinstance(old, _BatchNorm):
+        kw = dict(eps=old.eps, momentum=old.momentum, affine=old.affine,
+                  track_running_stats=old.track_running_stats, **dd)
+        if n_in != n_out or isinstance(old, SelectBatchNorm):
+            return SelectBatchNorm(n_out, n_in, **kw)
+        return type(old)(n_out, **kw)
+    bias = (old.bias is not None) if bias is None else bias
+    if isinstance(old, nn.Linear):
+        return nn.Linear(n_in, n_out, bias=bias, **dd)
+    groups = n_in if old.groups > 1 else 1  # depthwise stays depthwise
+    return type(old)(n_in, n_out, old.kernel_size, stride=old.stride, padding=old.padding,
+                     dilation=old.dilation, groups=groups, bias=bias, padding_mode=old.padding_mode,
+                     **({"output_padding": old.output_padding} if isinstance(old, nn.modules.conv._ConvTransposeNd)
+                        else {}), **dd)
+
+
+@torch.no_grad()
+def _narrow(old: nn.Module, use: LayerUse, in_keep: torch.Tensor, out_keep: torch.Tensor) -> nn.Module:
+    if len(in_keep) == 0 or len(out_keep) == 0:
+        raise ValueError(f"pruning would leave '{use.path}' with no channels; keep at least one (min_channels)")
+    if use.kind == "select_bn":
+        return _narrow_select_bn(old, use, in_keep, out_keep)
+    n_in = len(in_keep) if use.kind != "bn" else len(out_keep)
+    new = resized(old, n_in, len(out_keep))
+    w = old.weight.detach()
+    if use.kind in ("conv", "linear"):
+        new.weight.copy_(w.index_select(0, out_keep.to(w.device)).index_select(1, in_keep.to(w.device)))
+    elif use.kind == "conv_t":
+        new.weight.copy_(w.index_select(0, in_keep.to(w.device)).index_select(1, out_keep.to(w.device)))
+    else:  # "depthwise" (one filter per channel) and owning "bn"
+        new.weight.copy_(w.index_select(0, out_keep.to(w.device)))
+    _copy_per_channel(new, old, out_keep)
+    return new
+
+
+def _narrow_select_bn(old: nn.Module, use: LayerUse, in_keep: torch.Tensor, out_keep: torch.Tensor) -> nn.Module:
+    # Where does each kept output channel sit in the *compact* input?
+    compact_pos = {int(p): k for k, p in enumerate(in_keep)}
+    index = [compact_pos[use.source[int(j)]] for j in out_keep]
+    if index == list(range(len(in_keep))) and not isinstance(old, SelectBatchNorm):
+        new = resized(old, len(out_keep), len(out_keep))  # selects everything: a plain BN again
+    else:
+        new = resized(old, len(in_keep), len(out_keep))
+        if not isinstance(new, SelectBatchNorm):
+            new = SelectBatchNorm(len(out_keep), len(in_keep), eps=old.eps, momentum=old.momentum)
+        new.index = torch.tensor(index, dtype=torch.long, device=old.weight.device)
+    new.weight.copy_(old.weight.detach()[out_keep])
+    _copy_per_channel(new, old, out_keep)
+    return new
+
+
+def _copy_per_channel(new: nn.Module, old: nn.Module, out_keep: torch.Tensor) -> None:
+    if getattr(old, "bias", None) is not None and new.bias is not None:
+        new.bias.copy_(old.bias.detach()[out_keep.to(old.bias.device)])
+    if isinstance(old, _BatchNorm) and old.track_running_stats:
+        new.running_mean.copy_(old.running_mean[out_keep.to(old.running_mean.device)])
+        new.running_var.copy_(old.running_var[out_keep.to(old.running_var.device)])
+        new.num_batches_tracked.copy_(old.num_batches_tracked)
+
+
+@torch.no_grad()
+def _fold(new: nn.Module, old: nn.Module, out_keep: torch.Tensor, positions: torch.Tensor,
+          value: torch.Tensor) -> None:
+    """Add the contribution of constant pruned inputs to ``new``'s bias (Linear or unpadded conv)."""
+    w = old.weight.detach().index_select(0, out_keep.to(old.weight.device))
+    w = w.index_select(1, positions.to(w.device)).float()
+    contribution = (w.flatten(2).sum(2) if w.dim() > 2 else w) @ value.to(w.device)
+    if new.bias is None:
+        new.bias = nn.Parameter(torch.zeros(new.weight.shape[0], device=w.device, dtype=new.weight.dtype))
+    new.bias.add_(contribution.to(new.bias.dtype))
