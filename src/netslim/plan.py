@@ -66,7 +66,7 @@ class PruningPlan:
                 total_channels=int(d["total_channels"]), pruned_channels=int(d["pruned_channels"]),
                 options=dict(d.get("options", {})),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a pruning plan: {e!r}") from None
 
     def save(self, path: str | Path) -> None:
@@ -132,12 +132,17 @@ def plan_pruning(
         if any(fnmatch.fnmatch(path, p) for p in exclude):
             for i in use.out_ids:
                 scores.pop(graph.root(i), None)
-    order = {r: k for k, r in enumerate(sorted(scores))}  # deterministic tie-break: graph order
-    ranked = sorted(scores, key=lambda r: (scores[r], order[r]))
-    if not ranked:
+    if not scores:
         raise ValueError("the model has no prunable channel (every BN is fixed, excluded or coupled to a "
                          "fixed tensor)")
     members = {p: [graph.root(i) for i in u.out_ids] for p, u in graph.bns.items()}
+    # Ties (e.g. an untrained model, all γ = 0.5) break by relative position inside the layer, then by
+    # graph order: deterministic, and spread over layers instead of emptying the first ones.
+    order: dict[int, tuple[float, int]] = {}
+    for roots in members.values():
+        for pos, r in enumerate(roots):
+            order.setdefault(r, (pos / len(roots), r))
+    ranked = sorted(scores, key=lambda r: (scores[r], order[r]))
 
     if layer_percent is None:
         n_prune = math.floor(len(ranked) * percent)

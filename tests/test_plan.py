@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+
+from netslim import PruningPlan, models, plan_pruning
+
+from .conftest import randomize_bn
+
+
+def _vgg(seed=0):
+    return randomize_bn(models.create("vgg11", widths=[8, 16, 16, 16, 32, 32, 32, 32]), seed)
+
+
+def _gammas(model):
+    return {n: m.weight.detach().abs() for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+
+@pytest.mark.parametrize("percent", [0.0, 0.1, 0.5, 0.7, 0.99])
+def test_prunes_exactly_floor_n_times_p_smallest_scales(percent):
+    model = _vgg()
+    plan = plan_pruning(model, percent)
+    n = sum(len(g) for g in _gammas(model).values())
+    assert plan.total_channels == n
+    assert plan.pruned_channels == math.floor(n * percent) or plan.guarded
+    if not plan.guarded:
+        pruned = torch.cat([g[[i for i in range(len(g)) if i not in plan.kept[p]]] for p, g in _gammas(model).items()])
+        kept = torch.cat([g[list(plan.kept[p])] for p, g in _gammas(model).items()])
+        if len(pruned) and len(kept):
+            assert pruned.max() <= kept.min()
+            assert plan.threshold == pytest.approx(kept.min().item())
+
+
+def test_ties_are_broken_deterministically_without_over_pruning():
+    model = _vgg()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(0.5)  # every channel ties: a '<=' threshold would prune them all
+    plan = plan_pruning(model, 0.5)
+    assert plan.pruned_channels == math.floor(plan.total_channels * 0.5)
+    assert plan.kept == plan_pruning(model, 0.5).kept
+
+
+def test_min_channels_guard_never_empties_a_layer_and_says_which():
+    model = _vgg()
+    with torch.no_grad():
+        model.features[1].weight.mul_(1e-6)  # the first layer is all tiny: a global threshold empties it
+    plan = plan_pruning(model, 0.3)
+    assert len(plan.kept["features.1"]) == 1
+    assert plan.layers["features.1"].guard == "min_channels"
+    assert "features.1" in plan.guarded
+    assert plan.pruned_channels < math.floor(plan.total_channels * 0.3)
+    plan3 = plan_pruning(model, 0.3, min_channels=3)
+    assert len(plan3.kept["features.1"]) == 3
+
+
+def test_max_layer_fraction_caps_each_layer():
+    model = _vgg()
+    plan = plan_pruning(model, 0.9, max_layer_fraction=0.5)
+    for path, report in plan.layers.items():
+        assert report.width - report.kept <= math.floor(report.width * 0.5), path
+
+
+def test_layer_percent_prunes_that_fraction_of_every_layer():
+    model = randomize_bn(models.create("mlp"))
+    plan = plan_pruning(model, layer_percent=0.8)  # paper Table 3: 784-100-60-10
+    assert [len(k) for k in plan.kept.values()] == [100, 60]
+    gam = _gammas(model) or {n: m.weight.detach().abs() for n, m in model.named_modules()
+                             if isinstance(m, torch.nn.BatchNorm1d)}
+    for path, kept in plan.kept.items():
+        g = gam[path]
+        dropped = [i for i in range(len(g)) if i not in kept]
+        assert g[dropped].max() <= g[list(kept)].min()
+
+
+def test_layer_percent_by_pattern():
+    model = randomize_bn(models.create("mlp"))
+    plan = plan_pruning(model, layer_percent={"hidden.1": 0.5})
+    assert [len(k) for k in plan.kept.values()] == [250, 300]
+
+
+def test_round_to_keeps_multiples():
+    plan = plan_pruning(_vgg(), 0.6, round_to=8)
+    for report in plan.layers.values():
+        assert report.kept % 8 == 0 or report.kept == report.width
+
+
+def test_exclude_keeps_a_layer_whole():
+    plan = plan_pruning(_vgg(), 0.7, exclude=["features.1"])
+    assert len(plan.kept["features.1"]) == 8
+
+
+def test_plan_serialization_round_trip(tmp_path):
+    plan = plan_pruning(_vgg(), 0.6, max_layer_fraction=0.5)
+    plan.save(tmp_path / "plan.json")
+    again = PruningPlan.load(tmp_path / "plan.json")
+    assert again == plan
+    assert again.achieved_percent == pytest.approx(plan.pruned_channels / plan.total_channels)
+
+
+def test_planning_does_not_touch_the_model():
+    model = _vgg()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan_pruning(model, 0.7)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(percent=1.0), r"\[0, 1\)"), (dict(percent=1.5), r"\[0, 1\)"), (dict(percent=-0.1), r"\[0, 1\)"),
+    (dict(percent=0.5, min_channels=0), "min_channels"), (dict(), "exactly one"),
+    (dict(percent=0.5, layer_percent=0.5), "exactly one"), (dict(percent=0.5, round_to=0), "round_to"),
+    (dict(percent=0.5, aggregate="mean"), "aggregate"), (dict(percent=0.5, max_layer_fraction=2), "max_layer"),
+])
+def test_bad_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        plan_pruning(_vgg(), **kwargs)
+
+
+def test_not_a_plan(tmp_path):
+    (tmp_path / "x.json").write_text("{\"kept\": 3}")
+    with pytest.raises(ValueError, match="not a pruning plan"):
+        PruningPlan.load(tmp_path / "x.json")
