@@ -1,0 +1,171 @@
+"""Self-describing, crash-safe checkpoints that load with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors and primitives (nanoGPT style):
+``{"format", "arch", "state_dict", ...training state...}``. ``arch`` rebuilds the model without
+pickled code: a registered model name (or a ``module:factory`` path) with its keyword arguments, plus
+the shape of every conv/Linear/BN, so a pruned model loads without the plan that made it.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from . import models
+from .layers import SelectBatchNorm
+from .surgery import resized
+
+FORMAT = "netslim-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit: the message says which file and why."""
+
+
+# -- architecture as data --
+
+def layer_shapes(model: nn.Module) -> dict[str, list]:
+    """Shape of every conv, Linear and BN: ``[in, out, has_bias, is_selection]`` by module path."""
+    shapes = {}
+    for path, m in model.named_modules():
+        if isinstance(m, SelectBatchNorm):
+            shapes[path] = [m.in_channels, m.num_features, True, True]
+        elif isinstance(m, _BatchNorm):
+            shapes[path] = [m.num_features, m.num_features, m.affine, False]
+        elif isinstance(m, _ConvNd):
+            shapes[path] = [m.in_channels, m.out_channels, m.bias is not None, False]
+        elif isinstance(m, nn.Linear):
+            shapes[path] = [m.in_features, m.out_features, m.bias is not None, False]
+    return shapes
+
+
+def describe(model: nn.Module, name: str, kwargs: Mapping | None = None) -> dict:
+    """The ``arch`` entry of a checkpoint: how to rebuild ``model`` (built by ``name(**kwargs)``)."""
+    return {"name": name, "kwargs": dict(kwargs or {}), "shapes": layer_shapes(model)}
+
+
+def build_model(arch: Mapping) -> nn.Module:
+    """Rebuild a (possibly pruned) model from its ``arch`` description, with untrained weights."""
+    model = create_base(arch["name"], arch.get("kwargs", {}))
+    for path, (n_in, n_out, bias, select) in arch.get("shapes", {}).items():
+        try:
+            old = model.get_submodule(path)
+        except AttributeError:
+            raise CheckpointError(f"checkpoint describes layer '{path}' that {arch['name']} does not have") from None
+        if layer_shapes_of(old) == [n_in, n_out, bias, select]:
+            continue
+        new = SelectBatchNorm(n_out, n_in, eps=old.eps, momentum=old.momentum) if select \
+            else resized(old, n_in, n_out, bias=bias)
+        model.set_submodule(path, new)
+    return model
+
+
+def layer_shapes_of(module: nn.Module) -> list:
+    return next(iter(layer_shapes(module).values()), [])
+
+
+def create_base(name: str, kwargs: Mapping) -> nn.Module:
+    """A registered model by name, or a user model from ``package.module:factory``."""
+    if ":" not in name:
+        return models.create(name, **kwargs)
+    module_name, _, attr = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import model factory {name!r}: {e}; it must be 'package.module:function'") from None
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+# -- files --
+
+def save_checkpoint(path: str | Path, payload: Mapping) -> None:
+    """Write atomically: a temporary file in the same folder, fsynced, then renamed over ``path``.
+
+    A crash at any moment leaves either the previous checkpoint or the new one, never a partial one.
+    A full disk or an unwritable folder raises :class:`CheckpointError` and keeps the previous file.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as e:
+        why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise CheckpointError(f"cannot write checkpoint {path}: {why}; the previous checkpoint is kept") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely (``weights_only=True``): never executes code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(f"refusing to load {path}: it holds pickled code or objects, not just tensors "
+                                  "(load it only if you trust it, then re-save its state_dict)") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {e}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a netslim checkpoint (no '{FORMAT}' header); netslim saves "
+                              "its own with `netslim train`")
+    return data
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The model stored in a checkpoint, with its weights, and the checkpoint dict itself."""
+    data = load_checkpoint(path, map_location)
+    model = build_model(data["arch"])
+    check_finite(data["state_dict"], path)
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit architecture {data['arch']['name']}: "
+                              f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+    return model.to(map_location), data
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: weight '{key}' contains NaN or Inf; use an earlier checkpoint")

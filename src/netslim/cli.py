@@ -1,0 +1,369 @@
+"""The ``netslim`` command line: a thin shell that parses, validates and calls the library.
+
+User errors (bad options, missing files, unfit checkpoints) print one line and exit with 2;
+anything else is an internal error: one line, exit 3 (set NETSLIM_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for."""
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1) (e.g. 0.7 prunes 70%)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _input_size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(s) for s in text.lower().replace("x", ",").split(",") if s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 32 or 3,32,32") from None
+    if not size or any(s < 1 for s in size):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 32 or 3,32,32")
+    return size
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="netslim", description="Network slimming: sparsity training, pruning, fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def data_options(p, required=False):
+        p.add_argument("--dataset", required=required, help="cifar10, cifar100, svhn, mnist, fashion-mnist, "
+                       "imagenet or digits (embedded)")
+        p.add_argument("--data-dir", help="where the dataset files are (or will be downloaded)")
+        p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
+        p.add_argument("--val-size", type=int, default=0, help="hold out N training images for model selection")
+
+    def train_options(p, epochs):
+        p.add_argument("--epochs", type=_positive_int, default=epochs)
+        p.add_argument("--batch-size", type=_positive_int, default=64)
+        p.add_argument("--lr", type=_positive, default=0.1)
+        p.add_argument("--weight-decay", type=_non_negative, default=1e-4)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+        p.add_argument("--out", required=True, help="run folder (created; an existing run there is resumed)")
+        p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+        p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("train", help="train a model (with --sparsity: the paper's L1 on BN scales)")
+    p.add_argument("--model", required=True, help="a registered model name or package.module:factory")
+    p.add_argument("--num-classes", type=_positive_int)
+    p.add_argument("--sparsity", type=_non_negative, default=0.0, help="λ of the L1 penalty on BN scales")
+    p.add_argument("--sparsity-kind", default="l1", choices=["l1", "smooth_l1", "polarization"])
+    p.add_argument("--bn-init", type=float, help="initial BN scale (the paper uses 0.5 with sparsity)")
+    data_options(p, required=True)
+    train_options(p, 160)
+
+    p = sub.add_parser("prune", help="prune a trained checkpoint into a compact model")
+    p.add_argument("checkpoint")
+    p.add_argument("--percent", type=_fraction, help="global fraction of channels to prune (default 0.7)")
+    p.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
+    p.add_argument("--max-layer-fraction", type=_fraction, help="prune at most this fraction of any layer")
+    p.add_argument("--min-channels", type=_positive_int, default=1)
+    p.add_argument("--round-to", type=_positive_int, default=1, help="keep channel counts multiples of N")
+    p.add_argument("--no-fold", action="store_true", help="drop pruned channels' β instead of folding it")
+    p.add_argument("--out", required=True, help="file for the compact checkpoint (.pt)")
+    p.add_argument("--plan-out", help="also write the plan as JSON here")
+    data_options(p)
+
+    p = sub.add_parser("finetune", help="fine-tune a (pruned) checkpoint")
+    p.add_argument("checkpoint")
+    data_options(p, required=True)
+    train_options(p, 160)
+
+    p = sub.add_parser("run", help="train with sparsity -> prune -> fine-tune (N passes) from a preset or YAML")
+    p.add_argument("config", nargs="?", help="preset name (see --list) or a YAML file")
+    p.add_argument("--list", action="store_true", help="list the presets")
+    p.add_argument("--passes", type=_positive_int)
+    p.add_argument("--epochs", type=_positive_int, help="override the epochs of every stage")
+    p.add_argument("--device")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="run folder (default runs/<preset>)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("info", help="parameters, FLOPs and widths of a model or checkpoint")
+    p.add_argument("model", help="registered model name, package.module:factory, or a checkpoint file")
+    p.add_argument("--num-classes", type=_positive_int)
+    p.add_argument("--input-size", type=_input_size, help="e.g. 32 or 3,32,32")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("report", help="plots of a run folder (γ distribution, widths, γ along training)")
+    p.add_argument("run_dir")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("netslim: interrupted; the last epoch's checkpoint is kept: run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    except (UsageError, ValueError, FileNotFoundError, PermissionError, ImportError) as e:
+        print(f"netslim: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # an internal error: say so in one line, keep the traceback for debugging
+        if os.environ.get("NETSLIM_DEBUG"):
+            raise
+        print(f"netslim: internal error: {type(e).__name__}: {_one_line(e)} (set NETSLIM_DEBUG=1 for details)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _writable_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create output folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"output folder {out} is not writable")
+    return out
+
+
+def _writable_file(path: str) -> Path:
+    out = Path(path)
+    _writable_dir(str(out.parent) if str(out.parent) else ".")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'pruned.pt'}")
+    return out
+
+
+# -- commands --
+
+def cmd_train(args) -> int:
+    from .checkpoint import describe
+    from .data import Loader, load_dataset, validation_split
+    from .pipeline import ExperimentConfig, build_model_for
+    from .train import TrainConfig, resolve_device, train
+
+    out = _writable_dir(args.out)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         sparsity=args.sparsity, sparsity_kind=args.sparsity_kind, bn_init=args.bn_init,
+                         seed=args.seed, device=args.device, progress=not args.no_progress)
+    device = resolve_device(args.device)
+    train_set = load_dataset(args.dataset, args.data_dir, "train", not args.no_download)
+    test_set = load_dataset(args.dataset, args.data_dir, "test", not args.no_download)
+    val_set = None
+    if args.val_size:
+        train_set, val_set = validation_split(train_set, args.val_size, args.seed)
+    experiment = ExperimentConfig(model=args.model, dataset=args.dataset,
+                                  model_kwargs={"num_classes": args.num_classes} if args.num_classes else {})
+    model, kwargs = build_model_for(experiment, train_set)
+    augment = "cifar" if args.dataset.startswith("cifar") else "none"
+    result = train(model, Loader(train_set, args.batch_size, train=True, augment=augment, seed=args.seed, device=device),
+                   config, val_loader=Loader(val_set, 1000, train=False, device=device) if val_set else None,
+                   test_loader=Loader(test_set, 1000, train=False, device=device), out_dir=out,
+                   arch=describe(model, args.model, kwargs), resume=not args.no_resume,
+                   on_epoch=lambda r: print(_epoch_line(r)) if args.no_progress else None)
+    final = result["final"]
+    print(f"done: test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% after {final.get('epoch')} "
+          f"epochs; checkpoints in {out} (last.pt, best.pt), metrics in {out / 'metrics.jsonl'}")
+    return 0
+
+
+def _epoch_line(r: dict) -> str:
+    parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.4f}", f"train {100 * r['train_accuracy']:.2f}%"]
+    if "val_accuracy" in r:
+        parts.append(f"val {100 * r['val_accuracy']:.2f}%")
+    if "test_accuracy" in r:
+        parts.append(f"test {100 * r['test_accuracy']:.2f}%")
+    parts.append(f"|γ|<1e-2: {100 * r.get('gamma_below_1e-2', 0):.1f}%")
+    return ", ".join(parts)
+
+
+def cmd_prune(args) -> int:
+    from .checkpoint import load_model, save_checkpoint
+    from .metrics import count_flops, count_params
+    from .plan import plan_pruning
+    from .surgery import apply_plan
+
+    if args.percent is not None and args.layer_percent is not None:
+        raise UsageError("give --percent or --layer-percent, not both")
+    out = _writable_file(args.out)
+    model, data = load_model(args.checkpoint)
+    model.eval()
+    percent = args.percent if args.percent is not None or args.layer_percent is not None else 0.7
+    plan = plan_pruning(model, None if args.layer_percent is not None else percent,
+                        layer_percent=args.layer_percent, max_layer_fraction=args.max_layer_fraction,
+                        min_channels=args.min_channels, round_to=args.round_to)
+    compact = apply_plan(model, plan, fold_bias=not args.no_fold)
+    print(f"{'layer':<28} {'before':>7} {'after':>7}  guard")
+    for path, report in plan.layers.items():
+        print(f"{path:<28} {report.width:>7} {report.kept:>7}  {report.guard}")
+    size = model.input_size if hasattr(model, "input_size") else None
+    p0, p1, f0, f1 = count_params(model), count_params(compact), count_flops(model, size), count_flops(compact, size)
+    print(f"channels pruned: {plan.pruned_channels}/{plan.total_channels} ({100 * plan.achieved_percent:.1f}%), "
+          f"threshold |γ| = {plan.threshold:.4g}")
+    print(f"params: {p0:,} -> {p1:,} ({100 * (1 - p1 / p0):.1f}% pruned); "
+          f"FLOPs: {f0:.3g} -> {f1:.3g} ({100 * (1 - f1 / f0):.1f}% pruned)")
+    if args.dataset:
+        from .data import Loader, load_dataset
+        from .train import evaluate
+        test = Loader(load_dataset(args.dataset, args.data_dir, "test", not args.no_download), 1000, train=False)
+        before, after = evaluate(model, test)["accuracy"], evaluate(compact, test)["accuracy"]
+        print(f"test accuracy: {100 * before:.2f}% before, {100 * after:.2f}% right after pruning (before fine-tuning)")
+    arch = dict(data["arch"])
+    from .checkpoint import layer_shapes
+    arch["shapes"] = layer_shapes(compact)
+    save_checkpoint(out, {"arch": arch, "state_dict": compact.state_dict(), "plan": plan.to_dict()})
+    if args.plan_out:
+        plan.save(_writable_file(args.plan_out))
+    print(f"compact model saved to {out}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from .checkpoint import load_model
+    from .data import Loader, load_dataset, validation_split
+    from .train import TrainConfig, resolve_device, train
+
+    out = _writable_dir(args.out)
+    model, data = load_model(args.checkpoint)
+    device = resolve_device(args.device)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         seed=args.seed, device=args.device, progress=not args.no_progress)
+    train_set = load_dataset(args.dataset, args.data_dir, "train", not args.no_download)
+    test_set = load_dataset(args.dataset, args.data_dir, "test", not args.no_download)
+    val_set = None
+    if args.val_size:
+        train_set, val_set = validation_split(train_set, args.val_size, args.seed)
+    if getattr(model, "num_classes", None) not in (None, train_set.num_classes):
+        raise UsageError("the checkpoint's class count does not match the dataset")
+    augment = "cifar" if args.dataset.startswith("cifar") else "none"
+    result = train(model, Loader(train_set, args.batch_size, train=True, augment=augment, seed=args.seed, device=device),
+                   config, val_loader=Loader(val_set, 1000, train=False, device=device) if val_set else None,
+                   test_loader=Loader(test_set, 1000, train=False, device=device), out_dir=out, arch=data["arch"],
+                   resume=not args.no_resume,
+                   on_epoch=lambda r: print(_epoch_line(r)) if args.no_progress else None)
+    print(f"done: test accuracy {100 * result['final'].get('test_accuracy', float('nan')):.2f}%; checkpoints in {out}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .pipeline import list_presets, load_config, run_experiment
+
+    if args.list:
+        for name, description in list_presets().items():
+            print(f"{name:<24} {description}")
+        return 0
+    if not args.config:
+        raise UsageError("netslim run: give a preset name or a YAML config (netslim run --list shows the presets)")
+    config = load_config(args.config)
+    if args.passes:
+        config.passes = args.passes
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    if args.epochs:
+        config.train["epochs"] = args.epochs
+        config.finetune["epochs"] = args.epochs
+    if args.device:
+        config.train["device"] = args.device
+    config.__post_init__()
+    out = _writable_dir(args.out or f"runs/{Path(args.config).stem}")
+    run_experiment(config, out, progress=not args.no_progress)
+    print()
+    print((out / "results.md").read_text())
+    print(f"results: {out / 'results.md'}, {out / 'results.json'}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .checkpoint import create_base, load_model
+    from .metrics import count_flops, count_params
+
+    path = Path(args.model)
+    if path.is_file():
+        model, _ = load_model(path)
+    elif args.model.endswith((".pt", ".pth")):
+        raise UsageError(f"checkpoint {path} does not exist")
+    else:
+        kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+        model = create_base(args.model, kwargs)
+    size = args.input_size
+    if size is not None and len(size) == 1:
+        base = getattr(model, "input_size", (3, size[0], size[0]))
+        size = (base[0], *([size[0]] * (len(base) - 1)))
+    from torch.nn.modules.batchnorm import _BatchNorm
+    widths = {n: m.num_features for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    info = {"model": args.model, "params": count_params(model), "flops": count_flops(model, size),
+            "input_size": list(size or model.input_size), "widths": widths}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{args.model}: {info['params']:,} parameters, {info['flops']:.4g} FLOPs at input {info['input_size']}")
+        for name, width in widths.items():
+            print(f"  {name:<28} {width}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    paths = write_report(Path(args.run_dir))
+    for p in paths:
+        print(p)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "prune": cmd_prune, "finetune": cmd_finetune, "run": cmd_run, "info": cmd_info,
+            "report": cmd_report}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The whole method as one resumable job: train with sparsity -> prune -> fine-tune, N passes.
+
+Every stage writes into its own folder of the run; running the same config again resumes the
+stage that was interrupted and skips the finished ones. The run ends with a results table like
+the paper's (test error, parameters, FLOPs and the pruned fractions), as Markdown and JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from . import data as datasets
+from .checkpoint import describe, load_model, save_checkpoint
+from .metrics import count_flops, count_params
+from .plan import PruningPlan, plan_pruning
+from .surgery import apply_plan
+from .train import TrainConfig, evaluate, resolve_device, train
+
+PRESET_DIR = Path(__file__).parent / "configs"
+PRUNE_KEYS = ("percent", "layer_percent", "max_layer_fraction", "min_channels", "round_to", "aggregate", "exclude")
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: model, data, the sparse-training and fine-tuning schedules, and the pruning."""
+
+    model: str = "vgg19"
+    dataset: str = "cifar10"
+    description: str = ""
+    model_kwargs: dict = field(default_factory=dict)
+    data_dir: str | None = None
+    download: bool = True
+    val_size: int = 0  # held out of the training set for model selection (paper: 5,000 on CIFAR)
+    augment: str | None = None  # None: the dataset's default ("cifar" for CIFAR, else "none")
+    baseline: bool = True  # also train the unpruned model without sparsity, for the table
+    passes: int = 1  # the multi-pass scheme (paper Sec. 4.5, Table 4)
+    train: dict = field(default_factory=dict)  # TrainConfig fields for sparsity training
+    finetune: dict = field(default_factory=dict)  # overrides of ``train`` for fine-tuning
+    prune: dict = field(default_factory=lambda: {"percent": 0.7})
+    fold_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.passes, int) or self.passes < 1:
+            raise ValueError(f"passes must be an integer >= 1, got {self.passes!r}")
+        unknown = sorted(set(self.prune) - set(PRUNE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown prune option(s) {unknown}; valid: {', '.join(PRUNE_KEYS)}")
+        self.train_config()  # validates early
+        self.finetune_config()
+
+    def train_config(self) -> TrainConfig:
+        return _train_config(self.train, "train")
+
+    def finetune_config(self) -> TrainConfig:
+        merged = {**self.train, "sparsity": 0.0, "bn_init": None, **self.finetune}
+        return _train_config(merged, "finetune")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExperimentConfig:
+        if not isinstance(d, dict):
+            raise ValueError("a config must be a mapping of option: value")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
+        for key in ("train", "finetune", "prune", "model_kwargs"):
+            if key in d and not isinstance(d[key], dict):
+                raise ValueError(f"config key '{key}' must be a mapping, got {type(d[key]).__name__}")
+        return cls(**d)
+
+
+def _train_config(values: dict, where: str) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} option(s) {unknown}; valid: {', '.join(sorted(known))}")
+    try:
+        return TrainConfig(**values)
+    except TypeError as e:
+        raise ValueError(f"bad {where} option: {e}") from None
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description."""
+    return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("description", "")
+            for p in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def load_config(name_or_path: str) -> ExperimentConfig:
+    """A preset by name (see ``netslim run --list``) or a YAML file."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no preset or config file {name_or_path!r}; presets: {', '.join(list_presets())}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return ExperimentConfig.from_dict(raw or {})
+
+
+# -- data --
+
+def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int):
+    """Train, validation (or None) and test loaders of the experiment's dataset."""
+    train_set = datasets.load_dataset(config.dataset, config.data_dir, "train", config.download)
+    test_set = datasets.load_dataset(config.dataset, config.data_dir, "test", config.download)
+    val_set = None
+    if config.val_size:
+        train_set, val_set = datasets.validation_split(train_set, config.val_size, seed)
+    augment = config.augment or ("cifar" if config.dataset.startswith("cifar") else "none")
+    loader = datasets.Loader(train_set, batch_size, train=True, augment=augment, seed=seed, device=device)
+    val = datasets.Loader(val_set, 1000, train=False, device=device) if val_set is not None else None
+    test = datasets.Loader(test_set, 1000, train=False, device=device)
+    return loader, val, test, train_set
+
+
+def build_model_for(config: ExperimentConfig, train_set) -> tuple[nn.Module, dict]:
+    from .checkpoint import create_base
+
+    kwargs = dict(config.model_kwargs)
+    kwargs.setdefault("num_classes", train_set.num_classes)
+    shape = tuple(train_set.images.shape[1:])
+    if config.model == "mlp" or "input_size" in _accepted(config.model):
+        kwargs.setdefault("input_size", shape if config.model == "mlp" else shape[-1])
+    if "in_channels" in _accepted(config.model):
+        kwargs.setdefault("in_channels", shape[0])
+    model = create_base(config.model, kwargs)
+    return model, kwargs
+
+
+def _accepted(name: str) -> set[str]:
+    import inspect
+
+    from . import models
+    if ":" in name or name not in models.names():
+        return set()
+    return set(inspect.signature(models._REGISTRY[name]).parameters)
+
+
+# -- the job --
+
+def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> dict:
+    """Run (or resume) the experiment into ``out_dir``; returns the results table as rows."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    sparse_cfg, tune_cfg = config.train_config(), config.finetune_config()
+    sparse_cfg.progress = tune_cfg.progress = progress
+    device = resolve_device(sparse_cfg.device)
+    loaders = make_loaders(config, sparse_cfg.batch_size, device, sparse_cfg.seed)
+    train_loader, val_loader, test_loader, train_set = loaders
+    model, kwargs = build_model_for(config, train_set)
+    size = model.input_size
+    rows = []
+
+    def row(label: str, net: nn.Module, error: float, base: nn.Module) -> dict:
+        p, f, p0, f0 = count_params(net), count_flops(net, size), count_params(base), count_flops(base, size)
+        r = {"model": label, "test_error": round(100 * error, 2), "params": p, "params_pruned": round(1 - p / p0, 4),
+             "flops": f, "flops_pruned": round(1 - f / f0, 4)}
+        rows.append(r)
+        log(f"  {label}: test error {r['test_error']:.2f}%, params {p / 1e6:.3f}M ({100 * r['params_pruned']:.1f}% "
+            f"pruned), FLOPs {f:.3g} ({100 * r['flops_pruned']:.1f}% pruned)")
+        return r
+
+    original = copy.deepcopy(model)
+    if config.baseline:
+        log("baseline: training without sparsity")
+        baseline = copy.deepcopy(original)
+        plain = copy.deepcopy(sparse_cfg)
+        plain.sparsity, plain.bn_init = 0.0, None
+        train(baseline, train_loader, plain, val_loader=val_loader, out_dir=out / "baseline",
+              arch=describe(baseline, config.model, kwargs))
+        row("baseline", _selected(baseline, out / "baseline", val_loader), _test_error(baseline, test_loader),
+            original)
+
+    current = model
+    for k in range(1, config.passes + 1):
+        stage = out / f"pass{k}"
+        log(f"pass {k}/{config.passes}: training with sparsity λ={sparse_cfg.sparsity:g}")
+        pass_cfg = copy.deepcopy(sparse_cfg)
+        if k > 1:
+            pass_cfg.bn_init = None  # later passes continue from the fine-tuned weights
+        train(current, train_loader, pass_cfg, val_loader=val_loader, out_dir=stage / "sparse",
+              arch=describe(current, config.model, kwargs))
+        current = _selected(current, stage / "sparse", val_loader)
+        row(f"pass {k} trained with sparsity", current, _test_error(current, test_loader), original)
+
+        plan = plan_pruning(current, **config.prune)
+        plan.save(stage / "plan.json")
+        compact = apply_plan(current, plan, fold_bias=config.fold_bias)
+        guard = f" (guard kept channels in {len(plan.guarded)} layers)" if plan.guarded else ""
+        log(f"pass {k}: pruned {plan.pruned_channels}/{plan.total_channels} channels{guard}")
+        save_checkpoint(stage / "pruned.pt", {"arch": describe(compact, config.model, kwargs),
+                                              "state_dict": compact.state_dict(), "plan": plan.to_dict()})
+        row(f"pass {k} pruned, before fine-tuning", compact, _test_error(compact, test_loader), original)
+
+        log(f"pass {k}: fine-tuning the compact model")
+        train(compact, train_loader, tune_cfg, val_loader=val_loader, out_dir=stage / "finetune",
+              arch=describe(compact, config.model, kwargs))
+        current = _selected(compact, stage / "finetune", val_loader)
+        row(f"pass {k} fine-tuned", current, _test_error(current, test_loader), original)
+
+    (out / "results.json").write_text(json.dumps({"config": asdict(config), "rows": rows}, indent=1))
+    (out / "results.md").write_text(results_markdown(rows, config))
+    return {"rows": rows}
+
+
+def _selected(model: nn.Module, stage: Path, val_loader) -> nn.Module:
+    """The model to carry on with: the best validation epoch's when there is a validation set."""
+    if val_loader is None or not (stage / "best.pt").exists():
+        return model
+    best, _ = load_model(stage / "best.pt", map_location=next(model.parameters()).device)
+    return best
+
+
+def _test_error(model: nn.Module, loader) -> float:
+    return 1.0 - evaluate(model, loader)["accuracy"]
+
+
+def results_markdown(rows: list[dict], config: ExperimentConfig) -> str:
+    lines = [f"# {config.model} on {config.dataset}" + (f": {config.description}" if config.description else ""),
+             "", "| Model | Test error (%) | Parameters | Pruned | FLOPs | Pruned |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        pruned_p = f"{100 * r['params_pruned']:.1f}%" if r["params_pruned"] else "-"
+        pruned_f = f"{100 * r['flops_pruned']:.1f}%" if r["flops_pruned"] else "-"
+        lines.append(f"| {r['model']} | {r['test_error']:.2f} | {_si(r['params'])} | {pruned_p} | "
+                     f"{r['flops']:.2e} | {pruned_f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _si(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+def load_plan(path: str | Path) -> PruningPlan:
+    return PruningPlan.load(path)

@@ -1,0 +1,266 @@
+"""The one training loop: sparsity training, baseline training and fine-tuning, on CPU and GPU.
+
+Defaults are the paper's (Sec. 4.3): SGD with Nesterov momentum 0.9, weight decay 1e-4, batch 64,
+learning rate 0.1 divided by 10 at 50% and 75% of the epochs. The sparsity term is added to the BN
+scales' gradients after backward (after unscaling under AMP, before clipping and the optimizer).
+A checkpoint is written atomically after every epoch, and a run resumes from it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, describe, load_checkpoint, save_checkpoint
+from .sparsity import SparsityRegularizer, init_bn_scales
+from .stats import gamma_stats
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training stage (paper Sec. 4.3 defaults)."""
+
+    epochs: int = 160
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs where lr /= 10
+    sparsity: float = 0.0  # λ of Eq. 1; 0 = plain training
+    sparsity_kind: str = "l1"
+    bn_init: float | None = None  # initial BN scale; the paper uses 0.5 for sparsity training
+    grad_clip: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr!r}"),
+            (self.sparsity >= 0, f"sparsity λ must be >= 0, got {self.sparsity!r}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}"),
+            (all(0 < m <= 1 for m in self.milestones), "milestones are fractions of the epochs in (0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.milestones = tuple(self.milestones)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> dict:
+    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader`` (eval mode)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with _autocast(device, True):
+            logits = model(images)
+        loss += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+        count += len(labels)
+    model.train(was_training)
+    return {"loss": loss.item() / max(count, 1), "accuracy": correct.item() / max(count, 1)}
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay acts on every parameter, BN scales included, as in the paper's Torch code; the
+    # sparsity term is separate and explicit (PEERS #13).
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    milestones = sorted({max(1, round(m * config.epochs)) for m in config.milestones})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+
+def train(
+    model: nn.Module,
+    train_loader: Iterable,
+    config: TrainConfig,
+    *,
+    val_loader: Iterable | None = None,
+    test_loader: Iterable | None = None,
+    out_dir: str | Path | None = None,
+    arch: Mapping | None = None,
+    resume: bool = True,
+    regularizer: SparsityRegularizer | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train ``model`` for ``config.epochs``; returns the final metrics and the best epoch's.
+
+    With ``out_dir``: after every epoch ``last.pt`` (all state: model, optimizer, schedule, RNG,
+    metrics, γ history) is replaced atomically, ``best.pt`` holds the model with the best
+    validation accuracy, and ``metrics.jsonl`` gets one line. An existing ``last.pt`` is resumed
+    (``resume=True``), so an interrupted run ends with the same weights as an uninterrupted one.
+    """
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    if config.bn_init is not None:
+        init_bn_scales(model, config.bn_init)
+    model.to(device)
+    if device.type == "cuda" and config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if regularizer is None and config.sparsity > 0:
+        regularizer = SparsityRegularizer(model, config.sparsity, config.sparsity_kind)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    arch = dict(arch or describe(model, type(model).__name__))
+    state = {"epoch": 0, "history": [], "gammas": {}, "best": None}
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / "last.pt").exists():
+            state = _restore(out / "last.pt", model, optimizer, scheduler, device)
+
+    for epoch in range(state["epoch"], config.epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        started = time.perf_counter()
+        stats = _train_epoch(model, train_loader, optimizer, regularizer, config, device, epoch)
+        scheduler.step()
+        record = {"epoch": epoch + 1, **stats}
+        if val_loader is not None:
+            record.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
+        if test_loader is not None:
+            record.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device).items()})
+        record["seconds"] = time.perf_counter() - started
+        record.update(gamma_stats(model))
+        _append_gammas(state["gammas"], model)
+        state["history"].append(record)
+        score = record.get("val_accuracy", record.get("test_accuracy", record["train_accuracy"]))
+        improved = state["best"] is None or score > state["best"]["score"]
+        if improved:
+            state["best"] = {"score": score, "epoch": epoch + 1}
+        state["epoch"] = epoch + 1
+        if out is not None:
+            _persist(out, model, optimizer, scheduler, state, arch, config, improved)
+        if on_epoch is not None:
+            on_epoch(record)
+    return {"history": state["history"], "best": state["best"], "final": state["history"][-1] if state["history"] else {}}
+
+
+def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch) -> dict:
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    lr = optimizer.param_groups[0]["lr"]
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress,
+               dynamic_ncols=True)
+    for step, (images, labels) in enumerate(bar):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if device.type == "cuda" and config.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, config.amp):
+            logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if regularizer is not None:
+            regularizer.step()  # on true (unscaled) gradients; before clipping, as part of the objective
+        if config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        if regularizer is not None:
+            regularizer.after_step()
+        loss_sum += loss.detach() * len(labels)  # accumulated on the device: no sync per step
+        correct += (logits.detach().argmax(1) == labels).sum()
+        count += len(labels)
+        if config.progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / count:.3f}", acc=f"{correct.item() / count:.3f}", lr=f"{lr:.3g}")
+    train_loss = loss_sum.item() / max(count, 1)
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint is kept "
+                               "(lower the learning rate or the sparsity λ)")
+    return {"lr": lr, "train_loss": train_loss, "train_accuracy": correct.item() / max(count, 1)}
+
+
+def _append_gammas(history: dict, model: nn.Module) -> None:
+    """Record |γ| of every BN for this epoch (paper Fig. 6 plots one layer along training)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+            row = m.weight.detach().abs().float().cpu()[None]
+            history[name] = torch.cat([history[name], row]) if name in history else row
+
+
+def _persist(out: Path, model, optimizer, scheduler, state, arch, config, improved: bool) -> None:
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "arch": arch, "state_dict": weights, "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "epoch": state["epoch"], "history": state["history"],
+        "gammas": state["gammas"], "best": state["best"], "config": _plain(asdict(config)),
+        "rng": {"torch": torch.get_rng_state(),
+                **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
+    }
+    if improved:
+        save_checkpoint(out / "best.pt", {"arch": arch, "state_dict": weights, "epoch": state["epoch"],
+                                          "metrics": state["history"][-1], "config": payload["config"]})
+    save_checkpoint(out / "last.pt", payload)
+    with open(out / "metrics.jsonl", "w") as f:  # rewritten whole: consistent with last.pt after a crash
+        for record in state["history"]:
+            f.write(json.dumps(record) + "\n")
+
+
+def _restore(path: Path, model, optimizer, scheduler, device) -> dict:
+    data = load_checkpoint(path, map_location=device)
+    try:
+        model.load_state_dict(data["state_dict"])
+        optimizer.load_state_dict(data["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"cannot resume from {path}: it belongs to another model or run ({e.__class__.__name__}); "
+                              "use another --out folder or delete it") from None
+    scheduler.load_state_dict(data["scheduler"])
+    torch.set_rng_state(data["rng"]["torch"].cpu())
+    if "cuda" in data["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in data["rng"]["cuda"]])
+    return {"epoch": data["epoch"], "history": data["history"], "gammas": data["gammas"], "best": data["best"]}
+
+
+def _plain(value):
+    """Config values as JSON/weights-only friendly primitives."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
