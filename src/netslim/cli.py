@@ -189,7 +189,7 @@ def _writable_file(path: str) -> Path:
 
 def cmd_train(args) -> int:
     from .checkpoint import describe
-    from .data import Loader, load_dataset, validation_split
+    from .data import DEFAULT_AUGMENT, Loader, load_dataset, validation_split
     from .pipeline import ExperimentConfig, build_model_for
     from .train import TrainConfig, resolve_device, train
 
@@ -206,7 +206,7 @@ def cmd_train(args) -> int:
     experiment = ExperimentConfig(model=args.model, dataset=args.dataset,
                                   model_kwargs={"num_classes": args.num_classes} if args.num_classes else {})
     model, kwargs = build_model_for(experiment, train_set)
-    augment = "cifar" if args.dataset.startswith("cifar") else "none"
+    augment = DEFAULT_AUGMENT.get(args.dataset, "none")
     result = train(model, Loader(train_set, args.batch_size, train=True, augment=augment, seed=args.seed, device=device),
                    config, val_loader=Loader(val_set, 1000, train=False, device=device) if val_set else None,
                    test_loader=Loader(test_set, 1000, train=False, device=device), out_dir=out,
@@ -271,7 +271,7 @@ def cmd_prune(args) -> int:
 
 def cmd_finetune(args) -> int:
     from .checkpoint import load_model
-    from .data import Loader, load_dataset, validation_split
+    from .data import DEFAULT_AUGMENT, Loader, load_dataset, validation_split
     from .train import TrainConfig, resolve_device, train
 
     out = _writable_dir(args.out)
@@ -286,7 +286,7 @@ def cmd_finetune(args) -> int:
         train_set, val_set = validation_split(train_set, args.val_size, args.seed)
     if getattr(model, "num_classes", None) not in (None, train_set.num_classes):
         raise UsageError("the checkpoint's class count does not match the dataset")
-    augment = "cifar" if args.dataset.startswith("cifar") else "none"
+    augment = DEFAULT_AUGMENT.get(args.dataset, "none")
     result = train(model, Loader(train_set, args.batch_size, train=True, augment=augment, seed=args.seed, device=device),
                    config, val_loader=Loader(val_set, 1000, train=False, device=device) if val_set else None,
                    test_loader=Loader(test_set, 1000, train=False, device=device), out_dir=out, arch=data["arch"],

@@ -115,7 +115,7 @@ def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int):
     val_set = None
     if config.val_size:
         train_set, val_set = datasets.validation_split(train_set, config.val_size, seed)
-    augment = config.augment or ("cifar" if config.dataset.startswith("cifar") else "none")
+    augment = config.augment or datasets.DEFAULT_AUGMENT.get(config.dataset.lower().replace("_", "-"), "none")
     loader = datasets.Loader(train_set, batch_size, train=True, augment=augment, seed=seed, device=device)
     val = datasets.Loader(val_set, 1000, train=False, device=device) if val_set is not None else None
     test = datasets.Loader(test_set, 1000, train=False, device=device)

@@ -1,0 +1,119 @@
+"""ImageNet-style class folders (``root/<split>/<class>/*.JPEG``) decoded into memory with PIL.
+
+Every image is resized (shorter side) and center-cropped to a fixed square, so the split fits one uint8
+tensor: meant for subsets (full ImageNet train would need ~190 GB at 224×224).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .base import Dataset, DatasetError
+from .download import search_dirs, where
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SPLIT_DIRS = {"train": ("train",), "test": ("val", "test"), "val": ("val",)}
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError("decoding image folders needs Pillow: pip install pillow") from e
+    return Image
+
+
+def decode_image(path: Path, resize_size: int, crop_size: int) -> np.ndarray:
+    """RGB uint8 (3, crop, crop): shorter side resized to ``resize_size`` (bilinear), then center crop."""
+    image_mod = _pil()
+    try:
+        with image_mod.open(path) as img:
+            img.draft("RGB", (resize_size, resize_size))  # JPEG: decode at a reduced scale when possible
+            img = img.convert("RGB")
+            w, h = img.size
+            scale = resize_size / min(w, h)
+            nw, nh = max(resize_size, round(w * scale)), max(resize_size, round(h * scale))
+            img = img.resize((nw, nh), image_mod.Resampling.BILINEAR)
+            left, top = (nw - crop_size) // 2, (nh - crop_size) // 2
+            img = img.crop((left, top, left + crop_size, top + crop_size))
+            return np.array(img, dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DatasetError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
+
+
+def _images_in(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _class_dirs(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_image_folder(root: str | Path, split_dir: str = "train", *, image_size: int = 224,
+                      resize_size: int | None = None, classes: list[str] | None = None,
+                      max_per_class: int | None = None, name: str = "imagefolder",
+                      mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                      progress: bool = True) -> Dataset:
+    """Decode ``root/split_dir/<class>/*`` to a uint8 (N, 3, image_size, image_size) dataset.
+
+    ``classes`` fixes the label order (default: the sorted class folders); ``resize_size`` is the shorter
+    side before the center crop (default ``image_size``: the whole central square).
+    """
+    folder = Path(root) / split_dir
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} not found: put <class>/*.JPEG folders there")
+    found = [p.name for p in _class_dirs(folder)]
+    if not found:
+        loose = "" if not _images_in(folder) else " (it holds loose images: sort them into <class>/ folders)"
+        raise DatasetError(f"{folder} has no class folders{loose}")
+    classes = list(classes) if classes is not None else found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DatasetError(f"{folder}: class folders {unknown[:5]} are not among the {len(classes)} known classes")
+    index = {c: i for i, c in enumerate(classes)}
+    files: list[tuple[Path, int]] = []
+    for c in found:
+        files += [(p, index[c]) for p in _images_in(folder / c)[:max_per_class]]
+    if not files:
+        raise DatasetError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+    resize_size = resize_size or image_size
+    if resize_size < image_size:
+        raise ValueError(f"resize_size {resize_size} must be >= image_size {image_size}")
+    images = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
+    for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {folder}", disable=not progress, unit="img")):
+        images[i] = torch.from_numpy(decode_image(path, resize_size, image_size))
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return Dataset(images, labels, len(classes), mean, std, name, tuple(classes))
+
+
+def load_imagenet(data_dir: str | Path | None = None, split: str = "train", download: bool = True, *,
+                  image_size: int = 224, resize_size: int | None = None, max_per_class: int | None = None,
+                  progress: bool = True) -> Dataset:
+    """ImageNet (ILSVRC-2012) or a subset of it, from ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``.
+
+    ``split``: "train" or "test" (the ``val/`` folder). Labels follow the sorted ``train/`` wnids when
+    present. Test images default to the usual resize-256/center-crop-224 (scaled with ``image_size``);
+    train images keep their whole central square (``resize_size = image_size``). Never downloads:
+    ImageNet needs registration, so ``download`` is accepted only for a uniform loader signature.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"ImageNet split must be 'train' or 'test', got {split!r}")
+    dirs = search_dirs("imagenet", data_dir)
+    candidates = _SPLIT_DIRS[split]
+    found = next(((d, s) for d in dirs for s in candidates if (d / s).is_dir()), None)
+    if found is None:
+        raise DatasetError(f"ImageNet {split} not found in {where(dirs)}: it cannot be downloaded automatically "
+                           f"(registration at https://image-net.org); put {candidates[0]}/<wnid>/*.JPEG in "
+                           f"{dirs[0]}")
+    root, split_dir = found
+    classes = [p.name for p in _class_dirs(root / "train")] if (root / "train").is_dir() else None
+    if resize_size is None and split == "test":
+        resize_size = round(image_size * 256 / 224)
+    return load_image_folder(root, split_dir, image_size=image_size, resize_size=resize_size, classes=classes or None,
+                             max_per_class=max_per_class, name="imagenet", progress=progress)

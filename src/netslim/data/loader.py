@@ -1,0 +1,84 @@
+"""A GPU-friendly batch iterator: uint8 data placed on the device once, batched indexing, seeded epochs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .augment import AUGMENTATIONS, augment_batch, normalize
+from .base import Dataset
+
+
+def _seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (numpy's SeedSequence), stable across platforms."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class Loader:
+    """Iterate ``(images, labels)`` batches: float normalized (N, C, H, W) and int64 (N,), on ``device``.
+
+    The epoch's order is a permutation drawn from ``(seed, epoch)``: call ``set_epoch(epoch)`` before each
+    epoch (as with ``DistributedSampler``), so a run resumed at epoch k sees the same batches. With
+    ``world_size > 1`` every rank takes the strided slice ``rank::world_size`` of the same permutation,
+    padded by wrapping to a multiple of ``world_size``, so all ranks get ``ceil(N / world_size)`` samples.
+    Augmentation (``train=True`` only) draws from a generator seeded by ``(seed, epoch, rank)``.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, train: bool = True, augment: str = "none",
+                 shuffle: bool | None = None, drop_last: bool = False, seed: int = 0,
+                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
+                 dtype: torch.dtype = torch.float32) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if len(dataset) == 0:
+            raise ValueError(f"{dataset.name} is empty")
+        self.dataset, self.batch_size, self.train = dataset, batch_size, train
+        self.augment = augment if train else "none"
+        self.shuffle = train if shuffle is None else shuffle
+        self.drop_last, self.seed, self.rank, self.world_size = drop_last, seed, rank, world_size
+        self.device, self.dtype = torch.device(device), dtype
+        self.images = dataset.images.to(self.device)
+        self.labels = dataset.labels.to(self.device)
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch."""
+        return math.ceil(len(self.dataset) / self.world_size)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order (and augmentation) the next iteration reproduces."""
+        self.epoch = int(epoch)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch, in iteration order (CPU int64)."""
+        n = len(self.dataset)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(self.seed, self.epoch)))
+        else:
+            order = torch.arange(n)
+        total = self.num_samples * self.world_size
+        if total > n:  # wrap around, as DistributedSampler does
+            order = torch.cat([order] * math.ceil(total / n))[:total]
+        return order[self.rank:total:self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices()
+        generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, self.rank, 1))
+        stop = len(self) * self.batch_size
+        for start in range(0, min(stop, len(order)), self.batch_size):
+            idx = order[start:start + self.batch_size].to(self.device, non_blocking=True)
+            images = augment_batch(self.images[idx], self.augment, generator)
+            yield normalize(images, self.dataset.mean, self.dataset.std, self.dtype), self.labels[idx]
