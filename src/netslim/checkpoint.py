@@ -63,7 +63,11 @@ def build_model(arch: Mapping) -> nn.Module:
             old = model.get_submodule(path)
         except AttributeError:
             raise CheckpointError(f"checkpoint describes layer '{path}' that {arch['name']} does not have") from None
-        if layer_shapes_of(old) == [n_in, n_out, bias, select]:
+        current = layer_shapes_of(old)
+        if not current:
+            raise CheckpointError(f"checkpoint layer '{path}' is a conv/Linear/BN, but in {arch['name']} it is a "
+                                  f"{type(old).__name__}: the checkpoint belongs to another architecture")
+        if current == [n_in, n_out, bias, select]:
             continue
         new = SelectBatchNorm(n_out, n_in, eps=old.eps, momentum=old.momentum) if select \
             else resized(old, n_in, n_out, bias=bias)

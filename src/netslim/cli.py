@@ -188,6 +188,8 @@ def _writable_file(path: str) -> Path:
 # -- commands --
 
 def cmd_train(args) -> int:
+    import torch
+
     from .checkpoint import describe
     from .data import DEFAULT_AUGMENT, Loader, load_dataset, validation_split
     from .pipeline import ExperimentConfig, build_model_for
@@ -205,6 +207,7 @@ def cmd_train(args) -> int:
         train_set, val_set = validation_split(train_set, args.val_size, args.seed)
     experiment = ExperimentConfig(model=args.model, dataset=args.dataset,
                                   model_kwargs={"num_classes": args.num_classes} if args.num_classes else {})
+    torch.manual_seed(args.seed)  # the same initial weights on every run and resume
     model, kwargs = build_model_for(experiment, train_set)
     augment = DEFAULT_AUGMENT.get(args.dataset, "none")
     result = train(model, Loader(train_set, args.batch_size, train=True, augment=augment, seed=args.seed, device=device),

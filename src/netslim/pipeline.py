@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import torch
 import yaml
 from torch import nn
 
@@ -157,6 +158,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     device = resolve_device(sparse_cfg.device)
     loaders = make_loaders(config, sparse_cfg.batch_size, device, sparse_cfg.seed)
     train_loader, val_loader, test_loader, train_set = loaders
+    torch.manual_seed(sparse_cfg.seed)  # the same initial weights on every run and resume
     model, kwargs = build_model_for(config, train_set)
     size = model.input_size
     rows = []

@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from netslim import models
+from netslim.data import Dataset, Loader
+from netslim.train import TrainConfig, TrainingDiverged, evaluate, train
+
+
+def _data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    images = (torch.rand(n, 1, 4, 4, generator=g) * 100 + labels[:, None, None, None] * 50).to(torch.uint8)
+    return Dataset(images, labels, 3, (0.5,), (0.25,), "toy")
+
+
+def _model():
+    torch.manual_seed(0)  # the same initial weights every time
+    return models.create("mlp", widths=[32, 16], input_size=(1, 4, 4), num_classes=3)
+
+
+def _config(**kw):
+    base = dict(epochs=4, batch_size=32, lr=0.05, sparsity=1e-3, bn_init=0.5, progress=False, seed=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_learns_and_logs(tmp_path):
+    data = _data()
+    model = _model()
+    result = train(model, Loader(data, 32, seed=1), _config(), test_loader=Loader(data, 64, train=False),
+                   out_dir=tmp_path)
+    assert result["final"]["test_accuracy"] > 0.8
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    assert {"train_loss", "lr", "gamma_below_1e-2", "safe_percent"} <= set(eval(lines[0].replace("NaN", "0")))
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "best.pt").exists()
+
+
+def test_learning_rate_schedule_is_the_papers():
+    data = _data(64)
+    result = train(_model(), Loader(data, 32), _config(epochs=8, sparsity=0.0))
+    lrs = [r["lr"] for r in result["history"]]
+    assert lrs == pytest.approx([0.05] * 4 + [0.005] * 2 + [0.0005] * 2)
+
+
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path):
+    data = _data()
+    straight = _model()
+    train(straight, Loader(data, 32, train=True, seed=1), _config(), out_dir=tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    interrupted = _model()
+    with pytest.raises(Stop):
+        train(interrupted, Loader(data, 32, seed=1), _config(), out_dir=tmp_path / "b", on_epoch=stop_after_two)
+    resumed = _model()
+    result = train(resumed, Loader(data, 32, seed=1), _config(), out_dir=tmp_path / "b")
+    assert len(result["history"]) == 4
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    data = _data()
+    model = _model()
+    train(model, Loader(data, 32), _config(epochs=1), out_dir=tmp_path)
+    before = (tmp_path / "last.pt").read_bytes()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("inf"))
+    with pytest.raises(TrainingDiverged, match="epoch 1"):
+        train(model, Loader(data, 32), _config(epochs=1), out_dir=tmp_path, resume=False)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_sparsity_training_shrinks_scales_compared_to_plain_training():
+    data = _data()
+    plain, sparse = _model(), _model()
+    train(plain, Loader(data, 32), _config(sparsity=0.0, epochs=6))
+    train(sparse, Loader(data, 32), _config(sparsity=2e-2, epochs=6))
+    assert sparse.hidden[1].weight.abs().mean() < 0.5 * plain.hidden[1].weight.abs().mean()
+
+
+@pytest.mark.parametrize("kw, message", [(dict(epochs=0), "epochs"), (dict(lr=0), "lr"),
+                                         (dict(sparsity=-1), "sparsity"), (dict(batch_size=0), "batch_size")])
+def test_bad_training_options(kw, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kw)
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        train(_model(), Loader(_data(32), 32), _config(device="cuda"))
+
+
+def test_evaluate_counts_accuracy():
+    data = _data(64)
+    model = _model()
+    acc = evaluate(model, Loader(data, 10, train=False))["accuracy"]
+    with torch.no_grad():
+        from netslim.data import normalize
+        expected = (model.eval()(normalize(data.images, data.mean, data.std)).argmax(1) == data.labels).float().mean()
+    assert acc == pytest.approx(expected.item())
