@@ -80,7 +80,7 @@ def test_sparsity_training_shrinks_scales_compared_to_plain_training():
     data = _data()
     plain, sparse = _model(), _model()
     train(plain, Loader(data, 32), _config(sparsity=0.0, epochs=6))
-    train(sparse, Loader(data, 32), _config(sparsity=2e-2, epochs=6))
+    train(sparse, Loader(data, 32), _config(sparsity=0.2, epochs=6))
     assert sparse.hidden[1].weight.abs().mean() < 0.5 * plain.hidden[1].weight.abs().mean()
 
 

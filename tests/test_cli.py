@@ -1,0 +1,142 @@
+import json
+import random
+
+import pytest
+import torch
+
+from netslim.cli import main
+
+pytest.importorskip("sklearn")  # the embedded digits dataset
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_json_gives_params_flops_widths(capsys):
+    code, out, _ = run(capsys, "info", "vgg19", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["params"] == 20035018 and info["flops"] > 7.9e8
+    assert info["widths"]["features.1"] == 64
+
+
+def test_info_with_classes_and_input_size(capsys):
+    code, out, _ = run(capsys, "info", "resnet164", "--num-classes", "100", "--input-size", "32", "--json")
+    assert code == 0 and json.loads(out)["params"] == pytest.approx(1.73e6, rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    code = main(["train", "--model", "mlp", "--dataset", "digits", "--sparsity", "1e-2", "--bn-init", "0.5",
+                 "--epochs", "3", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_checkpoints_and_metrics(trained):
+    assert (trained / "last.pt").exists() and (trained / "best.pt").exists()
+    assert len((trained / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_prune_prints_table_counts_and_accuracy(trained, tmp_path, capsys):
+    code, out, _ = run(capsys, "prune", str(trained / "last.pt"), "--percent", "0.5", "--dataset", "digits",
+                       "--out", str(tmp_path / "small.pt"), "--plan-out", str(tmp_path / "plan.json"))
+    assert code == 0
+    assert "hidden.1" in out and "params:" in out and "FLOPs:" in out and "right after pruning" in out
+    code, out, _ = run(capsys, "info", str(tmp_path / "small.pt"), "--json")
+    assert code == 0 and sum(json.loads(out)["widths"].values()) < 500 + 300
+    assert json.loads((tmp_path / "plan.json").read_text())["pruned_channels"] == 400
+    torch.load(tmp_path / "small.pt", weights_only=True)
+
+
+def test_finetune_a_pruned_checkpoint(trained, tmp_path, capsys):
+    assert main(["prune", str(trained / "last.pt"), "--layer-percent", "0.8", "--out", str(tmp_path / "s.pt")]) == 0
+    code, out, _ = run(capsys, "finetune", str(tmp_path / "s.pt"), "--dataset", "digits", "--epochs", "2",
+                       "--out", str(tmp_path / "ft"), "--no-progress")
+    assert code == 0 and "test accuracy" in out and (tmp_path / "ft" / "best.pt").exists()
+
+
+def test_run_preset_end_to_end_and_report(tmp_path, capsys):
+    code, out, _ = run(capsys, "run", "demo", "--epochs", "2", "--out", str(tmp_path / "r"), "--no-progress")
+    assert code == 0 and "| pass 1 fine-tuned |" in out
+    rows = json.loads((tmp_path / "r" / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows][0] == "baseline" and rows[-1]["params_pruned"] > 0.3
+    code, out, _ = run(capsys, "report", str(tmp_path / "r"))
+    assert code == 0 and "gamma_distribution.png" in out and "gamma_heatmap.png" in out
+
+
+def test_run_list_shows_presets(capsys):
+    code, out, _ = run(capsys, "run", "--list")
+    assert code == 0 and "demo" in out and "table1-cifar10-vgg19-70" in out and "table4-cifar10-vgg19-multipass" in out
+
+
+def _bad_cases(tmp_path):
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(b"PK\x03\x04garbage")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    return [
+        (["info", "vgg20"], "unknown model"),
+        (["info", "nope.pt"], "does not exist"),
+        (["prune", str(truncated), "--out", str(tmp_path / "x.pt")], "truncated or corrupt"),
+        (["prune", str(truncated), "--percent", "1.5", "--out", str(tmp_path / "x.pt")], "outside [0, 1)"),
+        (["train", "--model", "mlp", "--dataset", "nosuch", "--out", str(tmp_path / "t")], "unknown dataset"),
+        (["train", "--model", "nosuch", "--dataset", "digits", "--out", str(tmp_path / "t")], "unknown model"),
+        (["train", "--model", "mlp", "--dataset", "digits", "--epochs", "0", "--out", str(tmp_path)], ">= 1"),
+        (["run", "nosuchpreset"], "presets:"),
+        (["run"], "give a preset"),
+        (["train", "--model", "mlp", "--dataset", "cifar10", "--data-dir", str(tmp_path / "empty"), "--no-download",
+          "--out", str(tmp_path / "t")], "CIFAR-10"),
+    ]
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    for argv, message in _bad_cases(tmp_path):
+        code, out, err = run(capsys, *argv)
+        assert code == 2, (argv, err)
+        assert message in err, (argv, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_unwritable_out_folder(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        (folder / "probe").touch()
+        pytest.skip("running with privileges that ignore permissions")
+    except OSError:
+        pass
+    code, _, err = run(capsys, "train", "--model", "mlp", "--dataset", "digits", "--out", str(folder / "sub"))
+    assert code == 2 and "cannot create output folder" in err
+
+
+def test_fuzzed_options_and_files_never_escape_as_tracebacks(tmp_path, capsys):
+    rng = random.Random(0)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(rng.randrange(256) for _ in range(300)))
+    yaml_bad = tmp_path / "bad.yaml"
+    yaml_bad.write_text("model: [unclosed\n")
+    yaml_unknown = tmp_path / "unknown.yaml"
+    yaml_unknown.write_text("model: mlp\ndataset: digits\nlearning_rate: 3\n")
+    yaml_types = tmp_path / "types.yaml"
+    yaml_types.write_text("model: mlp\ndataset: digits\ntrain: {epochs: many}\n")
+    values = ["-1", "0", "1.5", "nan", "abc", "", "1e309", str(junk), str(yaml_bad), "--", "3,x,2"]
+    commands = [["info"], ["prune", str(junk)], ["run"], ["run", str(yaml_bad)], ["run", str(yaml_unknown)],
+                ["run", str(yaml_types)], ["train", "--model", "mlp", "--dataset", "digits"]]
+    options = ["--percent", "--epochs", "--lr", "--sparsity", "--input-size", "--num-classes", "--min-channels",
+               "--max-layer-fraction", "--batch-size", "--passes", "--out"]
+    for _ in range(60):
+        argv = list(rng.choice(commands))
+        for _ in range(rng.randrange(1, 3)):
+            argv += [rng.choice(options), rng.choice(values)]
+        if "--out" not in argv and argv[0] in ("prune", "train"):
+            argv += ["--out", str(tmp_path / "fuzz_out")]
+        argv += ["--epochs", "1"] if argv[0] == "train" and "--epochs" not in argv else []
+        code, _, err = run(capsys, *argv)
+        assert code in (0, 2), (argv, err)
+        assert "Traceback" not in err, (argv, err)
