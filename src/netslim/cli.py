@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import distributed
+
 EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
 
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="run folder (created; an existing run there is resumed)")
         p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
         p.add_argument("--no-progress", action="store_true")
+        p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA)")
 
     p = sub.add_parser("train", help="train a model (with --sparsity: the paper's L1 on BN scales)")
     p.add_argument("--model", required=True, help="a registered model name or package.module:factory")
@@ -191,33 +194,27 @@ def cmd_train(args) -> int:
     import torch
 
     from .checkpoint import describe
-    from .data import DEFAULT_AUGMENT, Loader, load_dataset, validation_split
-    from .pipeline import ExperimentConfig, build_model_for
+    from .pipeline import ExperimentConfig, build_model_for, make_loaders
     from .train import TrainConfig, resolve_device, train
 
+    info = distributed.init_from_env(args.device)
     out = _writable_dir(args.out)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          sparsity=args.sparsity, sparsity_kind=args.sparsity_kind, bn_init=args.bn_init,
-                         seed=args.seed, device=args.device, progress=not args.no_progress)
-    device = resolve_device(args.device)
-    train_set = load_dataset(args.dataset, args.data_dir, "train", not args.no_download)
-    test_set = load_dataset(args.dataset, args.data_dir, "test", not args.no_download)
-    val_set = None
-    if args.val_size:
-        train_set, val_set = validation_split(train_set, args.val_size, args.seed)
-    experiment = ExperimentConfig(model=args.model, dataset=args.dataset,
+                         seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn)
+    experiment = ExperimentConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+                                  download=not args.no_download, val_size=args.val_size,
                                   model_kwargs={"num_classes": args.num_classes} if args.num_classes else {})
-    torch.manual_seed(args.seed)  # the same initial weights on every run and resume
+    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
+    torch.manual_seed(args.seed)  # the same initial weights on every run, rank and resume
     model, kwargs = build_model_for(experiment, train_set)
-    augment = DEFAULT_AUGMENT.get(args.dataset, "none")
-    result = train(model, Loader(train_set, args.batch_size, train=True, augment=augment, seed=args.seed, device=device),
-                   config, val_loader=Loader(val_set, 1000, train=False, device=device) if val_set else None,
-                   test_loader=Loader(test_set, 1000, train=False, device=device), out_dir=out,
+    result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out,
                    arch=describe(model, args.model, kwargs), resume=not args.no_resume,
                    on_epoch=lambda r: print(_epoch_line(r)) if args.no_progress else None)
     final = result["final"]
-    print(f"done: test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% after {final.get('epoch')} "
-          f"epochs; checkpoints in {out} (last.pt, best.pt), metrics in {out / 'metrics.jsonl'}")
+    if info.is_main:
+        print(f"done: test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% after {final.get('epoch')} "
+              f"epochs; checkpoints in {out} (last.pt, best.pt), metrics in {out / 'metrics.jsonl'}")
     return 0
 
 
@@ -274,28 +271,25 @@ def cmd_prune(args) -> int:
 
 def cmd_finetune(args) -> int:
     from .checkpoint import load_model
-    from .data import DEFAULT_AUGMENT, Loader, load_dataset, validation_split
+    from .pipeline import ExperimentConfig, make_loaders
     from .train import TrainConfig, resolve_device, train
 
+    info = distributed.init_from_env(args.device)
     out = _writable_dir(args.out)
     model, data = load_model(args.checkpoint)
-    device = resolve_device(args.device)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         seed=args.seed, device=args.device, progress=not args.no_progress)
-    train_set = load_dataset(args.dataset, args.data_dir, "train", not args.no_download)
-    test_set = load_dataset(args.dataset, args.data_dir, "test", not args.no_download)
-    val_set = None
-    if args.val_size:
-        train_set, val_set = validation_split(train_set, args.val_size, args.seed)
-    if getattr(model, "num_classes", None) not in (None, train_set.num_classes):
-        raise UsageError("the checkpoint's class count does not match the dataset")
-    augment = DEFAULT_AUGMENT.get(args.dataset, "none")
-    result = train(model, Loader(train_set, args.batch_size, train=True, augment=augment, seed=args.seed, device=device),
-                   config, val_loader=Loader(val_set, 1000, train=False, device=device) if val_set else None,
-                   test_loader=Loader(test_set, 1000, train=False, device=device), out_dir=out, arch=data["arch"],
-                   resume=not args.no_resume,
-                   on_epoch=lambda r: print(_epoch_line(r)) if args.no_progress else None)
-    print(f"done: test accuracy {100 * result['final'].get('test_accuracy', float('nan')):.2f}%; checkpoints in {out}")
+                         seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn)
+    experiment = ExperimentConfig(model=data["arch"]["name"], dataset=args.dataset, data_dir=args.data_dir,
+                                  download=not args.no_download, val_size=args.val_size)
+    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
+    classes = data["arch"].get("kwargs", {}).get("num_classes")
+    if classes not in (None, train_set.num_classes):
+        raise UsageError(f"the checkpoint predicts {classes} classes but {args.dataset} has {train_set.num_classes}")
+    result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=data["arch"],
+                   resume=not args.no_resume, on_epoch=lambda r: print(_epoch_line(r)) if args.no_progress else None)
+    if info.is_main:
+        print(f"done: test accuracy {100 * result['final'].get('test_accuracy', float('nan')):.2f}%; "
+              f"checkpoints in {out}")
     return 0
 
 
@@ -319,6 +313,7 @@ def cmd_run(args) -> int:
     if args.device:
         config.train["device"] = args.device
     config.__post_init__()
+    distributed.init_from_env(config.train.get("device", "auto"))
     out = _writable_dir(args.out or f"runs/{Path(args.config).stem}")
     run_experiment(config, out, progress=not args.no_progress)
     print()

@@ -17,6 +17,7 @@ import yaml
 from torch import nn
 
 from . import data as datasets
+from . import distributed
 from .checkpoint import describe, load_model, save_checkpoint
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
@@ -110,14 +111,22 @@ def load_config(name_or_path: str) -> ExperimentConfig:
 # -- data --
 
 def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int):
-    """Train, validation (or None) and test loaders of the experiment's dataset."""
+    """Train, validation (or None) and test loaders of the experiment's dataset.
+
+    Under torchrun each rank reads its own shard of every epoch with ``batch_size / world_size``
+    samples per step, so the global batch is ``batch_size`` whatever the number of processes.
+    """
+    info = distributed.current()
+    if batch_size % info.world_size:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {info.world_size} processes")
     train_set = datasets.load_dataset(config.dataset, config.data_dir, "train", config.download)
     test_set = datasets.load_dataset(config.dataset, config.data_dir, "test", config.download)
     val_set = None
     if config.val_size:
         train_set, val_set = datasets.validation_split(train_set, config.val_size, seed)
     augment = config.augment or datasets.DEFAULT_AUGMENT.get(config.dataset.lower().replace("_", "-"), "none")
-    loader = datasets.Loader(train_set, batch_size, train=True, augment=augment, seed=seed, device=device)
+    loader = datasets.Loader(train_set, batch_size // info.world_size, train=True, augment=augment, seed=seed,
+                             device=device, rank=info.rank, world_size=info.world_size)
     val = datasets.Loader(val_set, 1000, train=False, device=device) if val_set is not None else None
     test = datasets.Loader(test_set, 1000, train=False, device=device)
     return loader, val, test, train_set
@@ -151,8 +160,11 @@ def _accepted(name: str) -> set[str]:
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> dict:
     """Run (or resume) the experiment into ``out_dir``; returns the results table as rows."""
     out = Path(out_dir)
+    main = distributed.current().is_main  # under torchrun, rank 0 alone logs and writes
+    log = log if main else (lambda *a, **k: None)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    if main:
+        (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     sparse_cfg, tune_cfg = config.train_config(), config.finetune_config()
     sparse_cfg.progress = tune_cfg.progress = progress
     device = resolve_device(sparse_cfg.device)
@@ -195,13 +207,14 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         current = _selected(current, stage / "sparse", val_loader)
         row(f"pass {k} trained with sparsity", current, _test_error(current, test_loader), original)
 
-        plan = plan_pruning(current, **config.prune)
-        plan.save(stage / "plan.json")
+        plan = plan_pruning(current, **config.prune)  # deterministic: identical on every rank
         compact = apply_plan(current, plan, fold_bias=config.fold_bias)
         guard = f" (guard kept channels in {len(plan.guarded)} layers)" if plan.guarded else ""
         log(f"pass {k}: pruned {plan.pruned_channels}/{plan.total_channels} channels{guard}")
-        save_checkpoint(stage / "pruned.pt", {"arch": describe(compact, config.model, kwargs),
-                                              "state_dict": compact.state_dict(), "plan": plan.to_dict()})
+        if main:
+            plan.save(stage / "plan.json")
+            save_checkpoint(stage / "pruned.pt", {"arch": describe(compact, config.model, kwargs),
+                                                  "state_dict": compact.state_dict(), "plan": plan.to_dict()})
         row(f"pass {k} pruned, before fine-tuning", compact, _test_error(compact, test_loader), original)
 
         log(f"pass {k}: fine-tuning the compact model")
@@ -210,8 +223,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         current = _selected(compact, stage / "finetune", val_loader)
         row(f"pass {k} fine-tuned", current, _test_error(current, test_loader), original)
 
-    (out / "results.json").write_text(json.dumps({"config": asdict(config), "rows": rows}, indent=1))
-    (out / "results.md").write_text(results_markdown(rows, config))
+    if main:
+        (out / "results.json").write_text(json.dumps({"config": asdict(config), "rows": rows}, indent=1))
+        (out / "results.md").write_text(results_markdown(rows, config))
+    distributed.barrier()
     return {"rows": rows}
 
 

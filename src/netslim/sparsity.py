@@ -18,7 +18,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 KINDS = ("l1", "smooth_l1", "polarization")
 
 
-def prunable_bns(model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> dict[str, _BatchNorm]:
+def prunable_bns(model: nn.Module, include: Sequence[str] = ("*",),
+                 exclude: Sequence[str] = ()) -> dict[str, _BatchNorm]:
     """BN layers with a learnable scale, selected by module-path patterns (fnmatch)."""
     found = {name: m for name, m in model.named_modules()
              if isinstance(m, _BatchNorm) and m.affine

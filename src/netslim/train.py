@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import CheckpointError, describe, load_checkpoint, save_checkpoint
 from .sparsity import SparsityRegularizer, init_bn_scales
 from .stats import gamma_stats
@@ -49,12 +50,15 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     progress: bool = True
+    sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only, as in PyTorch)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = [
-            (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs!r}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size!r}"),
+            (isinstance(self.epochs, int) and self.epochs >= 1,
+             f"epochs must be an integer >= 1, got {self.epochs!r}"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch_size must be an integer >= 1, got {self.batch_size!r}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr!r}"),
             (self.sparsity >= 0, f"sparsity λ must be >= 0, got {self.sparsity!r}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}"),
@@ -69,7 +73,9 @@ class TrainConfig:
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present; asking for CUDA without a GPU is a clear error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", distributed.current().local_rank)
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     try:
@@ -135,6 +141,7 @@ def train(
     (``resume=True``), so an interrupted run ends with the same weights as an uninterrupted one.
     """
     device = resolve_device(config.device)
+    dist_info = distributed.current()
     torch.manual_seed(config.seed)
     if config.bn_init is not None:
         init_bn_scales(model, config.bn_init)
@@ -143,13 +150,16 @@ def train(
         model.to(memory_format=torch.channels_last)
     if regularizer is None and config.sparsity > 0:
         regularizer = SparsityRegularizer(model, config.sparsity, config.sparsity_kind)
+    net = _wrap_distributed(model, config, device, dist_info)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     arch = dict(arch or describe(model, type(model).__name__))
     state = {"epoch": 0, "history": [], "gammas": {}, "best": None}
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if dist_info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         if resume and (out / "last.pt").exists():
             state = _restore(out / "last.pt", model, optimizer, scheduler, device)
 
@@ -157,7 +167,7 @@ def train(
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         started = time.perf_counter()
-        stats = _train_epoch(model, train_loader, optimizer, regularizer, config, device, epoch)
+        stats = _train_epoch(net, train_loader, optimizer, regularizer, config, device, epoch, dist_info)
         scheduler.step()
         record = {"epoch": epoch + 1, **stats}
         if val_loader is not None:
@@ -173,21 +183,35 @@ def train(
         if improved:
             state["best"] = {"score": score, "epoch": epoch + 1}
         state["epoch"] = epoch + 1
-        if out is not None:
+        if out is not None and dist_info.is_main:  # one writer; the others wait for the file
             _persist(out, model, optimizer, scheduler, state, arch, config, improved)
-        if on_epoch is not None:
+        distributed.barrier()
+        if on_epoch is not None and dist_info.is_main:
             on_epoch(record)
-    return {"history": state["history"], "best": state["best"], "final": state["history"][-1] if state["history"] else {}}
+    final = state["history"][-1] if state["history"] else {}
+    return {"history": state["history"], "best": state["best"], "final": final}
 
 
-def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch) -> dict:
+def _wrap_distributed(model: nn.Module, config: TrainConfig, device: torch.device, info) -> nn.Module:
+    """DDP around the model when launched by torchrun with several processes; the model itself otherwise."""
+    if not info.enabled:
+        return model
+    if config.sync_bn:
+        if device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); drop --sync-bn on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch, dist_info) -> dict:
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
     lr = optimizer.param_groups[0]["lr"]
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress,
-               dynamic_ncols=True)
+    show = config.progress and dist_info.is_main
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show, dynamic_ncols=True)
     for step, (images, labels) in enumerate(bar):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if device.type == "cuda" and config.channels_last and images.dim() == 4:
@@ -207,13 +231,17 @@ def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch) -
         loss_sum += loss.detach() * len(labels)  # accumulated on the device: no sync per step
         correct += (logits.detach().argmax(1) == labels).sum()
         count += len(labels)
-        if config.progress and step % 20 == 0:
+        if show and step % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / count:.3f}", acc=f"{correct.item() / count:.3f}", lr=f"{lr:.3g}")
+    if dist_info.enabled:  # epoch statistics over all ranks
+        totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(count), device=device)])
+        torch.distributed.all_reduce(totals)
+        loss_sum, correct, count = totals[0], totals[1], int(totals[2].item())
     train_loss = loss_sum.item() / max(count, 1)
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint is kept "
                                "(lower the learning rate or the sparsity λ)")
-    return {"lr": lr, "train_loss": train_loss, "train_accuracy": correct.item() / max(count, 1)}
+    return {"lr": lr, "train_loss": train_loss, "train_accuracy": float(correct.item()) / max(count, 1)}
 
 
 def _append_gammas(history: dict, model: nn.Module) -> None:
@@ -248,8 +276,8 @@ def _restore(path: Path, model, optimizer, scheduler, device) -> dict:
         model.load_state_dict(data["state_dict"])
         optimizer.load_state_dict(data["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot resume from {path}: it belongs to another model or run ({e.__class__.__name__}); "
-                              "use another --out folder or delete it") from None
+        raise CheckpointError(f"cannot resume from {path}: it belongs to another model or run "
+                              f"({e.__class__.__name__}); use another --out folder or delete it") from None
     scheduler.load_state_dict(data["scheduler"])
     torch.set_rng_state(data["rng"]["torch"].cpu())
     if "cuda" in data["rng"] and torch.cuda.is_available():
