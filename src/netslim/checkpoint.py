@@ -57,7 +57,8 @@ def describe(model: nn.Module, name: str, kwargs: Mapping | None = None) -> dict
 
 def build_model(arch: Mapping) -> nn.Module:
     """Rebuild a (possibly pruned) model from its ``arch`` description, with untrained weights."""
-    model = create_base(arch["name"], arch.get("kwargs", {}))
+    kwargs = {k: v for k, v in arch.get("kwargs", {}).items() if k != "pretrained"}  # weights come from the file
+    model = create_base(arch["name"], kwargs)
     for path, (n_in, n_out, bias, select) in arch.get("shapes", {}).items():
         try:
             old = model.get_submodule(path)
@@ -80,17 +81,43 @@ def layer_shapes_of(module: nn.Module) -> list:
 
 
 def create_base(name: str, kwargs: Mapping) -> nn.Module:
-    """A registered model by name, or a user model from ``package.module:factory``."""
+    """A model by name: registered (``vgg19``), ``torchvision:NAME``, ``timm:NAME`` or ``package.module:factory``.
+
+    ``kwargs`` go to the builder; ``pretrained=True`` asks torchvision/timm for their released weights
+    (their ordinary download path, into their own caches).
+    """
+    kwargs = dict(kwargs)
     if ":" not in name:
         return models.create(name, **kwargs)
-    module_name, _, attr = name.partition(":")
+    source, _, attr = name.partition(":")
+    if source in ("torchvision", "timm"):
+        return _zoo_model(source, attr, kwargs)
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        factory = getattr(importlib.import_module(source), attr)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"cannot import model factory {name!r}: {e}; it must be 'package.module:function'") from None
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _zoo_model(source: str, name: str, kwargs: dict) -> nn.Module:
+    pretrained = bool(kwargs.pop("pretrained", False))
+    kwargs.pop("input_size", None)
+    kwargs.pop("in_channels", None)
+    try:
+        library = importlib.import_module(source)
+    except ImportError:
+        raise ImportError(f"{source}:{name} needs {source}: pip install {source} (an optional extra of netslim)") from None
+    try:
+        if source == "timm":
+            model = library.create_model(name, pretrained=pretrained, **kwargs)
+        else:
+            model = library.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{source} cannot build {name!r}: {str(e).splitlines()[0]}") from None
+    model.input_size = (3, 224, 224)
     return model
 
 

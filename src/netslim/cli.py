@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=_non_negative, default=0.0, help="λ of the L1 penalty on BN scales")
     p.add_argument("--sparsity-kind", default="l1", choices=["l1", "smooth_l1", "polarization"])
     p.add_argument("--bn-init", type=float, help="initial BN scale (the paper uses 0.5 with sparsity)")
+    p.add_argument("--sparsity-schedule", default="constant", choices=["constant", "warmup", "step", "linear"])
+    p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN",
+                   help="module-path pattern of BNs left out of the penalty (repeatable), e.g. 'head.*'")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
+                   help="adam/adamw use a proximal L1 step on γ after the optimizer step")
+    p.add_argument("--grad-clip", type=_positive, help="clip the gradient norm (after the sparsity term)")
+    p.add_argument("--pretrained", action="store_true", help="start from torchvision/timm released weights")
+    p.add_argument("--from", dest="from_checkpoint", metavar="CKPT",
+                   help="start from the weights of a trained netslim checkpoint")
     data_options(p, required=True)
     train_options(p, 160)
 
@@ -115,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fold", action="store_true", help="drop pruned channels' β instead of folding it")
     p.add_argument("--out", required=True, help="file for the compact checkpoint (.pt)")
     p.add_argument("--plan-out", help="also write the plan as JSON here")
+    p.add_argument("--recalibrate", type=_positive_int, metavar="N",
+                   help="re-estimate BN statistics of the compact model on N training batches (needs --dataset)")
     data_options(p)
 
     p = sub.add_parser("finetune", help="fine-tune a (pruned) checkpoint")
@@ -193,7 +204,7 @@ def _writable_file(path: str) -> Path:
 def cmd_train(args) -> int:
     import torch
 
-    from .checkpoint import describe
+    from .checkpoint import describe, load_model
     from .pipeline import ExperimentConfig, build_model_for, make_loaders
     from .train import TrainConfig, resolve_device, train
 
@@ -201,15 +212,24 @@ def cmd_train(args) -> int:
     out = _writable_dir(args.out)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          sparsity=args.sparsity, sparsity_kind=args.sparsity_kind, bn_init=args.bn_init,
-                         seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn)
+                         sparsity_schedule=args.sparsity_schedule, bn_exclude=tuple(args.bn_exclude),
+                         optimizer=args.optimizer, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
+                         progress=not args.no_progress, sync_bn=args.sync_bn)
+    model_kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    if args.pretrained:
+        model_kwargs["pretrained"] = True
     experiment = ExperimentConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                                  download=not args.no_download, val_size=args.val_size,
-                                  model_kwargs={"num_classes": args.num_classes} if args.num_classes else {})
+                                  download=not args.no_download, val_size=args.val_size, model_kwargs=model_kwargs)
     loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
     torch.manual_seed(args.seed)  # the same initial weights on every run, rank and resume
-    model, kwargs = build_model_for(experiment, train_set)
-    result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out,
-                   arch=describe(model, args.model, kwargs), resume=not args.no_resume,
+    if args.from_checkpoint:
+        model, data = load_model(args.from_checkpoint)
+        arch = data["arch"]
+    else:
+        model, kwargs = build_model_for(experiment, train_set)
+        arch = describe(model, args.model, kwargs)
+    result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=arch,
+                   resume=not args.no_resume,
                    on_epoch=lambda r: print(_epoch_line(r)) if args.no_progress else None)
     final = result["final"]
     if info.is_main:
@@ -253,12 +273,20 @@ def cmd_prune(args) -> int:
           f"threshold |γ| = {plan.threshold:.4g}")
     print(f"params: {p0:,} -> {p1:,} ({100 * (1 - p1 / p0):.1f}% pruned); "
           f"FLOPs: {f0:.3g} -> {f1:.3g} ({100 * (1 - f1 / f0):.1f}% pruned)")
+    if args.recalibrate and not args.dataset:
+        raise UsageError("--recalibrate needs --dataset (the training batches to re-estimate BN statistics on)")
     if args.dataset:
-        from .data import Loader, load_dataset
-        from .train import evaluate
+        from .data import DEFAULT_AUGMENT, Loader, load_dataset
+        from .train import evaluate, recalibrate_bn
         test = Loader(load_dataset(args.dataset, args.data_dir, "test", not args.no_download), 1000, train=False)
         before, after = evaluate(model, test)["accuracy"], evaluate(compact, test)["accuracy"]
         print(f"test accuracy: {100 * before:.2f}% before, {100 * after:.2f}% right after pruning (before fine-tuning)")
+        if args.recalibrate:
+            train_set = load_dataset(args.dataset, args.data_dir, "train", not args.no_download)
+            recalibrate_bn(compact, Loader(train_set, 64, train=True, augment=DEFAULT_AUGMENT.get(args.dataset, "none")),
+                           args.recalibrate)
+            print(f"test accuracy after re-estimating BN statistics on {args.recalibrate} batches: "
+                  f"{100 * evaluate(compact, test)['accuracy']:.2f}%")
     arch = dict(data["arch"])
     from .checkpoint import layer_shapes
     arch["shapes"] = layer_shapes(compact)

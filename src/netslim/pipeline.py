@@ -22,7 +22,7 @@ from .checkpoint import describe, load_model, save_checkpoint
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
 from .surgery import apply_plan
-from .train import TrainConfig, evaluate, resolve_device, train
+from .train import TrainConfig, evaluate, recalibrate_bn, resolve_device, train
 
 PRESET_DIR = Path(__file__).parent / "configs"
 PRUNE_KEYS = ("percent", "layer_percent", "max_layer_fraction", "min_channels", "round_to", "aggregate", "exclude")
@@ -46,6 +46,8 @@ class ExperimentConfig:
     finetune: dict = field(default_factory=dict)  # overrides of ``train`` for fine-tuning
     prune: dict = field(default_factory=lambda: {"percent": 0.7})
     fold_bias: bool = True
+    recalibrate: int = 0  # re-estimate BN statistics of the compact model on N batches before fine-tuning
+    distill: float = 0.0  # fine-tune with the unpruned model as teacher, with this weight (0: off)
 
     def __post_init__(self) -> None:
         if not isinstance(self.passes, int) or self.passes < 1:
@@ -216,10 +218,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
             save_checkpoint(stage / "pruned.pt", {"arch": describe(compact, config.model, kwargs),
                                                   "state_dict": compact.state_dict(), "plan": plan.to_dict()})
         row(f"pass {k} pruned, before fine-tuning", compact, _test_error(compact, test_loader), original)
+        if config.recalibrate:
+            recalibrate_bn(compact, train_loader, config.recalibrate)
+            row(f"pass {k} pruned, BN re-estimated", compact, _test_error(compact, test_loader), original)
 
         log(f"pass {k}: fine-tuning the compact model")
-        train(compact, train_loader, tune_cfg, val_loader=val_loader, out_dir=stage / "finetune",
-              arch=describe(compact, config.model, kwargs))
+        tune = copy.deepcopy(tune_cfg)
+        tune.distill = config.distill
+        train(compact, train_loader, tune, val_loader=val_loader, out_dir=stage / "finetune",
+              arch=describe(compact, config.model, kwargs), teacher=current if config.distill else None)
         current = _selected(compact, stage / "finetune", val_loader)
         row(f"pass {k} fine-tuned", current, _test_error(current, test_loader), original)
 

@@ -42,14 +42,17 @@ class SparsityRegularizer:
 
     def __init__(self, model: nn.Module, lam: float = 1e-4, kind: str = "l1", *, beta: float = 1e-2,
                  t: float = 1.2, upper: float = 1.0, include: Sequence[str] = ("*",),
-                 exclude: Sequence[str] = ()) -> None:
+                 exclude: Sequence[str] = (), proximal: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown sparsity kind {kind!r}; choose one of {', '.join(KINDS)}")
         if not lam >= 0:
             raise ValueError(f"sparsity strength λ must be >= 0, got {lam!r}")
         if beta <= 0 or upper <= 0:
             raise ValueError("beta and upper must be > 0")
+        if proximal and kind != "l1":
+            raise ValueError("the proximal step is defined for the l1 penalty only")
         self.lam, self.kind, self.beta, self.t, self.upper = float(lam), kind, beta, t, upper
+        self.proximal = proximal
         self.bns = prunable_bns(model, include, exclude)
         if not self.bns:
             raise ValueError(f"{type(model).__name__} has no BatchNorm with learnable scales: nothing to regularize")
@@ -72,7 +75,7 @@ class SparsityRegularizer:
     def step(self, lam: float | None = None) -> None:
         """Add λ·∂g/∂γ to each γ's gradient (call between backward and optimizer step)."""
         lam = self.lam if lam is None else float(lam)
-        if lam == 0:
+        if lam == 0 or self.proximal:
             return
         gammas = [g for g in self.gammas if g.grad is not None]
         if not gammas:
@@ -98,11 +101,44 @@ class SparsityRegularizer:
             torch._foreach_add_(grads, signs, alpha=lam)
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        """Call after ``optimizer.step()``: the polarizer keeps γ in [0, upper]; a no-op otherwise."""
+    def after_step(self, lr: float | None = None) -> None:
+        """Call after ``optimizer.step()``.
+
+        Proximal mode (for Adam/AdamW, whose per-parameter scaling would rescale a subgradient
+        away): soft-threshold γ ← sign(γ)·max(|γ| − lr·λ, 0), decoupled from the optimizer. The
+        polarizer keeps γ in [0, upper]. A no-op otherwise.
+        """
+        if self.proximal:
+            if lr is None:
+                raise ValueError("the proximal step needs the learning rate: reg.after_step(lr)")
+            shrunk = torch._foreach_abs(self.gammas)
+            torch._foreach_sub_(shrunk, lr * self.lam)
+            torch._foreach_clamp_min_(shrunk, 0.0)
+            torch._foreach_mul_(shrunk, torch._foreach_sign(self.gammas))
+            torch._foreach_copy_(self.gammas, shrunk)
         if self.kind == "polarization":
             torch._foreach_clamp_min_(self.gammas, 0.0)
             torch._foreach_clamp_max_(self.gammas, self.upper)
+
+
+SCHEDULES = ("constant", "warmup", "step", "linear")
+
+
+def lambda_at(lam: float, epoch: int, epochs: int, schedule: str = "constant", warmup: float = 0.1) -> float:
+    """λ for ``epoch`` (0-based) of ``epochs``: constant; linear warm-up over the first ``warmup``
+    fraction; step decay (/10 at 50% and 75%, like the learning rate); or linear decay to 0."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown λ schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if lam < 0 or not 0 <= warmup <= 1:
+        raise ValueError("λ must be >= 0 and the warm-up fraction in [0, 1]")
+    progress = epoch / max(epochs, 1)
+    if schedule == "warmup":
+        return lam * min(1.0, (epoch + 1) / max(1.0, warmup * epochs))
+    if schedule == "step":
+        return lam * (0.1 ** ((progress >= 0.5) + (progress >= 0.75)))
+    if schedule == "linear":
+        return lam * (1 - progress)
+    return lam
 
 
 @torch.no_grad()

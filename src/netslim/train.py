@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import CheckpointError, describe, load_checkpoint, save_checkpoint
-from .sparsity import SparsityRegularizer, init_bn_scales
+from .sparsity import SparsityRegularizer, init_bn_scales, lambda_at
 from .stats import gamma_stats
 
 
@@ -43,6 +44,13 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs where lr /= 10
     sparsity: float = 0.0  # λ of Eq. 1; 0 = plain training
     sparsity_kind: str = "l1"
+    sparsity_schedule: str = "constant"  # constant, warmup, step, linear (see sparsity.lambda_at)
+    sparsity_warmup: float = 0.1  # fraction of the epochs for the warm-up schedule
+    bn_include: tuple[str, ...] = ("*",)  # module-path patterns of the BNs to regularize
+    bn_exclude: tuple[str, ...] = ()
+    optimizer: str = "sgd"  # sgd (the paper), adam, adamw; adaptive ones get the proximal L1 step
+    distill: float = 0.0  # weight of the distillation loss when a teacher is given (fine-tuning)
+    temperature: float = 4.0
     bn_init: float | None = None  # initial BN scale; the paper uses 0.5 for sparsity training
     grad_clip: float | None = None
     seed: int = 0
@@ -62,12 +70,17 @@ class TrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr!r}"),
             (self.sparsity >= 0, f"sparsity λ must be >= 0, got {self.sparsity!r}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}"),
+            (self.optimizer in ("sgd", "adam", "adamw"), f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}"),
+            (0 <= self.distill <= 1, f"distill weight must be in [0, 1], got {self.distill!r}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature!r}"),
             (all(0 < m <= 1 for m in self.milestones), "milestones are fractions of the epochs in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         self.milestones = tuple(self.milestones)
+        self.bn_include, self.bn_exclude = tuple(self.bn_include), tuple(self.bn_exclude)
+        lambda_at(self.sparsity, 0, self.epochs, self.sparsity_schedule, self.sparsity_warmup)  # validates
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -111,6 +124,10 @@ def _autocast(device: torch.device, enabled: bool):
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     # Weight decay acts on every parameter, BN scales included, as in the paper's Torch code; the
     # sparsity term is separate and explicit (PEERS #13).
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                            nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
 
@@ -131,6 +148,7 @@ def train(
     arch: Mapping | None = None,
     resume: bool = True,
     regularizer: SparsityRegularizer | None = None,
+    teacher: nn.Module | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Train ``model`` for ``config.epochs``; returns the final metrics and the best epoch's.
@@ -149,7 +167,12 @@ def train(
     if device.type == "cuda" and config.channels_last:
         model.to(memory_format=torch.channels_last)
     if regularizer is None and config.sparsity > 0:
-        regularizer = SparsityRegularizer(model, config.sparsity, config.sparsity_kind)
+        # A subgradient inside Adam is rescaled per parameter and loses its pull to zero: use the
+        # decoupled proximal step there instead.
+        regularizer = SparsityRegularizer(model, config.sparsity, config.sparsity_kind, include=config.bn_include,
+                                          exclude=config.bn_exclude, proximal=config.optimizer != "sgd")
+    if teacher is not None:
+        teacher.to(device).eval()
     net = _wrap_distributed(model, config, device, dist_info)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
@@ -167,7 +190,10 @@ def train(
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         started = time.perf_counter()
-        stats = _train_epoch(net, train_loader, optimizer, regularizer, config, device, epoch, dist_info)
+        if regularizer is not None:
+            regularizer.lam = lambda_at(config.sparsity, epoch, config.epochs, config.sparsity_schedule,
+                                        config.sparsity_warmup)
+        stats = _train_epoch(net, train_loader, optimizer, regularizer, config, device, epoch, dist_info, teacher)
         scheduler.step()
         record = {"epoch": epoch + 1, **stats}
         if val_loader is not None:
@@ -176,6 +202,9 @@ def train(
             record.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device).items()})
         record["seconds"] = time.perf_counter() - started
         record.update(gamma_stats(model))
+        if regularizer is not None:
+            record["lambda"] = regularizer.lam
+            _warn_if_sparsity_stalls(state["history"] + [record], config)
         _append_gammas(state["gammas"], model)
         state["history"].append(record)
         score = record.get("val_accuracy", record.get("test_accuracy", record["train_accuracy"]))
@@ -204,7 +233,19 @@ def _wrap_distributed(model: nn.Module, config: TrainConfig, device: torch.devic
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch, dist_info) -> dict:
+def _warn_if_sparsity_stalls(history: list[dict], config: TrainConfig) -> None:
+    """Half-way through sparsity training with almost no small |γ|: say so, with what to try."""
+    epoch = history[-1]["epoch"]
+    if epoch != max(2, config.epochs // 2) or config.sparsity == 0:
+        return
+    small = history[-1].get("gamma_below_1e-2", 0.0)
+    if small < 0.05:
+        warnings.warn(f"sparsity is not emerging: after {epoch} of {config.epochs} epochs only {100 * small:.1f}% of "
+                      f"BN scales are below 1e-2 (λ={config.sparsity:g}); raise λ (e.g. x10) or train longer",
+                      stacklevel=3)
+
+
+def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch, dist_info, teacher) -> dict:
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -219,6 +260,8 @@ def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch, d
         with _autocast(device, config.amp):
             logits = model(images)
             loss = F.cross_entropy(logits.float(), labels)
+            if teacher is not None and config.distill > 0:
+                loss = _distillation_loss(loss, logits, teacher, images, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if regularizer is not None:
@@ -227,7 +270,7 @@ def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch, d
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         if regularizer is not None:
-            regularizer.after_step()
+            regularizer.after_step(optimizer.param_groups[0]["lr"])
         loss_sum += loss.detach() * len(labels)  # accumulated on the device: no sync per step
         correct += (logits.detach().argmax(1) == labels).sum()
         count += len(labels)
@@ -242,6 +285,49 @@ def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch, d
         raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint is kept "
                                "(lower the learning rate or the sparsity λ)")
     return {"lr": lr, "train_loss": train_loss, "train_accuracy": float(correct.item()) / max(count, 1)}
+
+
+def _distillation_loss(loss: torch.Tensor, logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor,
+                       config: TrainConfig) -> torch.Tensor:
+    """(1 − α)·CE + α·T²·KL(teacher ‖ student) at temperature T (Hinton et al. 2015)."""
+    with torch.no_grad():
+        target = teacher(images)
+    if target.shape != logits.shape:
+        raise ValueError(f"the teacher's output {tuple(target.shape)} does not match the student's "
+                         f"{tuple(logits.shape)}; distil from a model of the same task")
+    t = config.temperature
+    kl = F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(target.float() / t, 1), log_target=True,
+                  reduction="batchmean")
+    return (1 - config.distill) * loss + config.distill * t * t * kl
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 50) -> nn.Module:
+    """Re-estimate every BN's running statistics on ``batches`` training batches (no gradients).
+
+    A pruned network's BN statistics describe the wide network's activations; re-estimating them
+    ("adaptive BN", EagleEye) often restores much of the accuracy lost right after pruning.
+    """
+    if batches < 1:
+        raise ValueError(f"batches must be >= 1, got {batches}")
+    device = next(model.parameters()).device
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+        m.train()
+    for k, (images, _) in enumerate(loader):
+        if k >= batches:
+            break
+        model(images.to(device))
+    for m, (momentum, training) in zip(bns, saved, strict=True):
+        m.momentum = momentum
+        m.train(training)
+    model.train(was_training)
+    return model
 
 
 def _append_gammas(history: dict, model: nn.Module) -> None:
