@@ -106,3 +106,39 @@ def test_evaluate_counts_accuracy():
         from netslim.data import normalize
         expected = (model.eval()(normalize(data.images, data.mean, data.std)).argmax(1) == data.labels).float().mean()
     assert acc == pytest.approx(expected.item())
+
+
+def test_fp16_with_gradscaler_still_applies_sparsity():
+    data = _data()
+    plain, scaled = _model(), _model()
+    train(plain, Loader(data, 32), _config(sparsity=0.0, epochs=4))
+    train(scaled, Loader(data, 32), _config(sparsity=0.2, epochs=4, amp="fp16"))  # autocast fp16 + GradScaler on CPU
+    assert scaled.hidden[1].weight.abs().mean() < 0.5 * plain.hidden[1].weight.abs().mean()
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    import netslim.train as train_module
+
+    def broken_compile(net, device):
+        def fail(*a, **k):
+            raise RuntimeError("graph capture impossible")
+        return fail
+
+    monkeypatch.setattr(train_module, "_compiled", broken_compile)
+    with pytest.warns(UserWarning, match="eager mode"):
+        result = train(_model(), Loader(_data(64), 32), _config(epochs=1, compile=True))
+    assert result["final"]["train_loss"] > 0
+
+
+def test_compiled_training_matches_eager():
+    pytest.importorskip("torch._inductor")
+    data = _data(64)
+    eager, compiled = _model(), _model()
+    a = train(eager, Loader(data, 32), _config(epochs=1, sparsity=0.0))
+    b = train(compiled, Loader(data, 32), _config(epochs=1, sparsity=0.0, compile=True))
+    assert b["final"]["train_loss"] == pytest.approx(a["final"]["train_loss"], rel=1e-3)
+
+
+def test_bad_amp_setting():
+    with pytest.raises(ValueError, match="amp must be"):
+        TrainConfig(amp="fp8")

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
         p.add_argument("--no-progress", action="store_true")
         p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA)")
+        p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                       help="mixed precision (auto: bf16 on CUDA, off on CPU)")
+        p.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (CUDA graphs on GPU; drops each epoch's last partial batch)")
 
     p = sub.add_parser("train", help="train a model (with --sparsity: the paper's L1 on BN scales)")
     p.add_argument("--model", required=True, help="a registered model name or package.module:factory")
@@ -214,13 +218,14 @@ def cmd_train(args) -> int:
                          sparsity=args.sparsity, sparsity_kind=args.sparsity_kind, bn_init=args.bn_init,
                          sparsity_schedule=args.sparsity_schedule, bn_exclude=tuple(args.bn_exclude),
                          optimizer=args.optimizer, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
-                         progress=not args.no_progress, sync_bn=args.sync_bn)
+                         progress=not args.no_progress, sync_bn=args.sync_bn, amp=args.amp, compile=args.compile)
     model_kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     if args.pretrained:
         model_kwargs["pretrained"] = True
     experiment = ExperimentConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                                   download=not args.no_download, val_size=args.val_size, model_kwargs=model_kwargs)
-    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
+    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed,
+                                                drop_last=args.compile)
     torch.manual_seed(args.seed)  # the same initial weights on every run, rank and resume
     if args.from_checkpoint:
         model, data = load_model(args.from_checkpoint)
@@ -306,10 +311,12 @@ def cmd_finetune(args) -> int:
     out = _writable_dir(args.out)
     model, data = load_model(args.checkpoint)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn)
+                         seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn,
+                         amp=args.amp, compile=args.compile)
     experiment = ExperimentConfig(model=data["arch"]["name"], dataset=args.dataset, data_dir=args.data_dir,
                                   download=not args.no_download, val_size=args.val_size)
-    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
+    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed,
+                                                drop_last=args.compile)
     classes = data["arch"].get("kwargs", {}).get("num_classes")
     if classes not in (None, train_set.num_classes):
         raise UsageError(f"the checkpoint predicts {classes} classes but {args.dataset} has {train_set.num_classes}")

@@ -4,18 +4,22 @@ An analysis pass, not a transform (like ``torch.fx.passes.shape_prop``): the mod
 once on an example input, and every tensor is annotated with one *channel id* per position of its
 channel dimension (dim 1). Convolutions and Linear layers create new ids for their outputs;
 channel-preserving ops pass ids on; ``add``/``mul`` unify the ids of their operands (a residual
-group); ``cat`` concatenates them and ``split``/``chunk`` slice them; ``flatten`` repeats each id once
-per spatial position. Ids that end up unified are one channel: kept or removed together.
+group, an SE gate) with their result; ``cat`` concatenates them and ``chunk`` slices them (equal
+chunks are unified: they must stay equal); ``flatten`` repeats each id once per spatial position.
+Ids that end up unified are one channel: kept or removed together.
 
 A BN owns the channels of the conv/linear it directly follows (when it is that layer's only user):
 pruning them narrows that layer. Any other BN (one reading the residual stream or a concatenation,
 the paper's BN-before-conv case, Sec. 3) gets fresh ids and becomes a *selection* BN: it drops the
 channels it passes on without narrowing the tensor it reads.
 
-A channel may be pruned only if every id in it is scaled by some BN (so zeroing those BN scales
-zeroes the channel exactly) and none of its ids is fixed: model inputs and outputs, parameters, and
-the inputs and outputs of ops we cannot narrow (grouped convs, reductions over channels, unknown
-ops) are fixed. Unknown ops are never assumed to preserve channels; they are fixed and reported.
+A channel may be pruned only if every id of it that a layer reads is *scored* (so zeroing the BN
+scales zeroes what that layer reads exactly): a BN output, a sum of scored ids, or a product with a
+scored factor (an SE gate's own channel need not be scored: it only multiplies a zeroed one). And
+none of its ids may be fixed: model inputs and outputs, parameters, the inputs and outputs of ops we
+cannot narrow (grouped convs, reductions over channels, unknown ops), and tensors split or sliced
+along channels at sizes written in the forward code. Unknown ops are never assumed to preserve
+channels; they are fixed and reported.
 """
 
 from __future__ import annotations
@@ -63,13 +67,15 @@ _PRESERVING_FUNCTIONS = {
 _PRESERVING_METHODS = {
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "float", "half", "double",
     "bfloat16", "to", "type_as", "detach", "clamp", "clamp_", "clamp_min", "clamp_max", "abs", "exp", "neg",
-    "sqrt", "pow", "requires_grad_",
+    "sqrt", "pow", "requires_grad_", "expand", "expand_as",
 }
 _BINARY = {
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
     operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
 }
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+_QUOTIENTS = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
 _REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 _REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
 _NON_TENSOR = {getattr, operator.getitem, len}
@@ -93,6 +99,9 @@ class ChannelGraph:
     layers: dict[str, LayerUse] = field(default_factory=dict)
     parent: list[int] = field(default_factory=list)
     fixed: set[int] = field(default_factory=set)
+    scored: set[int] = field(default_factory=set)  # ids zeroed with their BN scales (see the module docstring)
+    gated: set[int] = field(default_factory=set)  # scored ids times an unscored factor: zero only if β is zeroed
+    reads: set[int] = field(default_factory=set)  # ids some layer reads
     notes: list[str] = field(default_factory=list)  # ops that forced channels to stay (fixed)
     input_shape: tuple[int, ...] = ()  # of the example input the analysis ran on
 
@@ -124,10 +133,10 @@ class ChannelGraph:
         return {p: u for p, u in self.layers.items() if u.kind in ("bn", "select_bn")}
 
     def prunable_roots(self) -> set[int]:
-        """Channels (root ids) that may be removed: every id scaled by a BN, none fixed."""
-        scored = {i for u in self.bns.values() for i in u.out_ids}
-        blocked = {self.root(i) for i in range(len(self.parent)) if i in self.fixed or i not in scored}
-        return {self.root(i) for i in scored} - blocked
+        """Channels (root ids) that may be removed: a BN's, every id a layer reads scored, none fixed."""
+        blocked = {self.root(i) for i in range(len(self.parent))
+                   if i in self.fixed or (i in self.reads and i not in self.scored)}
+        return {self.root(i) for u in self.bns.values() for i in u.out_ids} - blocked
 
     def close_selection(self, pruned: set[int]) -> set[int]:
         """Keep every channel a kept selection-BN channel reads (it cannot read a removed one)."""
@@ -265,10 +274,13 @@ class _Annotator(fx.Interpreter):
             use = self.channels.layers[path]
             if x is not None and len(x) == len(use.in_ids):
                 self.channels.unify(x, use.in_ids)
+                self.channels.reads.update(x)
                 return use.out_ids
             return self._opaque(n, result, "module reused with another input width")
         if x is None or not isinstance(result, torch.Tensor):
             return self._opaque(n, result, f"{type(mod).__name__} without a channel input")
+        if isinstance(mod, (_BatchNorm, *_CONV, *_CONV_T, nn.Linear)):
+            self.channels.reads.update(x)
         if isinstance(mod, _BatchNorm):
             return self._batch_norm(n, path, mod, x)
         if isinstance(mod, _CONV) and mod.groups == 1:
@@ -305,10 +317,12 @@ class _Annotator(fx.Interpreter):
         )
         if owned:
             self.channels.layers[path] = LayerUse(path, "bn", x, x)
+            self.channels.scored.update(x)
             return x
         source = tuple(mod.index.tolist()) if isinstance(mod, SelectBatchNorm) else tuple(range(len(x)))
         out = self.channels.new_ids(mod.num_features)
         self.channels.layers[path] = LayerUse(path, "select_bn", x, out, source)
+        self.channels.scored.update(out)
         return out
 
     # -- functions and methods --
@@ -360,20 +374,42 @@ class _Annotator(fx.Interpreter):
     def _binary(self, n: fx.Node, result: torch.Tensor) -> object:
         if not isinstance(result, torch.Tensor) or result.dim() < 2:
             return self._opaque(n, result, "elementwise op without a channel dimension")
-        out: Ann | None = None
-        for arg in n.args:
+        aligned: list[tuple[int, Ann]] = []  # (argument position, ids) of operands with a channel per result channel
+        varying = False  # an operand broadcast over the channels, e.g. an (N, 1, H, W) attention map
+        for pos, arg in enumerate(n.args):
             ann = self._a(arg)
             value = self.env.get(arg) if isinstance(arg, fx.Node) else arg
             if not isinstance(value, torch.Tensor) or value.numel() == 1:
                 continue  # scalars broadcast over every channel
             if value.dim() == result.dim() and value.shape[1] == result.shape[1] and ann is not None:
-                if out is None:
-                    out = ann
-                else:
-                    self.channels.unify(out, ann)  # residual add, SE gate: the same channels
-            elif not (value.dim() == result.dim() and value.shape[1] == 1):
+                aligned.append((pos, ann))
+            elif value.dim() == result.dim() and value.shape[1] == 1:
+                varying = True
+            else:
                 return self._opaque(n, result, "broadcast over channels")
-        return out if out is not None else self._opaque(n, result, "")
+        if not aligned:
+            return self._opaque(n, result, "")
+        # The result's own ids, unified with the operands' (residual add, SE gate: the same channels).
+        # Whether it is zeroed with the BN scales depends on the op: a sum needs every term zeroed, a
+        # product one factor (so an SE gate's expansion conv narrows with the features it scales).
+        out = self.channels.new_ids(result.shape[1])
+        for _, ann in aligned:
+            self.channels.unify(out, ann)
+        g = self.channels
+        for k, i in enumerate(out):
+            s = [ann[k] in g.scored for _, ann in aligned]
+            if n.target in _PRODUCTS:
+                scored, gated = any(s), not all(s) or varying
+            elif n.target in _QUOTIENTS:  # zero with the dividend; a zeroed divisor is not allowed
+                scored = aligned[0][0] == 0 and s[0] and not any(s[1:])
+                gated = len(s) > 1 or varying
+            else:
+                scored, gated = all(s) and not varying, False
+            if scored:
+                g.scored.add(i)
+                if gated:
+                    g.gated.add(i)
+        return out
 
     def _cat(self, n: fx.Node, result: torch.Tensor) -> object:
         tensors, dim = _args(n, 0, ("tensors", None), ("dim", 0))
@@ -382,9 +418,11 @@ class _Annotator(fx.Interpreter):
             return self._opaque(n, result, "cat of unannotated tensors")
         if dim % result.dim() == 1:
             return tuple(i for a in anns for i in a)  # each producer owns a slice of the channels
-        for a in anns[1:]:
-            self.channels.unify(anns[0], a)
-        return anns[0]
+        out = self.channels.new_ids(result.shape[1])  # concatenated along another dim: like a sum
+        for a in anns:
+            self.channels.unify(out, a)
+        self.channels.scored.update(i for k, i in enumerate(out) if all(a[k] in self.channels.scored for a in anns))
+        return out
 
     def _split(self, n: fx.Node, result: object) -> object:
         x = self._a(n.args[0])
@@ -397,6 +435,19 @@ class _Annotator(fx.Interpreter):
         for r in result:
             pieces.append(x[start:start + r.shape[1]])
             start += r.shape[1]
+        # The compact model runs the same forward code, so the split must still cut where it did.
+        # chunk(k) into equal pieces cuts in the middle of any width: unify the pieces position by
+        # position so they stay equal. Sizes written in the code (split, tensor_split, uneven
+        # chunks) cannot change: the split tensor keeps its channels.
+        sections = n.args[1] if len(n.args) > 1 else n.kwargs.get("sections")
+        chunked = n.target in (torch.chunk, "chunk") or (
+            n.target in (torch.tensor_split, "tensor_split") and isinstance(sections, int))
+        if chunked and len({len(p) for p in pieces}) == 1:
+            for p in pieces[1:]:
+                self.channels.unify(pieces[0], p)
+        else:
+            self._fix(x)
+            self.channels.notes.append(f"{n.name} (split at sizes fixed in the code): its channels are kept")
         return tuple(pieces)
 
     def _getitem(self, n: fx.Node, result: object) -> object:
@@ -410,6 +461,10 @@ class _Annotator(fx.Interpreter):
         index = index if isinstance(index, tuple) else (index,)
         if len(index) >= 2 and index[0] == slice(None) and isinstance(index[1], slice) and \
                 all(i in (slice(None), Ellipsis) for i in index[2:]):
+            if range(*index[1].indices(len(ann))) != range(len(ann)):
+                # Slice bounds are constants of the forward code: they only fit the unpruned width.
+                self._fix(ann)
+                self.channels.notes.append(f"{n.name} (slice of the channels): its channels are kept")
             return ann[index[1]]
         if len(index) >= 1 and index[0] == slice(None) and all(i in (slice(None), Ellipsis) for i in index[1:]):
             return ann

@@ -112,7 +112,7 @@ def load_config(name_or_path: str) -> ExperimentConfig:
 
 # -- data --
 
-def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int):
+def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int, drop_last: bool = False):
     """Train, validation (or None) and test loaders of the experiment's dataset.
 
     Under torchrun each rank reads its own shard of every epoch with ``batch_size / world_size``
@@ -128,7 +128,7 @@ def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int):
         train_set, val_set = datasets.validation_split(train_set, config.val_size, seed)
     augment = config.augment or datasets.DEFAULT_AUGMENT.get(config.dataset.lower().replace("_", "-"), "none")
     loader = datasets.Loader(train_set, batch_size // info.world_size, train=True, augment=augment, seed=seed,
-                             device=device, rank=info.rank, world_size=info.world_size)
+                             device=device, rank=info.rank, world_size=info.world_size, drop_last=drop_last)
     val = datasets.Loader(val_set, 1000, train=False, device=device) if val_set is not None else None
     test = datasets.Loader(test_set, 1000, train=False, device=device)
     return loader, val, test, train_set
@@ -170,7 +170,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     sparse_cfg, tune_cfg = config.train_config(), config.finetune_config()
     sparse_cfg.progress = tune_cfg.progress = progress
     device = resolve_device(sparse_cfg.device)
-    loaders = make_loaders(config, sparse_cfg.batch_size, device, sparse_cfg.seed)
+    loaders = make_loaders(config, sparse_cfg.batch_size, device, sparse_cfg.seed, drop_last=sparse_cfg.compile)
     train_loader, val_loader, test_loader, train_set = loaders
     torch.manual_seed(sparse_cfg.seed)  # the same initial weights on every run and resume
     model, kwargs = build_model_for(config, train_set)

@@ -55,13 +55,16 @@ class TrainConfig:
     grad_clip: float | None = None
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: str = "auto"  # auto (bf16 on CUDA, fp16 + GradScaler where bf16 is missing; off on CPU), bf16, fp16, off
+    compile: bool = False  # torch.compile the model (CUDA graphs via mode="reduce-overhead" on GPU)
     channels_last: bool = True  # on CUDA
     progress: bool = True
     sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only, as in PyTorch)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # older configs: amp: true/false
+            self.amp = "auto" if self.amp else "off"
         checks = [
             (isinstance(self.epochs, int) and self.epochs >= 1,
              f"epochs must be an integer >= 1, got {self.epochs!r}"),
@@ -72,6 +75,7 @@ class TrainConfig:
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}"),
             (self.optimizer in ("sgd", "adam", "adamw"), f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}"),
             (0 <= self.distill <= 1, f"distill weight must be in [0, 1], got {self.distill!r}"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature!r}"),
             (all(0 < m <= 1 for m in self.milestones), "milestones are fractions of the epochs in (0, 1]"),
         ]
@@ -108,7 +112,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
     count = 0
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with _autocast(device, True):
+        with _autocast(device, autocast_dtype("auto", device)):
             logits = model(images)
         loss += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
@@ -117,8 +121,20 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
     return {"loss": loss.item() / max(count, 1), "accuracy": correct.item() / max(count, 1)}
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for ``setting`` on ``device`` (None: full fp32)."""
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if setting == "auto":
+        return torch.bfloat16 if bf16_ok else torch.float16
+    if setting == "bf16" and not bf16_ok:
+        raise ValueError("this GPU has no bf16 support; use --amp fp16 (with a GradScaler) or --amp off")
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -174,6 +190,10 @@ def train(
     if teacher is not None:
         teacher.to(device).eval()
     net = _wrap_distributed(model, config, device, dist_info)
+    precision = autocast_dtype(config.amp, device)
+    # fp16 needs loss scaling; the sparsity term then goes on the unscaled gradients (after unscale_).
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    runner = {"forward": _compiled(net, device) if config.compile else net, "eager": net}
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     arch = dict(arch or describe(model, type(model).__name__))
@@ -184,7 +204,7 @@ def train(
             out.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
         if resume and (out / "last.pt").exists():
-            state = _restore(out / "last.pt", model, optimizer, scheduler, device)
+            state = _restore(out / "last.pt", model, optimizer, scheduler, device, scaler)
 
     for epoch in range(state["epoch"], config.epochs):
         if hasattr(train_loader, "set_epoch"):
@@ -193,7 +213,8 @@ def train(
         if regularizer is not None:
             regularizer.lam = lambda_at(config.sparsity, epoch, config.epochs, config.sparsity_schedule,
                                         config.sparsity_warmup)
-        stats = _train_epoch(net, train_loader, optimizer, regularizer, config, device, epoch, dist_info, teacher)
+        stats = _train_epoch(runner, train_loader, optimizer, scaler, regularizer, config, device, epoch, dist_info,
+                             teacher, precision)
         scheduler.step()
         record = {"epoch": epoch + 1, **stats}
         if val_loader is not None:
@@ -213,7 +234,7 @@ def train(
             state["best"] = {"score": score, "epoch": epoch + 1}
         state["epoch"] = epoch + 1
         if out is not None and dist_info.is_main:  # one writer; the others wait for the file
-            _persist(out, model, optimizer, scheduler, state, arch, config, improved)
+            _persist(out, model, optimizer, scheduler, scaler, state, arch, config, improved)
         distributed.barrier()
         if on_epoch is not None and dist_info.is_main:
             on_epoch(record)
@@ -245,7 +266,31 @@ def _warn_if_sparsity_stalls(history: list[dict], config: TrainConfig) -> None:
                       stacklevel=3)
 
 
-def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch, dist_info, teacher) -> dict:
+def _compiled(net: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile, with CUDA graphs on GPU ("reduce-overhead": the whole forward/backward replayed).
+
+    Shapes must stay fixed for graph replay: the pipeline drops each epoch's last partial batch when
+    compiling (the next epoch's reshuffle covers those samples).
+    """
+    return torch.compile(net, mode="reduce-overhead" if device.type == "cuda" else "default")
+
+
+def _forward(runner: dict, images: torch.Tensor) -> torch.Tensor:
+    """The compiled forward, falling back to eager (once, with a warning) if compilation fails."""
+    if runner["forward"] is runner["eager"]:
+        return runner["eager"](images)
+    try:
+        return runner["forward"](images)
+    except Exception as e:  # dynamo/inductor raise many types; eager is always a safe fallback
+        warnings.warn(f"torch.compile failed on this model ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                      "training continues in eager mode", stacklevel=2)
+        runner["forward"] = runner["eager"]
+        return runner["eager"](images)
+
+
+def _train_epoch(runner, loader, optimizer, scaler, regularizer, config, device, epoch, dist_info, teacher,
+                 precision) -> dict:
+    model = runner["eager"]
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -257,18 +302,20 @@ def _train_epoch(model, loader, optimizer, regularizer, config, device, epoch, d
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if device.type == "cuda" and config.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, config.amp):
-            logits = model(images)
+        with _autocast(device, precision):
+            logits = _forward(runner, images)
             loss = F.cross_entropy(logits.float(), labels)
             if teacher is not None and config.distill > 0:
                 loss = _distillation_loss(loss, logits, teacher, images, config)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # a no-op without fp16
         if regularizer is not None:
             regularizer.step()  # on true (unscaled) gradients; before clipping, as part of the objective
         if config.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+        scaler.update()
         if regularizer is not None:
             regularizer.after_step(optimizer.param_groups[0]["lr"])
         loss_sum += loss.detach() * len(labels)  # accumulated on the device: no sync per step
@@ -338,11 +385,12 @@ def _append_gammas(history: dict, model: nn.Module) -> None:
             history[name] = torch.cat([history[name], row]) if name in history else row
 
 
-def _persist(out: Path, model, optimizer, scheduler, state, arch, config, improved: bool) -> None:
+def _persist(out: Path, model, optimizer, scheduler, scaler, state, arch, config, improved: bool) -> None:
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "arch": arch, "state_dict": weights, "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "epoch": state["epoch"], "history": state["history"],
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": state["epoch"],
+        "history": state["history"],
         "gammas": state["gammas"], "best": state["best"], "config": _plain(asdict(config)),
         "rng": {"torch": torch.get_rng_state(),
                 **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
@@ -356,7 +404,7 @@ def _persist(out: Path, model, optimizer, scheduler, state, arch, config, improv
             f.write(json.dumps(record) + "\n")
 
 
-def _restore(path: Path, model, optimizer, scheduler, device) -> dict:
+def _restore(path: Path, model, optimizer, scheduler, device, scaler) -> dict:
     data = load_checkpoint(path, map_location=device)
     try:
         model.load_state_dict(data["state_dict"])
@@ -365,6 +413,8 @@ def _restore(path: Path, model, optimizer, scheduler, device) -> dict:
         raise CheckpointError(f"cannot resume from {path}: it belongs to another model or run "
                               f"({e.__class__.__name__}); use another --out folder or delete it") from None
     scheduler.load_state_dict(data["scheduler"])
+    if data.get("scaler"):
+        scaler.load_state_dict(data["scaler"])
     torch.set_rng_state(data["rng"]["torch"].cpu())
     if "cuda" in data["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in data["rng"]["cuda"]])
