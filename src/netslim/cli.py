@@ -58,6 +58,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _fraction_open(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1] (e.g. 0.5 keeps half)")
+    return value
+
+
 def _input_size(text: str) -> tuple[int, ...]:
     try:
         size = tuple(int(s) for s in text.lower().replace("x", ",").split(",") if s)
@@ -118,9 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(p, required=True)
     train_options(p, 160)
 
-    p = sub.add_parser("prune", help="prune a trained checkpoint into a compact model")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("prune", help="prune a trained checkpoint (or a model factory) into a compact model")
+    p.add_argument("checkpoint", help="a netslim checkpoint, or package.module:factory / torchvision:NAME")
     p.add_argument("--percent", type=_fraction, help="global fraction of channels to prune (default 0.7)")
+    p.add_argument("--target-flops", type=_fraction_open, help="prune until FLOPs <= this fraction of the original")
+    p.add_argument("--target-params", type=_fraction_open, help="prune until parameters <= this fraction")
+    p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for models that do not declare one")
+    p.add_argument("--num-classes", type=_positive_int, help="for a model factory")
     p.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
     p.add_argument("--max-layer-fraction", type=_fraction, help="prune at most this fraction of any layer")
     p.add_argument("--min-channels", type=_positive_int, default=1)
@@ -254,25 +268,44 @@ def _epoch_line(r: dict) -> str:
 
 
 def cmd_prune(args) -> int:
-    from .checkpoint import load_model, save_checkpoint
+    import torch
+
+    from .budget import plan_for_budget
+    from .checkpoint import create_base, describe, load_model, save_checkpoint
     from .metrics import count_flops, count_params
     from .plan import plan_pruning
     from .surgery import apply_plan
 
-    if args.percent is not None and args.layer_percent is not None:
-        raise UsageError("give --percent or --layer-percent, not both")
+    ways = [x is not None for x in (args.percent, args.layer_percent, args.target_flops, args.target_params)]
+    if sum(ways) > 1:
+        raise UsageError("give one of --percent, --layer-percent, --target-flops, --target-params")
     out = _writable_file(args.out)
-    model, data = load_model(args.checkpoint)
+    if Path(args.checkpoint).is_file() or ":" not in args.checkpoint:
+        model, data = load_model(args.checkpoint)
+        arch = dict(data["arch"])
+    else:  # a model factory: its own (e.g. pretrained) weights
+        kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+        model = create_base(args.checkpoint, kwargs)
+        arch = describe(model, args.checkpoint, kwargs)
+    if args.input_size is not None:
+        model.input_size = args.input_size if len(args.input_size) > 1 else (3, *args.input_size * 2)
+    if getattr(model, "input_size", None) is None:
+        raise UsageError(f"{args.checkpoint} does not declare its input size: pass --input-size C,H,W")
     model.eval()
-    percent = args.percent if args.percent is not None or args.layer_percent is not None else 0.7
-    plan = plan_pruning(model, None if args.layer_percent is not None else percent,
-                        layer_percent=args.layer_percent, max_layer_fraction=args.max_layer_fraction,
-                        min_channels=args.min_channels, round_to=args.round_to)
-    compact = apply_plan(model, plan, fold_bias=not args.no_fold)
+    example = torch.zeros(2, *model.input_size)
+    options = dict(max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels, round_to=args.round_to,
+                   example_input=example)
+    if args.target_flops is not None or args.target_params is not None:
+        plan = plan_for_budget(model, target_flops=args.target_flops, target_params=args.target_params, **options)
+    else:
+        percent = args.percent if args.percent is not None or args.layer_percent is not None else 0.7
+        plan = plan_pruning(model, None if args.layer_percent is not None else percent,
+                            layer_percent=args.layer_percent, **options)
+    compact = apply_plan(model, plan, fold_bias=not args.no_fold, example_input=example)
     print(f"{'layer':<28} {'before':>7} {'after':>7}  guard")
     for path, report in plan.layers.items():
         print(f"{path:<28} {report.width:>7} {report.kept:>7}  {report.guard}")
-    size = model.input_size if hasattr(model, "input_size") else None
+    size = model.input_size
     p0, p1, f0, f1 = count_params(model), count_params(compact), count_flops(model, size), count_flops(compact, size)
     print(f"channels pruned: {plan.pruned_channels}/{plan.total_channels} ({100 * plan.achieved_percent:.1f}%), "
           f"threshold |γ| = {plan.threshold:.4g}")
@@ -292,7 +325,6 @@ def cmd_prune(args) -> int:
                            args.recalibrate)
             print(f"test accuracy after re-estimating BN statistics on {args.recalibrate} batches: "
                   f"{100 * evaluate(compact, test)['accuracy']:.2f}%")
-    arch = dict(data["arch"])
     from .checkpoint import layer_shapes
     arch["shapes"] = layer_shapes(compact)
     save_checkpoint(out, {"arch": arch, "state_dict": compact.state_dict(), "plan": plan.to_dict()})
