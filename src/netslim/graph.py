@@ -345,7 +345,9 @@ class _Annotator(fx.Interpreter):
             return self._reduce(n, x, result)
         if t in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
             dim = _args(n, 1, ("dim", None))[0]
-            return x if dim is not None and dim % result.dim() != 1 else self._opaque(n, result, "softmax over channels")
+            if dim is not None and dim % result.dim() != 1:
+                return x
+            return self._opaque(n, result, "softmax over channels")
         if t in _PRESERVING_FUNCTIONS and isinstance(result, torch.Tensor) and x is not None:
             return x if result.dim() >= 2 and result.shape[1] == len(x) else self._opaque(n, result, "shape")
         if t in _NON_TENSOR:

@@ -88,7 +88,9 @@ def _positions(graph: ChannelGraph, ids: tuple, pruned: set[int]) -> torch.Tenso
 
 def _foldable(model: nn.Module, graph: ChannelGraph, pruned: set[int]) -> set[int]:
     """Pruned channels whose every reader can take a constant input into its bias exactly."""
-    ok = set(pruned)
+    # A channel multiplied by an unpruned factor (an SE gate) is f(β) times that factor: not a
+    # constant, only zero, and only when β is zeroed too.
+    ok = set(pruned) - {graph.root(i) for i in graph.gated}
     for path, use in graph.layers.items():
         if use.kind in _CONSUMERS and not _absorbs_constants(model.get_submodule(path), use):
             ok -= {graph.root(i) for i in use.in_ids}
