@@ -45,7 +45,7 @@ def test_ties_are_broken_deterministically_without_over_pruning():
 def test_min_channels_guard_never_empties_a_layer_and_says_which():
     model = _vgg()
     with torch.no_grad():
-        model.features[1].weight.mul_(1e-6)  # the first layer is all tiny: a global threshold empties it
+        model.features[1].weight.mul_(1e-4)  # the first layer is all tiny: a global threshold empties it
     plan = plan_pruning(model, 0.3)
     assert len(plan.kept["features.1"]) == 1
     assert plan.layers["features.1"].guard == "min_channels"
@@ -121,3 +121,26 @@ def test_not_a_plan(tmp_path):
     (tmp_path / "x.json").write_text("{\"kept\": 3}")
     with pytest.raises(ValueError, match="not a pruning plan"):
         PruningPlan.load(tmp_path / "x.json")
+
+
+def test_collapsed_scales_are_detected_before_pruning():
+    model = _vgg()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.mul_(1e-9)
+    with pytest.raises(ValueError, match="collapsed"):
+        plan_pruning(model, 0.5)
+
+
+def test_a_collapsed_layer_is_reported():
+    model = _vgg()
+    with torch.no_grad():
+        model.features[1].weight.zero_()
+    plan = plan_pruning(model, 0.3)
+    assert plan.layers["features.1"].guard == "collapsed" and len(plan.kept["features.1"]) == 1
+
+
+def test_exclude_pattern_matching_nothing():
+    with pytest.raises(ValueError, match="matches no BN layer"):
+        plan_pruning(_vgg(), 0.5, exclude=["head.*"])

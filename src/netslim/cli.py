@@ -249,7 +249,7 @@ def cmd_train(args) -> int:
         arch = describe(model, args.model, kwargs)
     result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=arch,
                    resume=not args.no_resume,
-                   on_epoch=lambda r: print(_epoch_line(r)) if args.no_progress else None)
+                   on_epoch=lambda r: print(_epoch_line(r)))
     final = result["final"]
     if info.is_main:
         print(f"done: test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% after {final.get('epoch')} "
@@ -263,7 +263,7 @@ def _epoch_line(r: dict) -> str:
         parts.append(f"val {100 * r['val_accuracy']:.2f}%")
     if "test_accuracy" in r:
         parts.append(f"test {100 * r['test_accuracy']:.2f}%")
-    parts.append(f"|γ|<1e-2: {100 * r.get('gamma_below_1e-2', 0):.1f}%")
+    parts.append(f"|γ|<1e-2: {100 * r.get('gamma_below_1e-2', 0):.1f}%, safe prune {100 * r.get('safe_percent', 0):.0f}%")
     return ", ".join(parts)
 
 
@@ -307,6 +307,10 @@ def cmd_prune(args) -> int:
         print(f"{path:<28} {report.width:>7} {report.kept:>7}  {report.guard}")
     size = model.input_size
     p0, p1, f0, f1 = count_params(model), count_params(compact), count_flops(model, size), count_flops(compact, size)
+    collapsed = [p for p, r in plan.layers.items() if r.guard == "collapsed"]
+    if collapsed:
+        print(f"warning: every |γ| of {len(collapsed)} layer(s) is ~0 ({', '.join(collapsed[:3])}...): λ was too strong "
+              "for them; the guard keeps min_channels there")
     print(f"channels pruned: {plan.pruned_channels}/{plan.total_channels} ({100 * plan.achieved_percent:.1f}%), "
           f"threshold |γ| = {plan.threshold:.4g}")
     print(f"params: {p0:,} -> {p1:,} ({100 * (1 - p1 / p0):.1f}% pruned); "
@@ -353,7 +357,7 @@ def cmd_finetune(args) -> int:
     if classes not in (None, train_set.num_classes):
         raise UsageError(f"the checkpoint predicts {classes} classes but {args.dataset} has {train_set.num_classes}")
     result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=data["arch"],
-                   resume=not args.no_resume, on_epoch=lambda r: print(_epoch_line(r)) if args.no_progress else None)
+                   resume=not args.no_resume, on_epoch=lambda r: print(_epoch_line(r)))
     if info.is_main:
         print(f"done: test accuracy {100 * result['final'].get('test_accuracy', float('nan')):.2f}%; "
               f"checkpoints in {out}")

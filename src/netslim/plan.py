@@ -20,13 +20,16 @@ from torch import nn
 from .graph import ChannelGraph, trace_channels
 
 
+COLLAPSED = 1e-6  # |γ| below this is numerically zero: the channel contributes only its shift β
+
+
 @dataclass(frozen=True)
 class LayerReport:
     """One BN layer in a plan: width before and after, and whether a guard kept channels."""
 
     width: int
     kept: int
-    guard: str = ""  # "min_channels", "max_layer_fraction", "round_to" or ""
+    guard: str = ""  # "min_channels", "max_layer_fraction", "round_to", "collapsed" (every |γ| ~ 0) or ""
 
 
 @dataclass(frozen=True)
@@ -128,10 +131,17 @@ def plan_pruning(
     _check_args(percent, layer_percent, max_layer_fraction, min_channels, round_to)
     graph = graph or trace_channels(model, example_input, fixed)
     scores = channel_scores(model, graph, aggregate)
+    for pattern in exclude:
+        if not any(fnmatch.fnmatch(path, pattern) for path in graph.bns):
+            raise ValueError(f"exclude pattern {pattern!r} matches no BN layer; BN paths look like "
+                             f"{next(iter(graph.bns))!r}")
     for path, use in graph.bns.items():
         if any(fnmatch.fnmatch(path, p) for p in exclude):
             for i in use.out_ids:
                 scores.pop(graph.root(i), None)
+    if scores and max(scores.values()) < COLLAPSED:
+        raise ValueError(f"every BN scale has collapsed to ~0 (largest |γ| = {max(scores.values()):.2g}): the "
+                         "sparsity λ was too strong and the ranking is meaningless; retrain with a smaller λ")
     if not scores:
         raise ValueError("the model has no prunable channel (every BN is fixed, excluded or coupled to a "
                          "fixed tensor)")
@@ -162,6 +172,9 @@ def plan_pruning(
     pruned = graph.close_selection(pruned)
 
     kept = {p: tuple(k for k, r in enumerate(roots) if r not in pruned) for p, roots in members.items()}
+    for path, roots in members.items():  # a whole layer near zero: the guard keeps it, but say why
+        if all(scores.get(r, math.inf) < COLLAPSED for r in roots):
+            guards[path] = "collapsed"
     layers = {p: LayerReport(len(members[p]), len(kept[p]), guards.get(p, "")) for p in members}
     options = dict(percent=percent, layer_percent=layer_percent, max_layer_fraction=max_layer_fraction,
                    min_channels=min_channels, round_to=round_to, aggregate=aggregate, exclude=list(exclude))
