@@ -387,9 +387,16 @@ def cmd_run(args) -> int:
     distributed.init_from_env(config.train.get("device", "auto"))
     out = _writable_dir(args.out or f"runs/{Path(args.config).stem}")
     run_experiment(config, out, progress=not args.no_progress)
+    if not distributed.current().is_main:
+        return 0
     print()
     print((out / "results.md").read_text())
     print(f"results: {out / 'results.md'}, {out / 'results.json'}")
+    try:
+        from .report import write_report
+        print(f"plots: {out / 'report'} ({len(write_report(out))} PNGs)")
+    except ImportError as e:
+        print(f"plots skipped: {e}")
     return 0
 
 
