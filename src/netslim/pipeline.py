@@ -39,6 +39,7 @@ class ExperimentConfig:
     data_dir: str | None = None
     download: bool = True
     val_size: int = 0  # held out of the training set for model selection (paper: 5,000 on CIFAR)
+    train_subset: int = 0  # train on a fixed random subset of this many images (0: all), for quick runs
     augment: str | None = None  # None: the dataset's default ("cifar" for CIFAR, else "none")
     baseline: bool = True  # also train the unpruned model without sparsity, for the table
     passes: int = 1  # the multi-pass scheme (paper Sec. 4.5, Table 4)
@@ -126,6 +127,8 @@ def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int, d
     val_set = None
     if config.val_size:
         train_set, val_set = datasets.validation_split(train_set, config.val_size, seed)
+    if config.train_subset and config.train_subset < len(train_set):
+        train_set, _ = datasets.validation_split(train_set, len(train_set) - config.train_subset, seed + 1)
     augment = config.augment or datasets.DEFAULT_AUGMENT.get(config.dataset.lower().replace("_", "-"), "none")
     loader = datasets.Loader(train_set, batch_size // info.world_size, train=True, augment=augment, seed=seed,
                              device=device, rank=info.rank, world_size=info.world_size, drop_last=drop_last)
