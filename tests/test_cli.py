@@ -140,3 +140,22 @@ def test_fuzzed_options_and_files_never_escape_as_tracebacks(tmp_path, capsys):
         code, _, err = run(capsys, *argv)
         assert code in (0, 2), (argv, err)
         assert "Traceback" not in err, (argv, err)
+
+
+def test_export_folded_onnx_and_torchscript(trained, tmp_path, capsys):
+    assert main(["prune", str(trained / "last.pt"), "--percent", "0.5", "--out", str(tmp_path / "s.pt")]) == 0
+    argv = ["export", str(tmp_path / "s.pt"), "--torchscript", str(tmp_path / "s.ts")]
+    try:
+        import onnx  # noqa: F401
+        argv += ["--onnx", str(tmp_path / "s.onnx")]
+    except ImportError:
+        pass
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    scripted = torch.jit.load(str(tmp_path / "s.ts"))
+    from netslim.checkpoint import load_model
+    model, _ = load_model(tmp_path / "s.pt")
+    x = torch.randn(4, *model.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model.eval()(x), rtol=1e-4, atol=1e-4)
+    assert run(capsys, "export", str(tmp_path / "s.pt"))[0] == 2

@@ -167,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=_input_size, help="e.g. 32 or 3,32,32")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("export", help="deployment export: BN folded into convs, ONNX (checked) and/or TorchScript")
+    p.add_argument("checkpoint")
+    p.add_argument("--onnx", metavar="FILE", help="write an ONNX file (checked against PyTorch when onnxruntime is "
+                   "installed)")
+    p.add_argument("--torchscript", metavar="FILE", help="write a traced TorchScript file")
+    p.add_argument("--no-fold", action="store_true", help="keep the BatchNorm layers")
+    p.add_argument("--opset", type=_positive_int, default=17)
+
     p = sub.add_parser("report", help="plots of a run folder (γ distribution, widths, γ along training)")
     p.add_argument("run_dir")
     return parser
@@ -429,6 +437,30 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import torch
+
+    from .checkpoint import load_model
+    from .export import export_onnx, fold_batchnorm
+
+    if not args.onnx and not args.torchscript:
+        raise UsageError("give --onnx FILE and/or --torchscript FILE")
+    model, _ = load_model(args.checkpoint)
+    model.eval()
+    size = model.input_size
+    if args.onnx:
+        path = export_onnx(model, _writable_file(args.onnx), size, fold=not args.no_fold, opset=args.opset)
+        print(f"ONNX model written to {path}")
+    if args.torchscript:
+        out = _writable_file(args.torchscript)
+        deploy = model if args.no_fold else fold_batchnorm(model)
+        with torch.no_grad():
+            traced = torch.jit.trace(deploy, torch.zeros(1, *size))
+        traced.save(str(out))
+        print(f"TorchScript model written to {out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
 
@@ -439,7 +471,7 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "prune": cmd_prune, "finetune": cmd_finetune, "run": cmd_run, "info": cmd_info,
-            "report": cmd_report}
+            "export": cmd_export, "report": cmd_report}
 
 if __name__ == "__main__":
     sys.exit(main())
