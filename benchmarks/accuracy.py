@@ -44,9 +44,9 @@ def machine_record() -> dict:
             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
 
 
-def write_result(name: str, record: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, record: dict, folder: Path = RESULTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(record, indent=1, default=str))
     return path
 
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
     parser.add_argument("--quick", action="store_true", help="1-3 epochs per stage: checks the script, not the claim")
     parser.add_argument("--out", default="runs/bench-accuracy")
+    parser.add_argument("--results", default=str(RESULTS), help="folder for the JSON results")
     args = parser.parse_args(argv)
     out = Path(args.out) / ("quick" if args.quick else "full")
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         record = {"experiment": name, "quick": args.quick, "seconds": time.perf_counter() - started,
                   "command": "python benchmarks/accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   "machine": machine_record(), "result": result}
-        write_result(f"accuracy_{name}{'_quick' if args.quick else ''}", record)
+        write_result(f"accuracy_{name}{'_quick' if args.quick else ''}", record, Path(args.results))
         results[name] = record
         print(json.dumps({name: record["result"]}, indent=1, default=str)[:4000])
     return results
