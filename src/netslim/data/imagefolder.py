@@ -1,7 +1,8 @@
 """ImageNet-style class folders (``root/<split>/<class>/*.JPEG``) decoded into memory with PIL.
 
 Every image is resized (shorter side) and center-cropped to a fixed square, so the split fits one uint8
-tensor: meant for subsets (full ImageNet train would need ~190 GB at 224×224).
+tensor: meant for subsets (full ImageNet train would need ~190 GB at 224×224). Decoding is batched
+(:mod:`netslim.data.jpeg`): a PIL process pool over the CPU cores, or nvJPEG with ``device="cuda"``.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .base import Dataset, DatasetError
 from .download import search_dirs, where
+from .jpeg import decode_jpegs, decode_one
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,30 +22,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _SPLIT_DIRS = {"train": ("train",), "test": ("val", "test"), "val": ("val",)}
 
 
-def _pil():
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise ImportError("decoding image folders needs Pillow: pip install pillow") from e
-    return Image
-
-
 def decode_image(path: Path, resize_size: int, crop_size: int) -> np.ndarray:
     """RGB uint8 (3, crop, crop): shorter side resized to ``resize_size`` (bilinear), then center crop."""
-    image_mod = _pil()
-    try:
-        with image_mod.open(path) as img:
-            img.draft("RGB", (resize_size, resize_size))  # JPEG: decode at a reduced scale when possible
-            img = img.convert("RGB")
-            w, h = img.size
-            scale = resize_size / min(w, h)
-            nw, nh = max(resize_size, round(w * scale)), max(resize_size, round(h * scale))
-            img = img.resize((nw, nh), image_mod.Resampling.BILINEAR)
-            left, top = (nw - crop_size) // 2, (nh - crop_size) // 2
-            img = img.crop((left, top, left + crop_size, top + crop_size))
-            return np.array(img, dtype=np.uint8).transpose(2, 0, 1)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DatasetError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
+    return decode_one(path, resize_size, crop_size)
 
 
 def _images_in(d: Path) -> list[Path]:
@@ -59,11 +39,13 @@ def load_image_folder(root: str | Path, split_dir: str = "train", *, image_size:
                       resize_size: int | None = None, classes: list[str] | None = None,
                       max_per_class: int | None = None, name: str = "imagefolder",
                       mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                      progress: bool = True) -> Dataset:
+                      progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu") -> Dataset:
     """Decode ``root/split_dir/<class>/*`` to a uint8 (N, 3, image_size, image_size) dataset.
 
     ``classes`` fixes the label order (default: the sorted class folders); ``resize_size`` is the shorter
-    side before the center crop (default ``image_size``: the whole central square).
+    side before the center crop (default ``image_size``: the whole central square). ``workers``: decoding
+    processes (default: every CPU core); ``device="cuda"`` decodes JPEGs on the GPU (nvJPEG, needs
+    torchvision). The dataset is returned on the CPU either way, like every other loader's.
     """
     folder = Path(root) / split_dir
     if not folder.is_dir():
@@ -85,22 +67,22 @@ def load_image_folder(root: str | Path, split_dir: str = "train", *, image_size:
     resize_size = resize_size or image_size
     if resize_size < image_size:
         raise ValueError(f"resize_size {resize_size} must be >= image_size {image_size}")
-    images = torch.empty(len(files), 3, image_size, image_size, dtype=torch.uint8)
-    for i, (path, _) in enumerate(tqdm(files, desc=f"decoding {folder}", disable=not progress, unit="img")):
-        images[i] = torch.from_numpy(decode_image(path, resize_size, image_size))
+    images = decode_jpegs([path for path, _ in files], image_size, device, workers, resize_size=resize_size,
+                          progress=progress, desc=f"decoding {folder}").cpu()
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return Dataset(images, labels, len(classes), mean, std, name, tuple(classes))
 
 
 def load_imagenet(data_dir: str | Path | None = None, split: str = "train", download: bool = True, *,
                   image_size: int = 224, resize_size: int | None = None, max_per_class: int | None = None,
-                  progress: bool = True) -> Dataset:
+                  progress: bool = True, workers: int | None = None, device: str | torch.device = "cpu") -> Dataset:
     """ImageNet (ILSVRC-2012) or a subset of it, from ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``.
 
     ``split``: "train" or "test" (the ``val/`` folder). Labels follow the sorted ``train/`` wnids when
     present. Test images default to the usual resize-256/center-crop-224 (scaled with ``image_size``);
     train images keep their whole central square (``resize_size = image_size``). Never downloads:
     ImageNet needs registration, so ``download`` is accepted only for a uniform loader signature.
+    ``workers`` and ``device`` choose how images are decoded (see :func:`load_image_folder`).
     """
     if split not in ("train", "test"):
         raise ValueError(f"ImageNet split must be 'train' or 'test', got {split!r}")
@@ -116,4 +98,5 @@ def load_imagenet(data_dir: str | Path | None = None, split: str = "train", down
     if resize_size is None and split == "test":
         resize_size = round(image_size * 256 / 224)
     return load_image_folder(root, split_dir, image_size=image_size, resize_size=resize_size, classes=classes or None,
-                             max_per_class=max_per_class, name="imagenet", progress=progress)
+                             max_per_class=max_per_class, name="imagenet", progress=progress, workers=workers,
+                             device=device)
