@@ -52,12 +52,14 @@ def write_result(name: str, record: dict, folder: Path = RESULTS) -> Path:
 
 # VGG-19's cfg (the paper's CIFAR VGGNet) at 1/8 width, so an epoch of Fashion-MNIST fits a 2-core CPU.
 VGG_WIDTHS = [8, 8, 16, 16, 32, 32, 32, 32, 64, 64, 64, 64, 64, 64, 64, 64]
-# About a minute per epoch of the 60,000 images here: 6 epochs of sparse training and 3 of fine-tuning
-# instead of the paper's 160 + 160 (a CPU budget, not the paper's schedule). The L1 term's total pull
-# on a scale is about λ·lr·steps; the paper's 160 epochs take 20x more steps than our 6, so λ is
-# raised from 1e-4 to 2e-3 to give sparsity the same budget.
-EPOCHS = 6
-VGG_LAMBDA = 2e-3
+# A CPU budget, not the paper's schedule: a fixed 10,000-image subset of the training set (the whole
+# 10,000-image test set for testing), 8 epochs of sparse training and 4 of fine-tuning instead of the
+# paper's 160 + 160. The L1 term's total pull on a scale is about λ·lr·steps; the paper's runs take
+# ~100x more steps, so λ is raised from 1e-4 to 3e-3 (1e-2 collapsed 90% of the scales of this
+# narrow net and cost it half its accuracy: measured, then lowered).
+EPOCHS = 8
+VGG_SUBSET = 10_000
+VGG_LAMBDA = 3e-3
 
 
 def mlp_config(quick: bool) -> ExperimentConfig:
@@ -73,7 +75,7 @@ def vgg_config(quick: bool, percent: float = 0.7, **overrides) -> ExperimentConf
     train_options = {"epochs": epochs, "batch_size": 64, "lr": 0.1, "sparsity": VGG_LAMBDA, "bn_init": 0.5,
                      "progress": False, **overrides.pop("train", {})}
     return ExperimentConfig(model="vgg19", dataset="fashion-mnist", model_kwargs={"widths": VGG_WIDTHS},
-                            baseline=True, train_subset=1000 if quick else 0, train=train_options,
+                            baseline=True, train_subset=1000 if quick else VGG_SUBSET, train=train_options,
                             finetune={"epochs": tune}, prune={"percent": percent}, **overrides)
 
 

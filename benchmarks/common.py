@@ -1,0 +1,202 @@
+"""Shared helpers of the performance benchmarks: timing, the machine record, CLI modes, JSON results.
+
+Every benchmark script has ``main(argv) -> dict`` with three modes: ``--full`` (the default; the
+figures in BENCHMARKS.md), ``--quick`` (under a minute) and ``--smoke`` (tiny models, a few
+seconds, overriding the other two: what tests/test_benchmarks.py runs so the scripts cannot rot;
+its numbers mean nothing).
+Results land in ``benchmarks/results/<name>_<mode>.json`` (``--out`` elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ("smoke", "quick", "full")
+
+
+def median_time(fn: Callable[[], object], warmup: int = 1, repeats: int = 5) -> float:
+    """Median wall time of ``fn()`` in seconds (``time.perf_counter``), after ``warmup`` untimed calls."""
+    return statistics.median(times(fn, warmup, repeats)["wall"])
+
+
+def times(fn: Callable[[], object], warmup: int = 1, repeats: int = 5) -> dict[str, list[float]]:
+    """Wall (``perf_counter``) and process CPU (``process_time``) times of ``repeats`` calls of ``fn()``
+    after ``warmup`` untimed calls: ``{"wall": [...], "cpu": [...]}``."""
+    for _ in range(warmup):
+        fn()
+    out: dict[str, list[float]] = {"wall": [], "cpu": []}
+    for _ in range(repeats):
+        _timed(fn, out)
+    return out
+
+
+def _timed(fn: Callable[[], object], out: dict[str, list[float]]) -> None:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    out["cpu"].append(time.process_time() - cpu)
+    out["wall"].append(time.perf_counter() - wall)
+
+
+def interleaved_times(fns: Mapping[str, Callable[[], object]], warmup: int = 1,
+                      repeats: int = 5) -> dict[str, dict[str, list[float]]]:
+    """Time several variants side by side: each repeat runs every variant once, in a rotated order.
+
+    Alternating A/B/C within one run cancels slow drift (thermal state, other load on the machine)
+    that would bias variants timed one block after another; rotating the order cancels any effect
+    of running right after a particular other variant. Returns ``{name: {"wall": [...], "cpu": [...]}}``:
+    wall clock and the process's CPU time. With one compute thread, CPU time leaves out the time the
+    process waited for a core while other processes ran: on a shared machine it is the steadier figure.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    out: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            _timed(fns[name], out[name])
+    return out
+
+
+def summaries(samples: Mapping[str, Sequence[float]]) -> dict[str, dict]:
+    """:func:`summary` of each clock's samples."""
+    return {clock: summary(values) for clock, values in samples.items()}
+
+
+def ratios(numerator: Mapping[str, Sequence[float]], denominator: Mapping[str, Sequence[float]]) -> dict:
+    """Per clock: the ratio of medians, the median of paired per-repeat ratios and the ratio of minima."""
+    return {clock: {"ratio": statistics.median(numerator[clock]) / statistics.median(denominator[clock]),
+                    "paired": paired_ratio(numerator[clock], denominator[clock]),
+                    "min": min(numerator[clock]) / min(denominator[clock])} for clock in numerator}
+
+
+def summary(samples: Sequence[float]) -> dict:
+    """Median, quartiles, min and count of timing samples (seconds)."""
+    s = sorted(samples)
+    q = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else [s[0]] * 3
+    return {"median": statistics.median(s), "q25": q[0], "q75": q[2], "min": s[0], "n": len(s)}
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median of the per-repeat ratios of interleaved samples (robust to drift between repeats)."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_record() -> dict:
+    """Where and with what a result was measured."""
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_num_threads": torch.get_num_threads(),
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        # other processes' load while measuring (1, 5, 15 min averages): timings on a busy machine are slower
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--full", action="store_true", help="the full measurement (default)")
+    mode.add_argument("--quick", action="store_true", help="fewer repeats / smaller sizes (< 60 s)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny models and 1-2 repeats, for the test suite (numbers meaningless); overrides the mode")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads (default 1: on a small shared machine, OpenMP threads that "
+                        "compete with other processes for the cores slow down by orders of magnitude)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
+    return p
+
+
+def mode_of(args: argparse.Namespace) -> str:
+    return "smoke" if args.smoke else "quick" if args.quick else "full"
+
+
+def set_threads(args: argparse.Namespace) -> int:
+    """Call ``torch.set_num_threads`` explicitly (recorded in every result) and return the count."""
+    n = args.threads if args.threads and args.threads > 0 else torch.get_num_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+def command(script: str, argv: Sequence[str]) -> str:
+    """The exact command line that reproduces a result (``--out`` left out)."""
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--out":
+            skip = True
+            continue
+        if a.startswith("--out="):
+            continue
+        args.append(a)
+    return shlex.join(["python", f"benchmarks/{script}", *args])
+
+
+def record(name: str, args: argparse.Namespace, argv: Sequence[str], threads: int, settings: dict,
+           results: dict, notes: Sequence[str] = (), started: float | None = None) -> dict:
+    mode = mode_of(args)
+    return {
+        "benchmark": name, "mode": mode, "command": command(f"{name}.py", argv),
+        "machine": machine_record(), "torch_set_num_threads": threads, "settings": settings,
+        "results": results, "notes": list(notes),
+        "wall_seconds": None if started is None else round(time.perf_counter() - started, 1),
+    }
+
+
+def write_result(rec: dict, out: Path | str = RESULTS) -> Path:
+    """Write ``rec`` to ``<out>/<benchmark>_<mode>.json`` (non-finite numbers as null)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{rec['benchmark']}_{rec['mode']}.json"
+    path.write_text(json.dumps(_finite(rec), indent=1, default=str) + "\n")
+    return path
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BN scales, shifts and statistics from a seeded generator, like a trained model's
+    (γ ~ U(0, 1), β ~ N(0, 0.1), mean ~ N(0, 0.1), var ~ U(0.5, 1.5)): a stand-in for sparsity training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+    return model

@@ -1,0 +1,185 @@
+"""Deployment export of a (compact) model: BatchNorm folding and ONNX.
+
+    small = netslim.apply_plan(model, plan)
+    deploy = fold_batchnorm(small)                        # BN merged into the conv/linear before it
+    export_onnx(small, "small.onnx")                      # folded, dynamic batch, checked by onnxruntime
+
+A BN that *owns* the output of the conv/linear before it (``LayerUse`` kind ``"bn"`` in
+:func:`netslim.graph.trace_channels`: that layer's only user) is an affine map per channel in eval
+mode, ``y = s·x + t`` with ``s = γ/√(var+ε)`` and ``t = β − s·mean``, so it folds exactly into that
+layer: ``W ← s·W`` (per output channel), ``b ← s·b + t``; the BN becomes ``nn.Identity``. Selection
+BNs (kind ``"select_bn"``, which read a tensor other layers read too: the residual stream of a
+pre-activation ResNet, a DenseNet's concatenation) have no such layer and stay.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .graph import ChannelGraph, LayerUse, trace, trace_channels
+from .metrics import input_size_of
+
+__all__ = ["ExportError", "check_onnx", "export_onnx", "fold_batchnorm", "foldable_pairs", "relative_error"]
+
+_PRODUCERS = ("conv", "linear", "depthwise", "conv_t")
+TOLERANCE = 1e-4  # relative: max |a - b| / max |reference|
+
+
+class ExportError(RuntimeError):
+    """An exported model does not reproduce the PyTorch model (or cannot be exported)."""
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max |got − expected| / max |expected|`` (the scale of the output, not elementwise)."""
+    got, expected = got.detach().double(), expected.detach().double()
+    return float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+
+
+def foldable_pairs(model: nn.Module, example_input: torch.Tensor | None = None,
+                   graph: ChannelGraph | None = None, fixed: Sequence[str] = ()) -> dict[str, str]:
+    """``{bn_path: producer_path}`` for every BN that can be folded into the layer it follows.
+
+    The producer is the conv/linear/depthwise (or transposed conv) layer whose output ids are the
+    BN's input ids. Where several layers share those ids (a depthwise conv passes its input's ids
+    on), the traced graph decides: the module whose call the BN reads. Modules called more than
+    once, and BNs that normalize with batch statistics in eval mode, are left alone.
+    """
+    graph = graph or trace_channels(model, example_input, fixed)
+    gm = trace(model, fixed)
+    calls: dict[str, int] = {}
+    reads: dict[str, object] = {}  # BN path -> the module path of its input's producer node
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+            arg = node.args[0] if node.args else None
+            reads[node.target] = arg.target if getattr(arg, "op", None) == "call_module" else None
+    pairs: dict[str, str] = {}
+    for path, use in graph.layers.items():
+        if use.kind != "bn":
+            continue
+        bn = model.get_submodule(path)
+        if not (isinstance(bn, _BatchNorm) and bn.track_running_stats and bn.running_mean is not None):
+            continue
+        candidates = [u for u in graph.layers.values() if u.kind in _PRODUCERS and u.out_ids == use.in_ids]
+        producer = _pick(candidates, reads.get(path))
+        if producer is None or calls.get(path, 0) != 1 or calls.get(producer.path, 0) != 1:
+            continue
+        pairs[path] = producer.path
+    return pairs
+
+
+def _pick(candidates: list[LayerUse], read: object) -> LayerUse | None:
+    if len(candidates) == 1 and (read is None or candidates[0].path == read):
+        return candidates[0]
+    return next((u for u in candidates if u.path == read), None)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None,
+                   fixed: Sequence[str] = ()) -> nn.Module:
+    """A copy of ``model`` in eval mode with every owning BN folded into its conv/linear.
+
+    Folded BNs become ``nn.Identity``; selection BNs stay. The copy equals ``model.eval()`` up to
+    float rounding (the fold is computed in float64). It is for inference: training it again
+    would train without BN. ``model`` itself is not changed.
+    """
+    pairs = foldable_pairs(model, example_input, fixed=fixed)
+    folded = copy.deepcopy(model).eval()
+    for bn_path, layer_path in pairs.items():
+        bn, layer = folded.get_submodule(bn_path), folded.get_submodule(layer_path)
+        _fold_into(layer, bn)
+        folded.set_submodule(bn_path, nn.Identity())
+    return folded
+
+
+def _fold_into(layer: nn.Module, bn: _BatchNorm) -> None:
+    w = layer.weight
+    var, mean = bn.running_var.double(), bn.running_mean.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    shift = beta - scale * mean
+    bias = layer.bias.double() if layer.bias is not None else torch.zeros_like(var)
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):  # weight (in, out, *k), groups == 1
+        shape = (1, -1) + (1,) * (w.dim() - 2)
+    else:  # conv / depthwise (out, in/groups, *k), linear (out, in)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+    new_w = (w.double() * scale.view(shape)).to(w.dtype)
+    new_b = (scale * bias + shift).to(w.dtype)
+    layer.weight = nn.Parameter(new_w, requires_grad=w.requires_grad)
+    layer.bias = nn.Parameter(new_b, requires_grad=w.requires_grad)
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] | None = None, fold: bool = True,
+                opset: int = 17, *, check: bool = True, dynamo: bool = False, batch: int = 2) -> Path:
+    """Export ``model`` (eval mode) to ONNX at ``path``, with a dynamic batch axis.
+
+    ``input_size``: (C, H, W) of one sample (default: ``model.input_size``). ``fold``: fold the BNs
+    first (:func:`fold_batchnorm`). Uses the TorchScript-based exporter (``dynamo=False``), which
+    needs neither onnx nor onnxscript; ``dynamo=True`` selects the torch.export-based one (needs
+    onnxscript). If onnxruntime is installed and ``check`` is set, the file is run at another
+    batch size and its output must match the PyTorch model within 1e-4 (relative to the output's
+    largest magnitude); an :class:`ExportError` says by how much it does not.
+    """
+    size = input_size_of(model, input_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    reference = copy.deepcopy(model).eval()
+    to_export = fold_batchnorm(model, torch.zeros(2, *size, device=device)) if fold else reference
+    example = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset,
+                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in torch >= 2.9 (but kept, and dependency-free).
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            torch.onnx.export(to_export, (example,), str(path), dynamo=dynamo, **kwargs)
+    except Exception as e:  # the exporters raise many types
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__} "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})") from e
+    if check:
+        check_onnx(reference, path, size, batch=batch + 1)
+    return path
+
+
+def check_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], batch: int = 3,
+               tolerance: float = TOLERANCE) -> float | None:
+    """Run the ONNX file with onnxruntime (if installed) and compare with ``model`` in eval mode.
+
+    Returns the relative error, or None when onnxruntime is not installed (nothing checked).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(1))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(x.to(device)).float().cpu()
+    finally:
+        model.train(was_training)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    if tuple(got.shape) != tuple(expected.shape):
+        raise ExportError(f"{path}: onnxruntime gives shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+    error = relative_error(got, expected)
+    if not error <= tolerance:
+        raise ExportError(f"{path}: onnxruntime output differs from PyTorch by {error:.3g} (relative to the "
+                          f"largest output), more than the tolerance {tolerance:g}")
+    return error
