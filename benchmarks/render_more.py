@@ -28,7 +28,8 @@ def _rows_table(rows: list[dict]) -> list[str]:
     for r in rows:
         pp = f"{100 * r['params_pruned']:.1f}%" if r["params_pruned"] else "-"
         fp = f"{100 * r['flops_pruned']:.1f}%" if r["flops_pruned"] else "-"
-        out.append(f"| {r['model']} | {r['test_error']:.2f} | {r['params'] / 1e3:.1f}K | {pp} | {r['flops']:.3g} | {fp} |")
+        out.append(f"| {r['model']} | {r['test_error']:.2f} | {r['params'] / 1e3:.1f}K | {pp} | "
+                   f"{r['flops']:.3g} | {fp} |")
     return out
 
 
@@ -89,11 +90,13 @@ def accuracy_section() -> str:
         lines += ["### Recovering accuracy: BN re-calibration and distillation", "",
                   "Right after pruning, with and without re-estimating BN statistics on 50 training batches;",
                   "then fine-tuning with and without distillation from the unpruned model (weight 0.7, T = 4).", "",
-                  "| model | pruned (%) | pruned + BN re-estimated (%) | fine-tuned (%) | fine-tuned + distillation (%) |",
+                  "| model | pruned (%) | pruned + BN re-estimated (%) | fine-tuned (%) "
+                  "| fine-tuned + distillation (%) |",
                   "|---|---|---|---|---|"]
         for name, r in recover["result"].items():
             lines.append(f"| {name} | {100 * r['error_pruned']:.2f} | {100 * r['error_pruned_recalibrated']:.2f} | "
-                         f"{100 * r['error_finetuned_distill_0.0']:.2f} | {100 * r['error_finetuned_distill_0.7']:.2f} |")
+                         f"{100 * r['error_finetuned_distill_0.0']:.2f} | "
+                         f"{100 * r['error_finetuned_distill_0.7']:.2f} |")
         lines += ["", "(test errors)", "", _provenance(recover)]
     missing = [n for n in ("table3", "table1", "multipass", "figure5", "scratch", "polarize", "recover")
                if _load(f"accuracy_{n}") is None]
@@ -114,7 +117,8 @@ def torch_pruning_section() -> str:
              "group normalization and with raw scores (the paper's ranking). Fidelity = max|compact − masked| /",
              "max|masked| where masked zeroes the removed channels' BN scales; drift = the same against the unpruned",
              f"model. {rec['timing']}.", "",
-             "| model | method | pruned | time (s) | params | FLOPs | BN widths equal to netslim's | fidelity | drift |",
+             "| model | method | pruned | time (s) | params | FLOPs | BN widths equal to netslim's | fidelity "
+             "| drift |",
              "|---|---|---|---|---|---|---|---|---|"]
     for model in rec["models"]:
         lines.append(f"| {model['model']} ({100 * model['percent']:.0f}%) | original | | | "

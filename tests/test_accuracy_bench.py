@@ -19,7 +19,7 @@ def test_table3_quick(tmp_path):
     module.main(["table3", "--quick", "--out", str(tmp_path / "runs"), "--results", str(tmp_path)])
     record = json.loads((tmp_path / "accuracy_table3_quick.json").read_text())
     rows = record["result"]["rows"]
-    assert [r["model"] for r in rows] == ["baseline", "pass 1 trained with sparsity", "pass 1 pruned, before fine-tuning",
-                                          "pass 1 fine-tuned"]
+    assert [r["model"] for r in rows] == ["baseline", "pass 1 trained with sparsity",
+                                          "pass 1 pruned, before fine-tuning", "pass 1 fine-tuned"]
     assert rows[-1]["params_pruned"] == pytest.approx(0.844, abs=0.01)  # 80% of each hidden layer, as in Table 3
     assert record["machine"]["torch"]

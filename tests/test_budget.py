@@ -6,9 +6,11 @@ from netslim.cli import main
 
 from .conftest import randomize_bn
 
+TARGETS = [dict(target_flops=0.5), dict(target_params=0.3), dict(target_flops=0.6, round_to=8)]
+
 
 @pytest.mark.parametrize("name", ["vgg11", "preresnet20", "densenet40"])
-@pytest.mark.parametrize("target", [dict(target_flops=0.5), dict(target_params=0.3), dict(target_flops=0.6, round_to=8)])
+@pytest.mark.parametrize("target", TARGETS)
 def test_budget_target_is_met_within_two_percent(name, target):
     model = randomize_bn(models.create(name)).eval()
     plan = plan_for_budget(model, **target)

@@ -109,7 +109,8 @@ def _zoo_model(source: str, name: str, kwargs: dict) -> nn.Module:
     try:
         library = importlib.import_module(source)
     except ImportError:
-        raise ImportError(f"{source}:{name} needs {source}: pip install {source} (an optional extra of netslim)") from None
+        raise ImportError(f"{source}:{name} needs {source}: pip install {source} "
+                          "(an optional extra of netslim)") from None
     try:
         if source == "timm":
             model = library.create_model(name, pretrained=pretrained, **kwargs)

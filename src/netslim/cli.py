@@ -271,7 +271,8 @@ def _epoch_line(r: dict) -> str:
         parts.append(f"val {100 * r['val_accuracy']:.2f}%")
     if "test_accuracy" in r:
         parts.append(f"test {100 * r['test_accuracy']:.2f}%")
-    parts.append(f"|γ|<1e-2: {100 * r.get('gamma_below_1e-2', 0):.1f}%, safe prune {100 * r.get('safe_percent', 0):.0f}%")
+    parts.append(f"|γ|<1e-2: {100 * r.get('gamma_below_1e-2', 0):.1f}%, "
+                 f"safe prune {100 * r.get('safe_percent', 0):.0f}%")
     return ", ".join(parts)
 
 
@@ -317,8 +318,8 @@ def cmd_prune(args) -> int:
     p0, p1, f0, f1 = count_params(model), count_params(compact), count_flops(model, size), count_flops(compact, size)
     collapsed = [p for p, r in plan.layers.items() if r.guard == "collapsed"]
     if collapsed:
-        print(f"warning: every |γ| of {len(collapsed)} layer(s) is ~0 ({', '.join(collapsed[:3])}...): λ was too strong "
-              "for them; the guard keeps min_channels there")
+        print(f"warning: every |γ| of {len(collapsed)} layer(s) is ~0 ({', '.join(collapsed[:3])}...): λ was too "
+              "strong for them; the guard keeps min_channels there")
     print(f"channels pruned: {plan.pruned_channels}/{plan.total_channels} ({100 * plan.achieved_percent:.1f}%), "
           f"threshold |γ| = {plan.threshold:.4g}")
     print(f"params: {p0:,} -> {p1:,} ({100 * (1 - p1 / p0):.1f}% pruned); "
@@ -333,8 +334,8 @@ def cmd_prune(args) -> int:
         print(f"test accuracy: {100 * before:.2f}% before, {100 * after:.2f}% right after pruning (before fine-tuning)")
         if args.recalibrate:
             train_set = load_dataset(args.dataset, args.data_dir, "train", not args.no_download)
-            recalibrate_bn(compact, Loader(train_set, 64, train=True, augment=DEFAULT_AUGMENT.get(args.dataset, "none")),
-                           args.recalibrate)
+            augment = DEFAULT_AUGMENT.get(args.dataset, "none")
+            recalibrate_bn(compact, Loader(train_set, 64, train=True, augment=augment), args.recalibrate)
             print(f"test accuracy after re-estimating BN statistics on {args.recalibrate} batches: "
                   f"{100 * evaluate(compact, test)['accuracy']:.2f}%")
     from .checkpoint import layer_shapes

@@ -19,7 +19,6 @@ from torch import nn
 
 from .graph import ChannelGraph, trace_channels
 
-
 COLLAPSED = 1e-6  # |γ| below this is numerically zero: the channel contributes only its shift β
 
 
