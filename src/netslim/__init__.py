@@ -7,6 +7,8 @@
 """
 
 from . import models
+from .budget import plan_for_budget
+from .export import export_onnx, fold_batchnorm
 from .graph import ChannelGraph, GraphError, trace_channels
 from .layers import SelectBatchNorm
 from .metrics import count_flops, count_params
@@ -17,5 +19,6 @@ from .surgery import apply_plan, masked_model
 __version__ = "0.1.0"
 __all__ = [
     "ChannelGraph", "GraphError", "PruningPlan", "SelectBatchNorm", "SparsityRegularizer", "apply_plan",
-    "count_flops", "count_params", "init_bn_scales", "masked_model", "models", "plan_pruning", "trace_channels",
+    "count_flops", "count_params", "export_onnx", "fold_batchnorm", "init_bn_scales", "masked_model", "models",
+    "plan_for_budget", "plan_pruning", "trace_channels",
 ]
