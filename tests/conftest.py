@@ -16,6 +16,11 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+# One intra-op thread: the models here are small, and several test processes (torchrun workers, the
+# crash test's trainer) share the cores; oversubscribed OpenMP threads slow such runs many-fold.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
