@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -21,51 +22,25 @@ class UsageError(ValueError):
     """A problem with what the user asked for."""
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1) (e.g. 0.7 prunes 70%)")
-    return value
+def _number(convert, accept, rule: str):
+    """An argparse type: ``convert`` the text, then require ``accept(value)``, else say ``rule``."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if convert is int else 'a number'}") \
+                from None
+        if not (math.isfinite(value) and accept(value)):
+            raise argparse.ArgumentTypeError(f"{text} {rule}")
+        return value
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
-
-
-def _fraction_open(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1] (e.g. 0.5 keeps half)")
-    return value
+_fraction = _number(float, lambda v: 0 <= v < 1, "is outside [0, 1) (e.g. 0.7 prunes 70%)")
+_fraction_open = _number(float, lambda v: 0 < v <= 1, "is outside (0, 1] (e.g. 0.5 keeps half)")
+_positive_int = _number(int, lambda v: v >= 1, "must be >= 1")
+_non_negative = _number(float, lambda v: v >= 0, "must be >= 0")
+_positive = _number(float, lambda v: v > 0, "must be > 0")
 
 
 def _input_size(text: str) -> tuple[int, ...]:
