@@ -17,8 +17,8 @@ import yaml
 from torch import nn
 
 from . import data as datasets
-from . import distributed
-from .checkpoint import describe, load_model, save_checkpoint
+from . import distributed, models
+from .checkpoint import create_base, describe, load_model, save_checkpoint
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
 from .surgery import apply_plan
@@ -138,26 +138,16 @@ def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int, d
 
 
 def build_model_for(config: ExperimentConfig, train_set) -> tuple[nn.Module, dict]:
-    from .checkpoint import create_base
-
+    """The experiment's model, sized for the dataset (classes, input channels and size)."""
     kwargs = dict(config.model_kwargs)
     kwargs.setdefault("num_classes", train_set.num_classes)
     shape = tuple(train_set.images.shape[1:])
-    if config.model == "mlp" or "input_size" in _accepted(config.model):
+    accepted = models.arguments(config.model) if config.model in models.names() else set()
+    if "input_size" in accepted:  # the MLP takes (C, H, W), the conv nets a side length
         kwargs.setdefault("input_size", shape if config.model == "mlp" else shape[-1])
-    if "in_channels" in _accepted(config.model):
+    if "in_channels" in accepted:
         kwargs.setdefault("in_channels", shape[0])
-    model = create_base(config.model, kwargs)
-    return model, kwargs
-
-
-def _accepted(name: str) -> set[str]:
-    import inspect
-
-    from . import models
-    if ":" in name or name not in models.names():
-        return set()
-    return set(inspect.signature(models._REGISTRY[name]).parameters)
+    return create_base(config.model, kwargs), kwargs
 
 
 # -- the job --

@@ -24,6 +24,13 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def arguments(name: str) -> set[str]:
+    """The keyword arguments the builder of a registered model takes."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
+    return set(inspect.signature(_REGISTRY[name]).parameters)
+
+
 def create(name: str, **kwargs) -> nn.Module:
     """Build a registered model, e.g. ``create("vgg19", num_classes=100)``.
 
@@ -33,10 +40,10 @@ def create(name: str, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
     builder = _REGISTRY[name]
-    accepted = inspect.signature(builder).parameters
-    unknown = sorted(set(kwargs) - set(accepted))
+    accepted = arguments(name)
+    unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ValueError(f"model {name!r} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}")
+        raise ValueError(f"model {name!r} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
     return builder(**kwargs)
 
 
