@@ -17,8 +17,10 @@ import os
 import platform
 import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -169,11 +171,46 @@ def record(name: str, args: argparse.Namespace, argv: Sequence[str], threads: in
     }
 
 
+@dataclass
+class Run:
+    """What every benchmark's ``main`` starts from: its arguments, start time, thread count, settings."""
+
+    argv: list[str]
+    args: argparse.Namespace
+    started: float
+    threads: int
+    settings: dict
+
+
+def begin(doc: str, argv: Sequence[str] | None, settings_by_mode: dict) -> Run:
+    """Parse the standard options, start the clock, set the thread count, pick the mode's settings."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(doc.splitlines()[0]).parse_args(argv)
+    started = time.perf_counter()
+    threads = set_threads(args)
+    return Run(argv, args, started, threads, settings_by_mode[mode_of(args)])
+
+
+def finish(name: str, run: Run, results: dict, notes: Sequence[str], echo_notes: bool = True) -> dict:
+    """Record, write and announce a benchmark's result; returns the record."""
+    rec = record(name, run.args, run.argv, run.threads, run.settings, results, notes, run.started)
+    print(f"wrote {write_result(rec, run.args.out)}")
+    if echo_notes:
+        for line in notes:
+            print(line)
+    return rec
+
+
 def write_result(rec: dict, out: Path | str = RESULTS) -> Path:
     """Write ``rec`` to ``<out>/<benchmark>_<mode>.json`` (non-finite numbers as null)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{rec['benchmark']}_{rec['mode']}.json"
+    return write_json(rec, out / f"{rec['benchmark']}_{rec['mode']}.json")
+
+
+def write_json(rec: dict, path: Path) -> Path:
+    """Write ``rec`` as JSON at ``path`` (non-finite numbers as null)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_finite(rec), indent=1, default=str) + "\n")
     return path
 

@@ -57,7 +57,7 @@ if str(HERE) not in sys.path:  # imported from its path (tests) rather than run 
     sys.path.insert(0, str(HERE))
 
 import netslim  # noqa: E402
-from common import RESULTS, command, machine_record, randomize_bn, summary  # noqa: E402
+from common import RESULTS, command, machine_record, randomize_bn, summary, write_json  # noqa: E402
 from netslim.data import Dataset, Loader  # noqa: E402
 from netslim.metrics import count_flops, count_params  # noqa: E402
 from netslim.train import TrainConfig, train  # noqa: E402
@@ -528,22 +528,6 @@ def _out_path(out: Path, mode: str) -> Path:
     return Path(out) / ("gpu.json" if mode == "full" else f"gpu_{mode}.json")
 
 
-def _write(rec: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(rec), indent=1, default=str) + "\n")
-    return path
-
-
-def _finite(value):
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
@@ -571,7 +555,7 @@ def main(argv: list[str] | None = None) -> dict:
         if previous.get("measured"):
             print(f"kept the measured result already in {path}")
         else:
-            _write(rec, path)
+            write_json(rec, path)
         return rec
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     s, clock, notes = SETTINGS[mode], Clock(device), []
@@ -593,7 +577,7 @@ def main(argv: list[str] | None = None) -> dict:
     rec = {**base, "measured": True, "machine": {**machine_record(), **gpu_record(device)}, "device": str(device),
            "torch_set_num_threads": threads, "settings": s, "results": results, "notes": notes,
            "wall_seconds": round(time.perf_counter() - started, 1)}
-    _write(rec, path)
+    write_json(rec, path)
     print(markdown(rec))
     return rec
 

@@ -27,14 +27,13 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 
 import netslim
-from common import interleaved_times, mode_of, parser, randomize_bn, record, set_threads, summaries, write_result
+from common import begin, finish, interleaved_times, randomize_bn, summaries
 from netslim.export import export_onnx, fold_batchnorm, relative_error
 
 NAME = "inference"
@@ -164,10 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = probe(runtime, path, int(batch), int(threads), json.loads(size))
         print(json.dumps(result))
         return result
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    started = time.perf_counter()
-    threads = set_threads(args)
-    cfg = SETTINGS[mode_of(args)]
+    run = begin(__doc__, argv, SETTINGS)
+    threads, cfg = run.threads, run.settings
     models = build_models(cfg)
     size = tuple(models["original"].input_size)
     info: dict[str, dict] = {}
@@ -255,12 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"({lo_key}) to {hi['cpu']['speedup']:.2f}x ({hi_key}), efficiency "
                      f"{lo['cpu']['efficiency']:.2f}..{hi['cpu']['efficiency']:.2f}; goal met in "
                      f"{len(met)}/{len(rows)} runtime/batch cells{': ' + ', '.join(met) if met else ''}.")
-    rec = record(NAME, args, argv, threads, cfg, results, notes, started)
-    path = write_result(rec, args.out)
-    print(f"wrote {path}")
-    for line in notes:
-        print(line)
-    return rec
+    return finish(NAME, run, results, notes)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Usage: python benchmarks/pipeline_overhead.py [--full | --quick | --smoke] [--th
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 
 import torch
@@ -29,16 +28,13 @@ import torch.nn.functional as F
 
 import netslim
 from common import (
+    begin,
+    finish,
     interleaved_times,
-    mode_of,
-    parser,
     ratios,
-    record,
-    set_threads,
     summaries,
     summary,
     times,
-    write_result,
 )
 from netslim.data import Dataset, Loader
 from netslim.train import TrainConfig, make_optimizer, train
@@ -60,11 +56,8 @@ def synthetic_cifar(n: int, seed: int = 0) -> Dataset:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    started = time.perf_counter()
-    threads = set_threads(args)
-    cfg = SETTINGS[mode_of(args)]
+    run = begin(__doc__, argv, SETTINGS)
+    cfg = run.settings
     torch.manual_seed(0)
     model = netslim.models.create("vgg11", widths=cfg["widths"])
     loader = Loader(synthetic_cifar(cfg["images"]), cfg["batch"], train=True, augment="cifar", seed=0)
@@ -143,12 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{100 * per_step * 1e-6 * len(loader) / summaries(samples['compute'])['cpu']['median']:.2f}% of the "
         "compute epoch.",
     ]
-    rec = record(NAME, args, argv, threads, cfg, results, notes, started)
-    path = write_result(rec, args.out)
-    print(f"wrote {path}")
-    for line in notes:
-        print(line)
-    return rec
+    return finish(NAME, run, results, notes)
 
 
 class TimedLoader:

@@ -19,7 +19,6 @@ Usage: python benchmarks/regularizer_overhead.py [--full | --quick | --smoke] [-
 
 from __future__ import annotations
 
-import sys
 import time
 
 import torch
@@ -28,16 +27,13 @@ from torch import nn
 
 import netslim
 from common import (
+    begin,
+    finish,
     interleaved_times,
-    mode_of,
-    parser,
     ratios,
-    record,
-    set_threads,
     summaries,
     summary,
     times,
-    write_result,
 )
 
 NAME = "regularizer_overhead"
@@ -114,11 +110,8 @@ def measure(name: str, kwargs: dict, batch: int, warmup: int, repeats: int, call
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    started = time.perf_counter()
-    threads = set_threads(args)
-    cfg = SETTINGS[mode_of(args)]
+    run = begin(__doc__, argv, SETTINGS)
+    cfg = run.settings
     results = {name: measure(name, kwargs, cfg["batch"], cfg["warmup"], cfg["repeats"], cfg["calls"])
                for name, kwargs in cfg["models"].items()}
     notes = [f"goal: step ratio < 1.01 with the regularizer (λ={LAM:g}, L1). Judged on the regularizer's time "
@@ -136,12 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"step-to-step noise (IQR/median) {100 * r['plain_step_iqr_fraction']['cpu']:.1f}% CPU, "
             f"{100 * r['plain_step_iqr_fraction']['wall']:.1f}% wall."
         )
-    rec = record(NAME, args, argv, threads, cfg, results, notes, started)
-    path = write_result(rec, args.out)
-    print(f"wrote {path}")
-    for line in notes:
-        print(line)
-    return rec
+    return finish(NAME, run, results, notes)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,12 @@ Usage: python benchmarks/surgery_time.py [--full | --quick | --smoke] [--threads
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 
 import torch
 
 import netslim
-from common import mode_of, parser, randomize_bn, record, set_threads, summaries, write_result
+from common import begin, finish, randomize_bn, summaries
 
 NAME = "surgery_time"
 SETTINGS = {
@@ -67,11 +66,8 @@ def measure(name: str, kwargs: dict, percent: float, warmup: int, repeats: int) 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    started = time.perf_counter()
-    threads = set_threads(args)
-    cfg = SETTINGS[mode_of(args)]
+    run = begin(__doc__, argv, SETTINGS)
+    cfg = run.settings
     torch.manual_seed(0)
     results = {f"{name}@{int(round(100 * p))}%": measure(name, kwargs, p, cfg["warmup"], cfg["repeats"])
                for name, kwargs in cfg["models"].items() for p in cfg["percents"]}
@@ -81,9 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
              "BN scales are random (seeded U(0,1)), not sparsity-trained; the timings do not depend on the values.",
              f"slowest: {slowest}, {worst['wall']:.3f} s wall ({worst['cpu']:.3f} s CPU): goal "
              f"{'met' if worst['wall'] < 1 else 'not met'}."]
-    rec = record(NAME, args, argv, threads, cfg, results, notes, started)
-    path = write_result(rec, args.out)
-    print(f"wrote {path}")
+    rec = finish(NAME, run, results, notes, echo_notes=False)
     for key, r in results.items():
         s = r["seconds"]
         print(f"{key:<18} analysis {s['analysis']['wall']['median']:.3f}s "
