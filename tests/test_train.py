@@ -119,7 +119,7 @@ def test_fp16_with_gradscaler_still_applies_sparsity():
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     import netslim.train as train_module
 
-    def broken_compile(net, device):
+    def broken_compile(net, device, graphed):
         def fail(*a, **k):
             raise RuntimeError("graph capture impossible")
         return fail

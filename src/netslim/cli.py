@@ -82,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA)")
         p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                        help="mixed precision (auto: bf16 on CUDA, off on CPU)")
-        p.add_argument("--compile", action="store_true",
-                       help="torch.compile the model (CUDA graphs on GPU; drops each epoch's last partial batch)")
+        p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA graphs on GPU)")
+        p.add_argument("--cuda-graph", action="store_true",
+                       help="capture the whole training step as one CUDA graph and replay it (CUDA; the last "
+                            "partial batch of each epoch runs eagerly)")
 
     p = sub.add_parser("train", help="train a model (with --sparsity: the paper's L1 on BN scales)")
     p.add_argument("--model", required=True, help="a registered model name or package.module:factory")
@@ -113,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
     p.add_argument("--max-layer-fraction", type=_fraction, help="prune at most this fraction of any layer")
     p.add_argument("--min-channels", type=_positive_int, default=1)
-    p.add_argument("--round-to", type=_positive_int, default=1, help="keep channel counts multiples of N")
+    p.add_argument("--round-to", type=_positive_int,
+                   help="keep channel counts multiples of N, keeping the next-largest |γ| (default: 8 for a gpu "
+                        "target, for tensor cores; 1 for cpu: exactly the percent asked)")
+    p.add_argument("--target", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="where the compact model will run (auto: gpu when this machine has CUDA)")
     p.add_argument("--no-fold", action="store_true", help="drop pruned channels' β instead of folding it")
     p.add_argument("--out", required=True, help="file for the compact checkpoint (.pt)")
     p.add_argument("--plan-out", help="also write the plan as JSON here")
@@ -132,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", type=_positive_int)
     p.add_argument("--epochs", type=_positive_int, help="override the epochs of every stage")
     p.add_argument("--device")
+    p.add_argument("--cuda-graph", action="store_true", help="replay each training step as one CUDA graph (CUDA)")
     p.add_argument("--data-dir")
     p.add_argument("--out", help="run folder (default runs/<preset>)")
     p.add_argument("--no-progress", action="store_true")
@@ -142,11 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=_input_size, help="e.g. 32 or 3,32,32")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("export", help="deployment export: BN folded into convs, ONNX (checked) and/or TorchScript")
+    p = sub.add_parser("export", help="deployment export: BN folded, target precision and layout; ONNX (checked), "
+                       "torch.export program, AOTInductor package, TorchScript")
     p.add_argument("checkpoint")
+    p.add_argument("--target", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="where the model will run (auto: gpu when this machine has CUDA); sets the defaults below")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="weights and compute (auto: bf16 for gpu, fp32 for cpu; ONNX is always written in fp32)")
+    p.add_argument("--memory-format", default="auto", choices=["auto", "contiguous", "channels_last"],
+                   help="activation layout (auto: channels_last for gpu)")
+    p.add_argument("--round-to", type=_positive_int,
+                   help="check that pruned widths are multiples of N (default 8 for gpu, 1 for cpu); rounding "
+                        "itself happens when pruning (netslim prune --round-to)")
     p.add_argument("--onnx", metavar="FILE", help="write an ONNX file (checked against PyTorch when onnxruntime is "
                    "installed)")
-    p.add_argument("--torchscript", metavar="FILE", help="write a traced TorchScript file")
+    p.add_argument("--program", metavar="FILE", help="write a torch.export program (.pt2; torch.export.load)")
+    p.add_argument("--aoti", metavar="FILE", help="compile ahead of time with AOTInductor into a .pt2 package "
+                   "(torch._inductor.aoti_load_package; needs a C++ compiler, and CUDA for a gpu target)")
+    p.add_argument("--torchscript", metavar="FILE", help="write a traced TorchScript file (deprecated by PyTorch)")
     p.add_argument("--no-fold", action="store_true", help="keep the BatchNorm layers")
     p.add_argument("--opset", type=_positive_int, default=17)
 
@@ -215,14 +235,14 @@ def cmd_train(args) -> int:
                          sparsity=args.sparsity, sparsity_kind=args.sparsity_kind, bn_init=args.bn_init,
                          sparsity_schedule=args.sparsity_schedule, bn_exclude=tuple(args.bn_exclude),
                          optimizer=args.optimizer, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
-                         progress=not args.no_progress, sync_bn=args.sync_bn, amp=args.amp, compile=args.compile)
+                         progress=not args.no_progress, sync_bn=args.sync_bn, amp=args.amp, compile=args.compile,
+                         cuda_graph=args.cuda_graph)
     model_kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     if args.pretrained:
         model_kwargs["pretrained"] = True
     experiment = ExperimentConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                                   download=not args.no_download, val_size=args.val_size, model_kwargs=model_kwargs)
-    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed,
-                                                drop_last=args.compile)
+    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
     torch.manual_seed(args.seed)  # the same initial weights on every run, rank and resume
     if args.from_checkpoint:
         model, data = load_model(args.from_checkpoint)
@@ -256,6 +276,7 @@ def cmd_prune(args) -> int:
 
     from .budget import plan_for_budget
     from .checkpoint import create_base, describe, load_model, save_checkpoint
+    from .deploy import target_defaults
     from .metrics import count_flops, count_params
     from .plan import plan_pruning
     from .surgery import apply_plan
@@ -277,7 +298,12 @@ def cmd_prune(args) -> int:
         raise UsageError(f"{args.checkpoint} does not declare its input size: pass --input-size C,H,W")
     model.eval()
     example = torch.zeros(2, *model.input_size)
-    options = dict(max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels, round_to=args.round_to,
+    target = args.target if args.target != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    round_to = args.round_to or target_defaults(target)["round_to"]
+    if round_to > 1:
+        print(f"channel counts rounded to multiples of {round_to} (target {target}; --round-to 1 prunes exactly "
+              "the percent asked)")
+    options = dict(max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels, round_to=round_to,
                    example_input=example)
     if args.target_flops is not None or args.target_params is not None:
         plan = plan_for_budget(model, target_flops=args.target_flops, target_params=args.target_params, **options)
@@ -332,11 +358,10 @@ def cmd_finetune(args) -> int:
     model, data = load_model(args.checkpoint)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn,
-                         amp=args.amp, compile=args.compile)
+                         amp=args.amp, compile=args.compile, cuda_graph=args.cuda_graph)
     experiment = ExperimentConfig(model=data["arch"]["name"], dataset=args.dataset, data_dir=args.data_dir,
                                   download=not args.no_download, val_size=args.val_size)
-    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed,
-                                                drop_last=args.compile)
+    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
     classes = data["arch"].get("kwargs", {}).get("num_classes")
     if classes not in (None, train_set.num_classes):
         raise UsageError(f"the checkpoint predicts {classes} classes but {args.dataset} has {train_set.num_classes}")
@@ -367,6 +392,8 @@ def cmd_run(args) -> int:
         config.finetune["epochs"] = args.epochs
     if args.device:
         config.train["device"] = args.device
+    if args.cuda_graph:
+        config.train["cuda_graph"] = True
     config.__post_init__()
     distributed.init_from_env(config.train.get("device", "auto"))
     out = _writable_dir(args.out or f"runs/{Path(args.config).stem}")
@@ -417,21 +444,45 @@ def cmd_export(args) -> int:
     import torch
 
     from .checkpoint import load_model
-    from .export import export_onnx, fold_batchnorm
+    from .deploy import DTYPES, deploy, export_aoti, export_program, misaligned_widths, target_defaults
+    from .export import export_onnx
 
-    if not args.onnx and not args.torchscript:
-        raise UsageError("give --onnx FILE and/or --torchscript FILE")
+    if not (args.onnx or args.program or args.aoti or args.torchscript):
+        raise UsageError("give at least one of --onnx FILE, --program FILE, --aoti FILE, --torchscript FILE")
+    target = args.target if args.target != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    defaults = target_defaults(target)
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else defaults["dtype"]
+    channels_last = defaults["channels_last"] if args.memory_format == "auto" else args.memory_format == "channels_last"
+    device = "cuda" if target == "gpu" and torch.cuda.is_available() else "cpu"
+    if args.aoti and target == "gpu" and device != "cuda":
+        raise UsageError("--aoti for a gpu target compiles CUDA kernels and needs a CUDA GPU on this machine; "
+                         "run the export there, or write --program instead")
     model, _ = load_model(args.checkpoint)
     model.eval()
     size = model.input_size
+    round_to = args.round_to or defaults["round_to"]
+    odd = misaligned_widths(model, round_to, torch.zeros(2, *size))
+    if odd:
+        listed = ", ".join(f"{k} {v}" for k, v in list(odd.items())[:4]) + (", ..." if len(odd) > 4 else "")
+        print(f"warning: {len(odd)} layer widths are not multiples of {round_to} ({listed}): slower on tensor "
+              f"cores; prune with --round-to {round_to} (before fine-tuning) to fix")
+    print(f"export for {target}: BN {'kept' if args.no_fold else 'folded'}, {str(dtype).replace('torch.', '')}, "
+          f"{'channels_last' if channels_last else 'contiguous'}")
+    options = dict(device=device, dtype=dtype, channels_last=channels_last, fold=not args.no_fold)
     if args.onnx:
         path = export_onnx(model, _writable_file(args.onnx), size, fold=not args.no_fold, opset=args.opset)
-        print(f"ONNX model written to {path}")
+        print(f"ONNX model (fp32) written to {path}")
+    if args.program:
+        path = export_program(model, _writable_file(args.program), **options)
+        print(f"torch.export program written to {path} (load: torch.export.load(path).module())")
+    if args.aoti:
+        path = export_aoti(model, _writable_file(args.aoti), **options)
+        print(f"AOTInductor package written to {path} (load: torch._inductor.aoti_load_package(path))")
     if args.torchscript:
         out = _writable_file(args.torchscript)
-        deploy = model if args.no_fold else fold_batchnorm(model)
+        deployed = deploy(model, **options)
         with torch.no_grad():
-            traced = torch.jit.trace(deploy, torch.zeros(1, *size))
+            traced = torch.jit.trace(deployed, torch.zeros(1, *size, device=device))
         traced.save(str(out))
         print(f"TorchScript model written to {out}")
     return 0

@@ -113,7 +113,7 @@ def load_config(name_or_path: str) -> ExperimentConfig:
 
 # -- data --
 
-def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int, drop_last: bool = False):
+def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int):
     """Train, validation (or None) and test loaders of the experiment's dataset.
 
     Under torchrun each rank reads its own shard of every epoch with ``batch_size / world_size``
@@ -131,7 +131,7 @@ def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int, d
         train_set, _ = datasets.validation_split(train_set, len(train_set) - config.train_subset, seed + 1)
     augment = config.augment or datasets.DEFAULT_AUGMENT.get(config.dataset.lower().replace("_", "-"), "none")
     loader = datasets.Loader(train_set, batch_size // info.world_size, train=True, augment=augment, seed=seed,
-                             device=device, rank=info.rank, world_size=info.world_size, drop_last=drop_last)
+                             device=device, rank=info.rank, world_size=info.world_size)
     val = datasets.Loader(val_set, 1000, train=False, device=device) if val_set is not None else None
     test = datasets.Loader(test_set, 1000, train=False, device=device)
     return loader, val, test, train_set
@@ -163,11 +163,12 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     sparse_cfg, tune_cfg = config.train_config(), config.finetune_config()
     sparse_cfg.progress = tune_cfg.progress = progress
     device = resolve_device(sparse_cfg.device)
-    loaders = make_loaders(config, sparse_cfg.batch_size, device, sparse_cfg.seed, drop_last=sparse_cfg.compile)
+    loaders = make_loaders(config, sparse_cfg.batch_size, device, sparse_cfg.seed)
     train_loader, val_loader, test_loader, train_set = loaders
     torch.manual_seed(sparse_cfg.seed)  # the same initial weights on every run and resume
     model, kwargs = build_model_for(config, train_set)
     size = model.input_size
+    prune_options = prune_options_for(config, device)
     rows = []
 
     def row(label: str, net: nn.Module, error: float, base: nn.Module) -> dict:
@@ -202,7 +203,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         current = _selected(current, stage / "sparse", val_loader)
         row(f"pass {k} trained with sparsity", current, _test_error(current, test_loader), original)
 
-        plan = plan_pruning(current, **config.prune)  # deterministic: identical on every rank
+        plan = plan_pruning(current, **prune_options)  # deterministic: identical on every rank
         compact = apply_plan(current, plan, fold_bias=config.fold_bias)
         guard = f" (guard kept channels in {len(plan.guarded)} layers)" if plan.guarded else ""
         log(f"pass {k}: pruned {plan.pruned_channels}/{plan.total_channels} channels{guard}")
@@ -228,6 +229,15 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         (out / "results.md").write_text(results_markdown(rows, config))
     distributed.barrier()
     return {"rows": rows}
+
+
+def prune_options_for(config: ExperimentConfig, device: torch.device) -> dict:
+    """The experiment's pruning options, ``round_to: auto`` (the default) resolved: on a GPU, channel counts
+    are rounded up to multiples of 8 for tensor cores (issue 9); elsewhere the exact percent is pruned."""
+    options = dict(config.prune)
+    if options.get("round_to", "auto") == "auto":
+        options["round_to"] = 8 if device.type == "cuda" else 1
+    return options
 
 
 def _selected(model: nn.Module, stage: Path, val_loader) -> nn.Module:

@@ -89,16 +89,13 @@ class SparsityRegularizer:
             torch._foreach_clamp_max_(slope, 1.0)
             torch._foreach_add_(grads, slope, alpha=lam)
         else:
-            # d/dγ_i [t·Σ|γ| − Σ_j|γ_j − m|] = t·sign(γ_i) − sign(γ_i − m) + mean_j sign(γ_j − m)
+            # d/dγ_i [t·Σ|γ| − Σ_j|γ_j − m|] = t·sign(γ_i) − sign(γ_i − m) + mean_j sign(γ_j − m), computed on
+            # the concatenated scales with plain tensor ops (no scalar-tensor overloads: no host sync, capturable)
             flat = torch.cat([g.flatten() for g in gammas])
-            mean = flat.mean()
-            correction = torch.sign(flat - mean).mean()
-            signs = torch._foreach_sign(gammas)
-            away = torch._foreach_sign(torch._foreach_sub(gammas, mean))
-            torch._foreach_mul_(signs, self.t)
-            torch._foreach_sub_(signs, away)
-            torch._foreach_add_(signs, correction)
-            torch._foreach_add_(grads, signs, alpha=lam)
+            away = torch.sign(flat - flat.mean())
+            slope = self.t * torch.sign(flat) - away + away.mean()
+            parts = slope.split([g.numel() for g in gammas])
+            torch._foreach_add_(grads, [p.view_as(g) for p, g in zip(parts, gammas, strict=True)], alpha=lam)
 
     @torch.no_grad()
     def after_step(self, lr: float | None = None) -> None:

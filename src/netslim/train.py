@@ -25,6 +25,7 @@ from . import distributed
 from .checkpoint import CheckpointError, describe, load_checkpoint, save_checkpoint
 from .sparsity import SparsityRegularizer, init_bn_scales, lambda_at
 from .stats import gamma_stats
+from .steps import CompiledForward, EagerStep, GraphedStep, autocast, make_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -56,7 +57,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto (bf16 on CUDA, fp16 + GradScaler where bf16 is missing; off on CPU), bf16, fp16, off
-    compile: bool = False  # torch.compile the model (CUDA graphs via mode="reduce-overhead" on GPU)
+    compile: bool = False  # torch.compile the model (with mode="reduce-overhead" on GPU unless cuda_graph)
+    cuda_graph: bool = False  # capture the whole training step as one CUDA graph and replay it (CUDA only)
     channels_last: bool = True  # on CUDA
     progress: bool = True
     sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only, as in PyTorch)
@@ -113,7 +115,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = N
     count = 0
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with _autocast(device, autocast_dtype("auto", device)):
+        with autocast(device, autocast_dtype("auto", device)):
             logits = model(images)
         loss += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
@@ -134,17 +136,16 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig, capturable: bool = False) -> torch.optim.Optimizer:
+    """The stage's optimizer. ``capturable``: Adam/AdamW keep their step count on the device, as a
+    CUDA-graph capture of ``step()`` requires (SGD needs nothing of the kind)."""
     # Weight decay acts on every parameter, BN scales included, as in the paper's Torch code; the
     # sparsity term is separate and explicit (PEERS #13).
+    adaptive = {"capturable": True} if capturable else {}
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **adaptive)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **adaptive)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                            nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
 
@@ -194,9 +195,14 @@ def train(
     precision = autocast_dtype(config.amp, device)
     # fp16 needs loss scaling; the sparsity term then goes on the unscaled gradients (after unscale_).
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-    runner = {"forward": _compiled(net, device) if config.compile else net, "eager": net}
-    optimizer = make_optimizer(model, config)
+    graphed = config.cuda_graph and device.type == "cuda" and not dist_info.enabled
+    optimizer = make_optimizer(model, config, capturable=graphed)
     scheduler = make_scheduler(optimizer, config)
+    forward = CompiledForward(net, _compiled(net, device, graphed)) if config.compile else net
+    step = make_step(EagerStep(forward, model, optimizer, scaler, regularizer, device, precision,
+                               grad_clip=config.grad_clip, teacher=teacher, distill=config.distill,
+                               temperature=config.temperature),
+                     config.cuda_graph, distributed=dist_info.enabled)
     arch = dict(arch or describe(model, type(model).__name__))
     state = {"epoch": 0, "history": [], "gammas": {}, "best": None}
     out = Path(out_dir) if out_dir is not None else None
@@ -214,8 +220,7 @@ def train(
         if regularizer is not None:
             regularizer.lam = lambda_at(config.sparsity, epoch, config.epochs, config.sparsity_schedule,
                                         config.sparsity_warmup)
-        stats = _train_epoch(runner, train_loader, optimizer, scaler, regularizer, config, device, epoch, dist_info,
-                             teacher, precision)
+        stats = _train_epoch(step, train_loader, optimizer, config, device, epoch, dist_info)
         scheduler.step()
         record = {"epoch": epoch + 1, **stats}
         if val_loader is not None:
@@ -267,86 +272,39 @@ def _warn_if_sparsity_stalls(history: list[dict], config: TrainConfig) -> None:
                       stacklevel=3)
 
 
-def _compiled(net: nn.Module, device: torch.device) -> nn.Module:
-    """torch.compile, with CUDA graphs on GPU ("reduce-overhead": the whole forward/backward replayed).
-
-    Shapes must stay fixed for graph replay: the pipeline drops each epoch's last partial batch when
-    compiling (the next epoch's reshuffle covers those samples).
-    """
-    return torch.compile(net, mode="reduce-overhead" if device.type == "cuda" else "default")
+def _compiled(net: nn.Module, device: torch.device, graphed: bool) -> Callable:
+    """torch.compile of the model. On a GPU without a whole-step graph, mode="reduce-overhead" replays
+    forward and backward as CUDA graphs; inside a whole-step graph, plain compilation (the capture is ours)."""
+    return torch.compile(net, mode="reduce-overhead" if device.type == "cuda" and not graphed else "default")
 
 
-def _forward(runner: dict, images: torch.Tensor) -> torch.Tensor:
-    """The compiled forward, falling back to eager (once, with a warning) if compilation fails."""
-    if runner["forward"] is runner["eager"]:
-        return runner["eager"](images)
-    try:
-        return runner["forward"](images)
-    except Exception as e:  # dynamo/inductor raise many types; eager is always a safe fallback
-        warnings.warn(f"torch.compile failed on this model ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                      "training continues in eager mode", stacklevel=2)
-        runner["forward"] = runner["eager"]
-        return runner["eager"](images)
-
-
-def _train_epoch(runner, loader, optimizer, scaler, regularizer, config, device, epoch, dist_info, teacher,
-                 precision) -> dict:
-    model = runner["eager"]
-    model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+def _train_epoch(step: EagerStep | GraphedStep, loader, optimizer, config, device, epoch, dist_info) -> dict:
+    step.model.train()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss·n and correct, summed on the device
     count = 0
     lr = optimizer.param_groups[0]["lr"]
     show = config.progress and dist_info.is_main
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show, dynamic_ncols=True)
-    for step, (images, labels) in enumerate(bar):
+    for k, (images, labels) in enumerate(bar):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if device.type == "cuda" and config.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, precision):
-            logits = _forward(runner, images)
-            loss = F.cross_entropy(logits.float(), labels)
-            if teacher is not None and config.distill > 0:
-                loss = _distillation_loss(loss, logits, teacher, images, config)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # a no-op without fp16
-        if regularizer is not None:
-            regularizer.step()  # on true (unscaled) gradients; before clipping, as part of the objective
-        if config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
-        scaler.update()
-        if regularizer is not None:
-            regularizer.after_step(optimizer.param_groups[0]["lr"])
-        loss_sum += loss.detach() * len(labels)  # accumulated on the device: no sync per step
-        correct += (logits.detach().argmax(1) == labels).sum()
-        count += len(labels)
-        if show and step % 20 == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / count:.3f}", acc=f"{correct.item() / count:.3f}", lr=f"{lr:.3g}")
+        step(images, labels, totals)
+        count += labels.shape[0]
+        if show and k % 20 == 0:  # the only host synchronisation inside an epoch: the progress bar's figures
+            loss, correct = totals.tolist()
+            bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{correct / count:.3f}", lr=f"{lr:.3g}")
+    step.end_epoch()
     if dist_info.enabled:  # epoch statistics over all ranks
-        totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(count), device=device)])
+        totals = torch.cat([totals, torch.tensor([float(count)], dtype=torch.float64, device=device)])
         torch.distributed.all_reduce(totals)
-        loss_sum, correct, count = totals[0], totals[1], int(totals[2].item())
-    train_loss = loss_sum.item() / max(count, 1)
+        count = int(totals[2].item())
+    loss_sum, correct = totals[:2].tolist()
+    train_loss = loss_sum / max(count, 1)
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint is kept "
                                "(lower the learning rate or the sparsity λ)")
-    return {"lr": lr, "train_loss": train_loss, "train_accuracy": float(correct.item()) / max(count, 1)}
-
-
-def _distillation_loss(loss: torch.Tensor, logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor,
-                       config: TrainConfig) -> torch.Tensor:
-    """(1 − α)·CE + α·T²·KL(teacher ‖ student) at temperature T (Hinton et al. 2015)."""
-    with torch.no_grad():
-        target = teacher(images)
-    if target.shape != logits.shape:
-        raise ValueError(f"the teacher's output {tuple(target.shape)} does not match the student's "
-                         f"{tuple(logits.shape)}; distil from a model of the same task")
-    t = config.temperature
-    kl = F.kl_div(F.log_softmax(logits.float() / t, 1), F.log_softmax(target.float() / t, 1), log_target=True,
-                  reduction="batchmean")
-    return (1 - config.distill) * loss + config.distill * t * t * kl
+    return {"lr": lr, "train_loss": train_loss, "train_accuracy": correct / max(count, 1)}
 
 
 @torch.no_grad()

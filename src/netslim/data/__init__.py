@@ -8,7 +8,7 @@
         for images, labels in loader: ...
 """
 
-from .augment import augment_batch, normalize, random_crop, random_flip
+from .augment import apply_augmentation, augment_batch, draw_augmentation, normalize, random_crop, random_flip
 from .base import Dataset, DatasetError, validation_split
 from .cifar import load_cifar10, load_cifar100
 from .digits import load_digits
@@ -20,8 +20,8 @@ from .registry import DATASETS, DEFAULT_AUGMENT, load_dataset
 from .svhn import load_svhn
 
 __all__ = [
-    "DATASETS", "DEFAULT_AUGMENT", "Dataset", "DatasetError", "Loader", "augment_batch", "cache_dir", "check_md5",
-    "load_cifar10", "load_cifar100", "load_dataset", "load_digits", "load_fashion_mnist", "load_image_folder",
-    "load_imagenet", "load_mnist", "load_svhn", "md5sum", "normalize", "parse_idx", "random_crop", "random_flip",
-    "read_idx", "validation_split",
+    "DATASETS", "DEFAULT_AUGMENT", "Dataset", "DatasetError", "Loader", "apply_augmentation", "augment_batch",
+    "cache_dir", "check_md5", "draw_augmentation", "load_cifar10", "load_cifar100", "load_dataset", "load_digits",
+    "load_fashion_mnist", "load_image_folder", "load_imagenet", "load_mnist", "load_svhn", "md5sum", "normalize",
+    "parse_idx", "random_crop", "random_flip", "read_idx", "validation_split",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .augment import AUGMENTATIONS, augment_batch, normalize
+from .augment import AUGMENTATIONS, apply_augmentation, draw_augmentation, normalize
 from .base import Dataset
 
 
@@ -24,7 +24,9 @@ class Loader:
     epoch (as with ``DistributedSampler``), so a run resumed at epoch k sees the same batches. With
     ``world_size > 1`` every rank takes the strided slice ``rank::world_size`` of the same permutation,
     padded by wrapping to a multiple of ``world_size``, so all ranks get ``ceil(N / world_size)`` samples.
-    Augmentation (``train=True`` only) draws from a generator seeded by ``(seed, epoch, rank)``.
+    Augmentation (``train=True`` only) draws from a generator seeded by ``(seed, epoch, rank)``. The epoch's
+    order and every random draw are made on the CPU and moved to ``device`` once per epoch, so a batch
+    costs only device ops (gather, crop, flip, normalize): no host-to-device copy, no synchronisation.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, train: bool = True, augment: str = "none",
@@ -46,6 +48,8 @@ class Loader:
         self.device, self.dtype = torch.device(device), dtype
         self.images = dataset.images.to(self.device)
         self.labels = dataset.labels.to(self.device)
+        self.mean = torch.tensor(dataset.mean, dtype=dtype).to(self.device)  # once: no copy per batch
+        self.std = torch.tensor(dataset.std, dtype=dtype).to(self.device)
         self.epoch = 0
 
     @property
@@ -75,10 +79,13 @@ class Loader:
         return order[self.rank:total:self.world_size]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.indices()
+        stop = min(len(self) * self.batch_size, self.num_samples)
+        order = self.indices()[:stop]
         generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, self.rank, 1))
-        stop = len(self) * self.batch_size
-        for start in range(0, min(stop, len(order)), self.batch_size):
-            idx = order[start:start + self.batch_size].to(self.device, non_blocking=True)
-            images = augment_batch(self.images[idx], self.augment, generator)
-            yield normalize(images, self.dataset.mean, self.dataset.std, self.dtype), self.labels[idx]
+        draws = {k: v.to(self.device) for k, v in draw_augmentation(self.augment, stop, generator).items()}
+        order = order.to(self.device)
+        for start in range(0, stop, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch_draws = {k: v[..., start:start + self.batch_size] for k, v in draws.items()}
+            images = apply_augmentation(self.images[idx], self.augment, batch_draws)
+            yield normalize(images, self.mean, self.std, self.dtype), self.labels[idx]

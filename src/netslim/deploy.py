@@ -1,0 +1,174 @@
+"""An inference-ready compact model: BN folded, in the precision and memory layout of the target, optionally compiled.
+
+    fast = deploy(small, device="cuda", dtype=torch.bfloat16, channels_last=True)   # an nn.Module
+    export_program(small, "small.pt2", target="gpu")       # torch.export program, loads with torch.export.load
+    export_aoti(small, "small-aoti.pt2")                   # compiled ahead of time by AOTInductor
+
+Why these defaults on a GPU (PEERS #18, issue 9): tensor cores want bf16 and channel counts that are
+multiples of 8; channels_last avoids layout transposes around every convolution. The channel counts
+come from pruning, so rounding is the plan's job (``plan_pruning(round_to=8)``, which keeps the
+next-largest-|γ| channels rather than padding); :func:`misaligned_widths` says where a compact model
+was pruned without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from .export import ExportError, fold_batchnorm, relative_error
+from .graph import trace_channels
+from .metrics import input_size_of
+
+__all__ = ["InferenceModel", "TARGETS", "deploy", "export_aoti", "export_program", "misaligned_widths",
+           "target_defaults"]
+
+TARGETS = ("cpu", "gpu")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def target_defaults(target: str) -> dict:
+    """Deployment defaults for ``target``: GPU: bf16, channels_last, widths multiples of 8; CPU: fp32."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown deployment target {target!r}; choose cpu or gpu")
+    if target == "gpu":
+        return {"dtype": torch.bfloat16, "channels_last": True, "round_to": 8}
+    return {"dtype": torch.float32, "channels_last": False, "round_to": 1}
+
+
+class InferenceModel(nn.Module):
+    """A model in eval mode that takes fp32 input in any layout, computes in ``dtype`` and ``memory_format``,
+    and returns fp32 outputs (tensors, or tuples/dicts of them, as the model returns)."""
+
+    def __init__(self, net: nn.Module, dtype: torch.dtype, channels_last: bool) -> None:
+        super().__init__()
+        self.net, self.dtype, self.channels_last = net, dtype, channels_last
+        if hasattr(net, "input_size"):
+            self.input_size = net.input_size
+
+    def forward(self, x: torch.Tensor):
+        x = x.to(self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.net(x)
+        return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, out)
+
+
+def misaligned_widths(model: nn.Module, multiple: int, example_input: torch.Tensor | None = None,
+                      fixed: Sequence[str] = ()) -> dict[str, int]:
+    """``{bn_path: width}`` of the prunable BN layers whose width is not a multiple of ``multiple``."""
+    if multiple <= 1:
+        return {}
+    graph = trace_channels(model, example_input, fixed)
+    prunable = graph.prunable_roots()
+    return {path: len(use.out_ids) for path, use in graph.bns.items()
+            if len(use.out_ids) % multiple and any(graph.root(i) in prunable for i in use.out_ids)}
+
+
+def deploy(model: nn.Module, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+           channels_last: bool = False, compile: bool = False, fold: bool = True) -> nn.Module:
+    """An inference copy of ``model``: BN folded into the convs (``fold``), eval mode, on ``device``,
+    weights in ``dtype`` and ``channels_last`` layout, wrapped in :class:`InferenceModel`; with
+    ``compile``, ``torch.compile``'d (CUDA graphs via mode="reduce-overhead" on a GPU). ``model`` is not changed.
+    """
+    if dtype not in DTYPES.values():
+        raise ValueError(f"deploy dtype must be one of float32, bfloat16, float16, got {dtype}")
+    device = torch.device(device) if device is not None else _device(model)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("deploying for CUDA but no CUDA GPU is available; use device='cpu'")
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bf16 support; deploy with dtype=torch.float16 or torch.float32")
+    net = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
+    net = net.to(device=device, dtype=dtype)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    wrapped = InferenceModel(net, dtype, channels_last).eval()
+    for p in wrapped.parameters():
+        p.requires_grad_(False)
+    if compile:
+        return torch.compile(wrapped, mode="reduce-overhead" if device.type == "cuda" else "default", dynamic=False)
+    return wrapped
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _export(model: nn.Module, size: Sequence[int], device: torch.device, max_batch: int):
+    example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception as e:  # torch.export raises many types
+        raise ExportError(f"torch.export failed for {type(model).__name__} ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:300]})") from e
+
+
+def _check(reference: nn.Module, run, size: Sequence[int], device: torch.device, dtype: torch.dtype,
+           path: Path) -> float:
+    """Compare ``run`` (the exported artifact) with ``reference`` at batch 3; an ExportError if they differ.
+
+    fp32 must agree to 1e-4 (relative to the largest output); bf16/fp16 to 5e-2, since a compiler may
+    fuse and round differently at 8 or 11 mantissa bits."""
+    x = torch.randn(3, *size, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        error = relative_error(run(x), reference(x))
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    if not error <= tolerance:
+        raise ExportError(f"{path}: the exported model differs from PyTorch by {error:.3g} (relative to the "
+                          f"largest output), more than {tolerance:g}")
+    return error
+
+
+def export_program(model: nn.Module, path: str | Path, *, input_size: Sequence[int] | None = None,
+                   device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                   channels_last: bool = False, fold: bool = True, max_batch: int = 4096) -> Path:
+    """Write the deployed model (:func:`deploy`) as a ``torch.export`` program with a dynamic batch axis.
+
+    Load it with ``torch.export.load(path).module()``. The program is checked against the deployed
+    PyTorch model before it is written; it runs on ``device`` (default: the model's).
+    """
+    size = input_size_of(model, input_size)
+    deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
+    device = _device(deployed)
+    program = _export(deployed, size, device, max_batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _check(deployed, program.module(), size, device, dtype, path)
+    torch.export.save(program, str(path))
+    return path
+
+
+def export_aoti(model: nn.Module, path: str | Path, *, input_size: Sequence[int] | None = None,
+                device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                channels_last: bool = False, fold: bool = True, max_batch: int = 4096) -> Path:
+    """Compile the deployed model ahead of time with AOTInductor (``torch.compile``'s backend) into a
+    ``.pt2`` package for ``device``; load it with ``torch._inductor.aoti_load_package(path)``.
+
+    Needs a C++ compiler (and, for CUDA, the GPU it is compiled for). Checked against PyTorch.
+    """
+    size = input_size_of(model, input_size)
+    deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
+    device = _device(deployed)
+    program = _export(deployed, size, device, max_batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            written = torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+            compiled = torch._inductor.aoti_load_package(written)
+    except Exception as e:  # compiler missing, unsupported op, ...
+        raise ExportError(f"AOTInductor compilation failed ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:300]}); is a C++ compiler installed?") from e
+    _check(deployed, compiled, size, device, dtype, path)
+    return Path(written)
