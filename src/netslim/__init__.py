@@ -4,10 +4,12 @@
     reg = netslim.SparsityRegularizer(model, lam=1e-4)      # reg.step() after loss.backward()
     plan = netslim.plan_pruning(model, percent=0.7)           # global |γ| threshold, guarded
     small = netslim.apply_plan(model, plan)                   # physically narrower, same outputs
+    fast = netslim.deploy(small, device="cuda", dtype=torch.bfloat16, channels_last=True)  # BN folded
 """
 
 from . import models
 from .budget import plan_for_budget
+from .deployment import deploy, export_aoti, export_program
 from .export import export_onnx, fold_batchnorm
 from .graph import ChannelGraph, GraphError, trace_channels
 from .layers import SelectBatchNorm
@@ -19,6 +21,6 @@ from .surgery import apply_plan, masked_model
 __version__ = "0.1.0"
 __all__ = [
     "ChannelGraph", "GraphError", "PruningPlan", "SelectBatchNorm", "SparsityRegularizer", "apply_plan",
-    "count_flops", "count_params", "export_onnx", "fold_batchnorm", "init_bn_scales", "masked_model", "models",
-    "plan_for_budget", "plan_pruning", "trace_channels",
+    "count_flops", "count_params", "deploy", "export_aoti", "export_onnx", "export_program", "fold_batchnorm",
+    "init_bn_scales", "masked_model", "models", "plan_for_budget", "plan_pruning", "trace_channels",
 ]

@@ -276,7 +276,7 @@ def cmd_prune(args) -> int:
 
     from .budget import plan_for_budget
     from .checkpoint import create_base, describe, load_model, save_checkpoint
-    from .deploy import target_defaults
+    from .deployment import target_defaults
     from .metrics import count_flops, count_params
     from .plan import plan_pruning
     from .surgery import apply_plan
@@ -444,7 +444,7 @@ def cmd_export(args) -> int:
     import torch
 
     from .checkpoint import load_model
-    from .deploy import DTYPES, deploy, export_aoti, export_program, misaligned_widths, target_defaults
+    from .deployment import DTYPES, deploy, export_aoti, export_program, misaligned_widths, target_defaults
     from .export import export_onnx
 
     if not (args.onnx or args.program or args.aoti or args.torchscript):
@@ -466,7 +466,8 @@ def cmd_export(args) -> int:
         listed = ", ".join(f"{k} {v}" for k, v in list(odd.items())[:4]) + (", ..." if len(odd) > 4 else "")
         print(f"warning: {len(odd)} layer widths are not multiples of {round_to} ({listed}): slower on tensor "
               f"cores; prune with --round-to {round_to} (before fine-tuning) to fix")
-    print(f"export for {target}: BN {'kept' if args.no_fold else 'folded'}, {str(dtype).replace('torch.', '')}, "
+    dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
+    print(f"export for {target}: BN {'kept' if args.no_fold else 'folded'}, {dtype_name}, "
           f"{'channels_last' if channels_last else 'contiguous'}")
     options = dict(device=device, dtype=dtype, channels_last=channels_last, fold=not args.no_fold)
     if args.onnx:
