@@ -41,6 +41,8 @@ class ExperimentConfig:
     val_size: int = 0  # held out of the training set for model selection (paper: 5,000 on CIFAR)
     train_subset: int = 0  # train on a fixed random subset of this many images (0: all), for quick runs
     augment: str | None = None  # None: the dataset's default ("cifar" for CIFAR, else "none")
+    stream: bool | None = None  # decode image files batch by batch (StreamLoader); None: for imagenet
+    image_size: int = 224  # the decoded side of streamed images
     baseline: bool = True  # also train the unpruned model without sparsity, for the table
     passes: int = 1  # the multi-pass scheme (paper Sec. 4.5, Table 4)
     train: dict = field(default_factory=dict)  # TrainConfig fields for sparsity training
@@ -118,30 +120,49 @@ def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int):
 
     Under torchrun each rank reads its own shard of every epoch with ``batch_size / world_size``
     samples per step, so the global batch is ``batch_size`` whatever the number of processes.
+    ImageNet is streamed (decoded batch by batch, :class:`netslim.data.StreamLoader`): it does not fit
+    in memory decoded.
     """
     info = distributed.current()
     if batch_size % info.world_size:
         raise ValueError(f"batch size {batch_size} is not divisible by the {info.world_size} processes")
-    train_set = datasets.load_dataset(config.dataset, config.data_dir, "train", config.download)
-    test_set = datasets.load_dataset(config.dataset, config.data_dir, "test", config.download)
+    stream = streams(config)
+    if stream:
+        train_set = datasets.list_imagenet(config.data_dir, "train", image_size=config.image_size)
+        test_set = datasets.list_imagenet(config.data_dir, "test", image_size=config.image_size)
+    else:
+        train_set = datasets.load_dataset(config.dataset, config.data_dir, "train", config.download)
+        test_set = datasets.load_dataset(config.dataset, config.data_dir, "test", config.download)
     val_set = None
     if config.val_size:
         train_set, val_set = datasets.validation_split(train_set, config.val_size, seed)
     if config.train_subset and config.train_subset < len(train_set):
         train_set, _ = datasets.validation_split(train_set, len(train_set) - config.train_subset, seed + 1)
+    shard = dict(seed=seed, device=device, rank=info.rank, world_size=info.world_size)
+    if stream:
+        loader = datasets.StreamLoader(train_set, batch_size // info.world_size, train=True, **shard)
+        val = datasets.StreamLoader(val_set, 250, train=False, device=device) if val_set is not None else None
+        return loader, val, datasets.StreamLoader(test_set, 250, train=False, device=device), train_set
     augment = config.augment or datasets.DEFAULT_AUGMENT.get(config.dataset.lower().replace("_", "-"), "none")
-    loader = datasets.Loader(train_set, batch_size // info.world_size, train=True, augment=augment, seed=seed,
-                             device=device, rank=info.rank, world_size=info.world_size)
+    loader = datasets.Loader(train_set, batch_size // info.world_size, train=True, augment=augment, **shard)
     val = datasets.Loader(val_set, 1000, train=False, device=device) if val_set is not None else None
     test = datasets.Loader(test_set, 1000, train=False, device=device)
     return loader, val, test, train_set
+
+
+def streams(config: ExperimentConfig) -> bool:
+    """Whether the experiment's images are decoded batch by batch: ImageNet unless ``stream: false``."""
+    imagenet = config.dataset.lower() == "imagenet"
+    if config.stream and not imagenet:
+        raise ValueError(f"stream: true applies to image-file datasets (imagenet), not {config.dataset}")
+    return imagenet if config.stream is None else config.stream
 
 
 def build_model_for(config: ExperimentConfig, train_set) -> tuple[nn.Module, dict]:
     """The experiment's model, sized for the dataset (classes, input channels and size)."""
     kwargs = dict(config.model_kwargs)
     kwargs.setdefault("num_classes", train_set.num_classes)
-    shape = tuple(train_set.images.shape[1:])
+    shape = tuple(train_set.sample_shape)
     accepted = models.arguments(config.model) if config.model in models.names() else set()
     if "input_size" in accepted:  # the MLP takes (C, H, W), the conv nets a side length
         kwargs.setdefault("input_size", shape if config.model == "mlp" else shape[-1])

@@ -45,6 +45,11 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one sample."""
+        return tuple(self.images.shape[1:])
+
     def subset(self, indices: torch.Tensor, name: str | None = None) -> Dataset:
         """The samples at ``indices`` (a copy), with the same statistics and classes."""
         indices = torch.as_tensor(indices, dtype=torch.long)

@@ -17,39 +17,27 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class Loader:
-    """Iterate ``(images, labels)`` batches: float normalized (N, C, H, W) and int64 (N,), on ``device``.
+class EpochOrder:
+    """The sample order of a seeded, sharded epoch: what every loader here shares.
 
     The epoch's order is a permutation drawn from ``(seed, epoch)``: call ``set_epoch(epoch)`` before each
     epoch (as with ``DistributedSampler``), so a run resumed at epoch k sees the same batches. With
     ``world_size > 1`` every rank takes the strided slice ``rank::world_size`` of the same permutation,
     padded by wrapping to a multiple of ``world_size``, so all ranks get ``ceil(N / world_size)`` samples.
-    Augmentation (``train=True`` only) draws from a generator seeded by ``(seed, epoch, rank)``. The epoch's
-    order and every random draw are made on the CPU and moved to ``device`` once per epoch, so a batch
-    costs only device ops (gather, crop, flip, normalize): no host-to-device copy, no synchronisation.
+    Random augmentation draws come from a generator seeded by ``(seed, epoch, rank)``.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, train: bool = True, augment: str = "none",
-                 shuffle: bool | None = None, drop_last: bool = False, seed: int = 0,
-                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, dataset, batch_size: int, train: bool, shuffle: bool | None, drop_last: bool, seed: int,
+                 rank: int, world_size: int) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if len(dataset) == 0:
             raise ValueError(f"{dataset.name} is empty")
         self.dataset, self.batch_size, self.train = dataset, batch_size, train
-        self.augment = augment if train else "none"
         self.shuffle = train if shuffle is None else shuffle
         self.drop_last, self.seed, self.rank, self.world_size = drop_last, seed, rank, world_size
-        self.device, self.dtype = torch.device(device), dtype
-        self.images = dataset.images.to(self.device)
-        self.labels = dataset.labels.to(self.device)
-        self.mean = torch.tensor(dataset.mean, dtype=dtype).to(self.device)  # once: no copy per batch
-        self.std = torch.tensor(dataset.std, dtype=dtype).to(self.device)
         self.epoch = 0
 
     @property
@@ -78,11 +66,42 @@ class Loader:
             order = torch.cat([order] * math.ceil(total / n))[:total]
         return order[self.rank:total:self.world_size]
 
+    def epoch_indices(self) -> torch.Tensor:
+        """The indices this epoch iterates (``drop_last`` applied)."""
+        return self.indices()[:min(len(self) * self.batch_size, self.num_samples)]
+
+    def augmentation_generator(self) -> torch.Generator:
+        """The CPU generator of this epoch's (and rank's) augmentation draws."""
+        return torch.Generator().manual_seed(_seed(self.seed, self.epoch, self.rank, 1))
+
+
+class Loader(EpochOrder):
+    """Iterate ``(images, labels)`` batches: float normalized (N, C, H, W) and int64 (N,), on ``device``.
+
+    Order, sharding and seeding as in :class:`EpochOrder`. The epoch's order and every random draw are
+    made on the CPU and moved to ``device`` once per epoch, so a batch costs only device ops (gather,
+    crop, flip, normalize): no host-to-device copy, no synchronisation.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, train: bool = True, augment: str = "none",
+                 shuffle: bool | None = None, drop_last: bool = False, seed: int = 0,
+                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
+                 dtype: torch.dtype = torch.float32) -> None:
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
+        super().__init__(dataset, batch_size, train, shuffle, drop_last, seed, rank, world_size)
+        self.augment = augment if train else "none"
+        self.device, self.dtype = torch.device(device), dtype
+        self.images = dataset.images.to(self.device)
+        self.labels = dataset.labels.to(self.device)
+        self.mean = torch.tensor(dataset.mean, dtype=dtype).to(self.device)  # once: no copy per batch
+        self.std = torch.tensor(dataset.std, dtype=dtype).to(self.device)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        stop = min(len(self) * self.batch_size, self.num_samples)
-        order = self.indices()[:stop]
-        generator = torch.Generator().manual_seed(_seed(self.seed, self.epoch, self.rank, 1))
-        draws = {k: v.to(self.device) for k, v in draw_augmentation(self.augment, stop, generator).items()}
+        order = self.epoch_indices()
+        stop = len(order)
+        draws = draw_augmentation(self.augment, stop, self.augmentation_generator())
+        draws = {k: v.to(self.device) for k, v in draws.items()}
         order = order.to(self.device)
         for start in range(0, stop, self.batch_size):
             idx = order[start:start + self.batch_size]
