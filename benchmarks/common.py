@@ -237,3 +237,28 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
     return model
+
+
+def synthetic_jpegs(folder: Path | str, n: int, classes: int = 10, seed: int = 0) -> dict:
+    """Write ``n`` JPEGs of ImageNet's size and weight into ``folder/train/c<k>/`` (ImageNet train averages
+    about 400x350 pixels and 110 KB): a smooth random colour field plus grain, 300-640 x 240-480 pixels,
+    quality 90. Returns ``{"root", "files", "mean_kb", "mean_pixels"}``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(folder)
+    sizes, pixels, files = [], [], []
+    for i in range(n):
+        w, h = int(rng.integers(300, 641)), int(rng.integers(240, 481))
+        field = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h),
+                                                                                        Image.Resampling.BICUBIC)
+        grain = np.asarray(field, dtype=np.float32) + rng.normal(0, 20, (h, w, 3))
+        path = root / "train" / f"c{i % classes}" / f"{i:06d}.JPEG"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grain.clip(0, 255).astype(np.uint8)).save(path, format="JPEG", quality=90)
+        sizes.append(path.stat().st_size)
+        pixels.append(w * h)
+        files.append(path)
+    return {"root": root, "files": files, "mean_kb": sum(sizes) / len(sizes) / 1e3,
+            "mean_pixels": sum(pixels) / len(pixels)}

@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOC = ROOT / "BENCHMARKS.md"
-ORDER = ("regularizer_overhead", "surgery_time", "pipeline_overhead", "inference")
+ORDER = ("regularizer_overhead", "surgery_time", "pipeline_overhead", "inference", "export_speed", "jpeg_stream")
 
 
 def run(mode: str, threads: int, only: list[str]) -> None:
@@ -282,8 +282,54 @@ def _inference_gap(r: dict) -> str:
     return "\n".join(text) + "\n"
 
 
+def render_export_speed(rec: dict) -> str:
+    r = rec["results"]
+    lines = ["## Default export vs the original model (CPU target)\n",
+             "VGG-19 (CIFAR-10, 32x32; BN scales and statistics from a seeded generator) pruned at each percent and "
+             "exported with the CPU defaults (`netslim.deploy`: BN folded, fp32), against the original as trained "
+             "(BN layers, eager PyTorch). Speed ratio = original time / export time (process CPU time, one thread; "
+             "> 1: the export is faster). Goal: never below 1 at any batch size.\n"]
+    for key, x in r["pruned"].items():
+        runtimes = list(next(iter(x["speedup"].values())))
+        lines += [f"**{key} pruned** ({r['original_flops'] / x['flops']:.2f}x fewer FLOPs; conv widths "
+                  f"{', '.join(map(str, x['widths']))})\n",
+                  "| batch | original | " + " | ".join(runtimes) + " |", "|---|---|" + "---|" * len(runtimes)]
+        for batch, row in x["speedup"].items():
+            base = x["latency"][batch]["original"]["cpu"]["median"]
+            lines.append(f"| {batch} | {_ms(base)} | " + " | ".join(
+                f"{_ms(x['latency'][batch][k]['cpu']['median'])} ({row[k]:.2f}x)" for k in runtimes) + " |")
+        lines.append("")
+    lines += [f"Goal {_verdict(r['never_slower'])}.", "", _notes(rec), _provenance(rec)]
+    return "\n".join(lines)
+
+
+def render_jpeg_stream(rec: dict) -> str:
+    r = rec["results"]
+    p, ov = r["per_image"], r["overlap"]
+    lines = ["## Streaming ImageNet-size JPEGs (CPU)\n",
+             f"{r['images']} synthetic JPEGs of ImageNet's size (mean {r['mean_kb']:.0f} KB, ~{r['mean_side']:.0f} px "
+             f"per side) decoded to {r['crop']}x{r['crop']} random-resized crops (`netslim.data.StreamLoader`). "
+             "GPU decoding (nvJPEG) is part (h) of the GPU section.\n",
+             "| decoding, one thread | reference (full decode, then crop + resize) | netslim (draft mode) | ratio |",
+             "|---|---|---|---|",
+             f"| training crop {r['crop']} | {p['reference_full_decode']['images_per_second']:.0f} img/s | "
+             f"{p['netslim_draft_decode']['images_per_second']:.0f} img/s | {p['draft_speedup']:.2f}x |",
+             f"| evaluation crop {p['eval_size']} (resize {p['eval_resize']}) | "
+             f"{p['eval_reference_full_decode']['images_per_second']:.0f} img/s | "
+             f"{p['eval_netslim_draft_decode']['images_per_second']:.0f} img/s | {p['eval_draft_speedup']:.2f}x |",
+             "", f"| StreamLoader epoch (batch {r['batch']}) | img/s |", "|---|---|"]
+    for key, v in r["loader"].items():
+        lines.append(f"| {key.replace('_', ' ')} | {v['images_per_second']:.0f} |")
+    lines += ["", f"Overlap with a consumer computing {ov['compute_alone']['median']:.2f} s per epoch (decoding alone "
+              f"{ov['decode_alone']['median']:.2f} s): epoch {ov['together']['median']:.2f} s = "
+              f"{ov['epoch_over_max']:.2f}x the larger of the two, {ov['epoch_over_sum']:.2f}x their sum.",
+              "", _notes(rec), _provenance(rec)]
+    return "\n".join(lines)
+
+
 RENDER = {"regularizer_overhead": render_regularizer, "surgery_time": render_surgery,
-          "pipeline_overhead": render_pipeline, "inference": render_inference}
+          "pipeline_overhead": render_pipeline, "inference": render_inference, "export_speed": render_export_speed,
+          "jpeg_stream": render_jpeg_stream}
 
 HEADER = """# Performance benchmarks
 

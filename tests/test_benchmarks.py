@@ -15,7 +15,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-NAMES = ("regularizer_overhead", "surgery_time", "pipeline_overhead", "inference")
+NAMES = ("regularizer_overhead", "surgery_time", "pipeline_overhead", "inference", "export_speed", "jpeg_stream")
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,32 @@ def test_inference(smoke):
     for m in measured:
         _positive(m["process_peak_mb"])
         assert math.isfinite(m["inference_peak_mb"]) and math.isfinite(m["load_mb"])
+
+
+def test_export_speed(smoke):
+    r = smoke["export_speed"]["results"]
+    assert set(r["pruned"]) == {"50%"} and isinstance(r["never_slower"], bool)
+    entry = r["pruned"]["50%"]
+    assert entry["flops"] < r["original_flops"]
+    for batch, row in entry["speedup"].items():
+        assert set(row) == {"deploy_eager", "torch_export"}
+        for name, ratio in row.items():
+            _positive(ratio, f"{name}@{batch}")
+            _timing(entry["latency"][batch][name], f"{name}@{batch}")
+    assert entry["slowest"]["speedup"] == min(v for row in entry["speedup"].values() for v in row.values())
+
+
+def test_jpeg_stream(smoke):
+    pytest.importorskip("PIL")
+    r = smoke["jpeg_stream"]["results"]
+    assert r["images"] == 16 and r["mean_kb"] > 10
+    for key in ("reference_full_decode", "netslim_draft_decode", "eval_reference_full_decode",
+                "eval_netslim_draft_decode"):
+        _positive(r["per_image"][key]["images_per_second"], key)
+    _positive(r["loader"]["workers_1"]["images_per_second"])
+    for key in ("epoch_over_max", "epoch_over_sum"):
+        _positive(r["overlap"][key], key)
+    assert r["overlap"]["epoch_over_sum"] <= r["overlap"]["epoch_over_max"]
 
 
 def test_render_markdown(smoke, tmp_path):

@@ -4,8 +4,8 @@
 :class:`netslim.data.StreamLoader` decodes batch by batch as training consumes them, with the
 random-resized-crop augmentation: the way to train on all of ImageNet. :func:`load_image_folder`
 decodes a split once into one uint8 tensor of fixed-size center crops: for subsets (all of ImageNet
-train would need ~190 GB at 224×224). Decoding is batched (:mod:`netslim.data.jpeg`): a PIL process
-pool over the CPU cores, or nvJPEG with ``device="cuda"``.
+train would need ~190 GB at 224×224). Decoding is batched (:mod:`netslim.data.jpeg`): PIL threads on
+every CPU core, or nvJPEG with ``device="cuda"``.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def load_image_folder(root: str | Path, split_dir: str = "train", *, image_size:
 
     ``classes`` fixes the label order (default: the sorted class folders); ``resize_size`` is the shorter
     side before the center crop (default ``image_size``: the whole central square). ``workers``: decoding
-    processes (default: every CPU core); ``device="cuda"`` decodes JPEGs on the GPU (nvJPEG, needs
+    threads (default: one per CPU core); ``device="cuda"`` decodes JPEGs on the GPU (nvJPEG, needs
     torchvision). The dataset is returned on the CPU either way, like every other loader's.
     """
     listed = list_image_folder(root, split_dir, classes=classes, max_per_class=max_per_class, name=name,

@@ -1,4 +1,4 @@
-"""Batched image decoding to fixed-size uint8 squares: nvJPEG on a CUDA device, a PIL process pool elsewhere.
+"""Batched image decoding to fixed-size uint8 squares: nvJPEG on a CUDA device, a pool of PIL threads elsewhere.
 
 ``decode_jpegs(sources, image_size, device, workers)`` turns files (or their bytes) into one uint8
 (N, 3, S, S) tensor: the shorter side resized to ``resize_size`` (default S, bilinear, antialiased),
@@ -8,9 +8,11 @@ then the central S x S square. Two paths:
   on the GPU, then :func:`resize_center_crop` resizes with batched ``F.interpolate`` calls (one per
   distinct image shape). Files that are not 1- or 3-component JPEGs (PNG, CMYK/YCCK JPEG) and any
   the GPU decoder rejects go through the CPU decoder instead.
-* CPU: a ``ProcessPoolExecutor`` of ``workers`` processes (default ``os.cpu_count()``), each decoding
-  chunks of files with PIL in draft mode (the JPEG decoder skips DCT detail it would discard), so
-  decoding scales with the cores instead of running serially.
+* CPU: a pool of ``workers`` threads (default ``os.cpu_count()``), each decoding chunks of files with
+  PIL in draft mode (the JPEG decoder skips DCT detail it would discard). PIL releases the GIL while
+  it decodes and resamples, so threads scale with the cores (1.85x on 2 cores, BENCHMARKS.md) without
+  worker processes: nothing to pickle, no fork of a process holding CUDA state, and no
+  ``if __name__ == "__main__"`` guard needed in the user's script, which spawned processes require.
 
 Grayscale and CMYK images come out as RGB. An unreadable file raises :class:`DatasetError` (a
 ``ValueError``) naming it. Results do not depend on ``workers``.
@@ -22,7 +24,7 @@ import functools
 import io
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,7 @@ from tqdm import tqdm
 from .base import DatasetError
 
 Source = str | os.PathLike | bytes | bytearray | memoryview
-CHUNK = 32  # files per task sent to a worker process (amortizes the inter-process round trip)
+CHUNK = 32  # files per task given to a worker thread
 GPU_BATCH = 256  # JPEGs per torchvision.io.decode_jpeg call on CUDA
 
 
@@ -75,7 +77,7 @@ def decode_one(source: Source, resize_size: int, crop_size: int, name: str | Non
 
 
 def _decode_chunk(chunk: list[tuple[int, Source]], resize_size: int, crop_size: int) -> np.ndarray:
-    """Worker task: a stacked (n, 3, crop, crop) array for one chunk (top-level so it pickles)."""
+    """Worker task: a stacked (n, 3, crop, crop) array for one chunk."""
     return np.stack([decode_one(source, resize_size, crop_size, _name(source, i)) for i, source in chunk])
 
 
@@ -89,7 +91,7 @@ def _decode_cpu(sources: Sequence[Source], resize_size: int, crop_size: int, wor
         results = (_decode_chunk(c, resize_size, crop_size) for c in chunks)
         _fill(out, chunks, results, progress)
         return out
-    with ProcessPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="netslim-decode") as pool:
         results = pool.map(_decode_chunk, chunks, [resize_size] * len(chunks), [crop_size] * len(chunks))
         _fill(out, chunks, results, progress)
     return out
@@ -224,7 +226,7 @@ def decode_jpegs(sources: Sequence[Source], image_size: int, device: str | torch
 
     Shorter side resized to ``resize_size`` (default ``image_size``), then center-cropped. On a CUDA
     ``device`` with torchvision, JPEGs are decoded by nvJPEG in batches; otherwise by PIL in ``workers``
-    processes (default ``os.cpu_count()``; 1 decodes in this process) and the result is moved to ``device``.
+    threads (default ``os.cpu_count()``; 1 decodes in the calling thread) and the result is moved to ``device``.
     """
     resize_size = resize_size or image_size
     if image_size < 1 or resize_size < image_size:

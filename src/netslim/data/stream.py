@@ -10,20 +10,20 @@ overlaps the training step instead of adding to it:
 * evaluation: the shorter side resized to ``resize_size`` (default 256/224 of ``image_size``), center crop.
 
 Decoding runs on the GPU (nvJPEG through ``torchvision.io.decode_jpeg``, when torchvision loads and
-``device`` is CUDA) or in a pool of ``workers`` CPU processes with PIL in draft mode (the JPEG decoder
-skips the DCT detail the crop would discard). The random draws are made in the main process from the
-epoch's seed, so the batches do not depend on ``workers`` or on where decoding runs (up to resampling).
+``device`` is CUDA) or by ``workers`` PIL threads (PIL releases the GIL while decoding and resampling,
+so threads use every core; see :mod:`netslim.data.jpeg`), in draft mode where the crop allows it. The
+random draws are made in the calling thread from the epoch's seed, so the batches depend neither on
+``workers`` nor on timing, and only up to resampling on where decoding runs.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from .loader import EpochOrder
 
 SCALE = (0.08, 1.0)  # fraction of the image area a training crop covers
 RATIO = (3 / 4, 4 / 3)  # its aspect ratio (width / height), drawn log-uniformly
-CHUNK = 16  # images per task sent to a worker process
+CHUNK = 8  # images per task given to a decoding thread
 
 
 def crop_box(width: int, height: int, draw: Sequence[float], scale: tuple[float, float] = SCALE,
@@ -76,7 +76,7 @@ def decode_crop(source: jpeg.Source, draw: Sequence[float], size: int, name: str
 
 
 def _decode_crops_chunk(chunk: list[tuple[str, list[float]]], size: int) -> np.ndarray:
-    """Worker task (top-level so it pickles): a stacked (n, 3, size, size) array of training crops."""
+    """Worker task: a stacked (n, 3, size, size) array of training crops."""
     return np.stack([decode_crop(path, draw, size, str(path)) for path, draw in chunk])
 
 
@@ -99,7 +99,7 @@ def _resize_crops(images: list[torch.Tensor], draws: torch.Tensor, size: int) ->
 class StreamLoader(EpochOrder):
     """Iterate ``(images, labels)`` of image files, decoding each batch as it is needed (see the module doc).
 
-    ``workers``: CPU decoding processes (default: the CPU count; 1 decodes in the background thread);
+    ``workers``: CPU decoding threads (default: the CPU count; 1 decodes in the background thread);
     ``prefetch``: batches decoded ahead; ``gpu_decode``: nvJPEG on a CUDA ``device`` (default: when
     torchvision is available). Call :meth:`close` (or use it as a context manager) to stop the workers.
     """
@@ -125,7 +125,7 @@ class StreamLoader(EpochOrder):
         self.labels = files.labels.to(self.device)
         self.mean = torch.tensor(files.mean, dtype=dtype).to(self.device)
         self.std = torch.tensor(files.std, dtype=dtype).to(self.device)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     @property
@@ -134,7 +134,7 @@ class StreamLoader(EpochOrder):
         return 3, self.image_size, self.image_size
 
     def close(self) -> None:
-        """Stop the decoding processes (started again by the next iteration)."""
+        """Stop the decoding threads (started again by the next iteration)."""
         pool, self._pool = getattr(self, "_pool", None), None
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -148,9 +148,9 @@ class StreamLoader(EpochOrder):
     def __del__(self) -> None:
         self.close()
 
-    def _processes(self) -> ProcessPoolExecutor:
-        if self._pool is None:  # spawned, not forked: the parent may hold CUDA state and running threads
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="netslim-decode")
         return self._pool
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -208,7 +208,7 @@ class StreamLoader(EpochOrder):
         if self.workers == 1:
             arrays = [fn(t, *extra) for t in tasks]
         else:
-            arrays = list(self._processes().map(fn, tasks, *[[e] * len(tasks) for e in extra]))
+            arrays = list(self._threads().map(fn, tasks, *[[e] * len(tasks) for e in extra]))
         return torch.from_numpy(np.concatenate(arrays))
 
     def _decode_gpu(self, paths: list, draws: torch.Tensor | None) -> torch.Tensor:

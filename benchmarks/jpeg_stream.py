@@ -1,0 +1,172 @@
+"""Does JPEG decoding keep up with training? Streaming ImageNet-size JPEGs on the CPU (issue 9, part 3).
+
+Synthetic JPEGs of ImageNet's size (``common.synthetic_jpegs``: 300-640 x 240-480 pixels, ~90 KB) are
+decoded to 224x224 training crops (random-resized-crop + flip), side by side in one run:
+
+(a) per image, one thread: the reference recipe (PIL decodes the whole image, then the crop is
+    resized: what torchvision's ``ImageFolder`` + ``RandomResizedCrop`` do) against netslim's
+    ``decode_crop`` (PIL draft mode: the JPEG decoder skips DCT detail the crop discards), same boxes;
+    and the same for evaluation crops at half the training resolution (draft mode applies when the
+    image is at least twice the size it is resized to);
+(b) ``StreamLoader`` epochs (normalized batches of 32): decoding in its background thread
+    (``workers=1``) and in a pool of ``workers`` threads (PIL releases the GIL while decoding);
+(c) overlap: a consumer that computes for a fixed time per batch (a matmul loop timed alone, about
+    as long as decoding one batch), with the loader decoding ahead: epoch time against decoding alone
+    and compute alone. Perfect overlap gives epoch = max(decode, compute); none gives their sum. The
+    first batch of an epoch cannot overlap (nothing to compute yet): 32 batches make that 3% of it.
+
+The GPU counterpart (nvJPEG through torchvision) is part (h) of benchmarks/gpu.py.
+
+Usage: python benchmarks/jpeg_stream.py [--full | --quick | --smoke] [--threads N]
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import begin, finish, summary, synthetic_jpegs
+from netslim.data import StreamLoader, jpeg, list_image_folder, stream
+
+NAME = "jpeg_stream"
+SETTINGS = {
+    "full": {"images": 1024, "batch": 32, "size": 224, "repeats": 3, "workers": [1, 2]},
+    "quick": {"images": 256, "batch": 16, "size": 224, "repeats": 2, "workers": [1, 2]},
+    "smoke": {"images": 16, "batch": 8, "size": 64, "repeats": 1, "workers": [1]},
+}
+
+
+def reference_decode_crop(path: Path, draw, size: int):
+    """The reference recipe: decode the whole JPEG, then crop and resize (no draft mode)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        left, top, w, h = stream.crop_box(*img.size, draw)
+        return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+
+
+def reference_decode_eval(path: Path, resize: int, size: int):
+    """The reference evaluation recipe: decode the whole JPEG, resize the shorter side, center crop."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        nw, nh = jpeg.resized_shape(*img.size, resize)
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return img.crop((left, top, left + size, top + size))
+
+
+def per_image(files: list[Path], size: int, repeats: int) -> dict:
+    draws = torch.rand(len(files), 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64).tolist()
+    eval_size = max(1, size // 2)  # e.g. 112 of 128 (a reduced-resolution evaluation): draft mode applies
+    resize = round(eval_size * 256 / 224)
+    variants = {"reference_full_decode": lambda p, d: reference_decode_crop(p, d, size),
+                "netslim_draft_decode": lambda p, d: stream.decode_crop(p, d, size),
+                "eval_reference_full_decode": lambda p, d: reference_decode_eval(p, resize, eval_size),
+                "eval_netslim_draft_decode": lambda p, d: jpeg.decode_one(p, resize, eval_size)}
+    out = {}
+    for name, fn in variants.items():
+        samples = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for p, d in zip(files, draws, strict=True):
+                fn(p, d)
+            samples.append(time.perf_counter() - t)
+        out[name] = {"seconds": summary(samples), "images_per_second": len(files) / statistics.median(samples)}
+    out["draft_speedup"] = (out["netslim_draft_decode"]["images_per_second"]
+                            / out["reference_full_decode"]["images_per_second"])
+    out["eval_size"], out["eval_resize"] = eval_size, resize
+    out["eval_draft_speedup"] = (out["eval_netslim_draft_decode"]["images_per_second"]
+                                 / out["eval_reference_full_decode"]["images_per_second"])
+    return out
+
+
+def epoch_seconds(loader: StreamLoader, consume=None) -> float:
+    t = time.perf_counter()
+    for x, _ in loader:
+        if consume is not None:
+            consume(x)
+    return time.perf_counter() - t
+
+
+def loader_epochs(root: Path, s: dict) -> dict:
+    files = list_image_folder(root, "train")
+    files.image_size = s["size"]
+    out = {}
+    for workers in s["workers"]:
+        with StreamLoader(files, s["batch"], workers=workers, prefetch=2) as loader:
+            epoch_seconds(loader)  # warm-up: starts the decoding threads, fills the page cache
+            samples = [epoch_seconds(loader) for _ in range(s["repeats"])]
+        out[f"workers_{workers}"] = {"epoch_seconds": summary(samples),
+                                     "images_per_second": len(files) / statistics.median(samples)}
+    return out
+
+
+def overlap(root: Path, s: dict, decode_per_batch: float) -> dict:
+    """A consumer computing ~``decode_per_batch`` seconds per batch while the loader decodes ahead."""
+    a, b = torch.randn(768, 768), torch.randn(768, 768)  # ~10 ms a call: few GIL hand-overs
+    t = time.perf_counter()
+    reps = 0
+    while time.perf_counter() - t < 0.2:
+        a @ b
+        reps += 1
+    per_matmul = 0.2 / reps
+    count = max(1, round(decode_per_batch / per_matmul))
+
+    def compute(_x=None):
+        for _ in range(count):
+            a @ b
+
+    files = list_image_folder(root, "train")
+    files.image_size = s["size"]
+    batches = -(-len(files) // s["batch"])
+    compute_alone = summary([_timed(lambda: [compute() for _ in range(batches)]) for _ in range(s["repeats"])])
+    with StreamLoader(files, s["batch"], workers=1, prefetch=2) as loader:
+        epoch_seconds(loader)
+        decode_alone = summary([epoch_seconds(loader) for _ in range(s["repeats"])])
+        together = summary([epoch_seconds(loader, compute) for _ in range(s["repeats"])])
+    c, d, e = compute_alone["median"], decode_alone["median"], together["median"]
+    return {"compute_alone": compute_alone, "decode_alone": decode_alone, "together": together,
+            "epoch_over_max": e / max(c, d), "epoch_over_sum": e / (c + d)}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> dict:
+    run = begin(__doc__, argv, SETTINGS)
+    s = run.settings
+    with tempfile.TemporaryDirectory() as tmp:
+        made = synthetic_jpegs(tmp, s["images"])
+        results = {"images": s["images"], "mean_kb": made["mean_kb"], "mean_side": made["mean_pixels"] ** 0.5,
+                   "crop": s["size"], "batch": s["batch"]}
+        results["per_image"] = per_image(made["files"], s["size"], s["repeats"])
+        results["loader"] = loader_epochs(made["root"], s)
+        per_batch = s["batch"] / results["loader"]["workers_1"]["images_per_second"]
+        results["overlap"] = overlap(made["root"], s, per_batch)
+    p, ov = results["per_image"], results["overlap"]
+    ref = p["reference_full_decode"]["images_per_second"]
+    notes = [f"- (a) training crops, one thread: reference {ref:.0f} img/s, "
+             f"draft mode {p['netslim_draft_decode']['images_per_second']:.0f} img/s ({p['draft_speedup']:.2f}x)",
+             f"- (a) evaluation at {p['eval_size']} (resize {p['eval_resize']}), one thread: reference "
+             f"{p['eval_reference_full_decode']['images_per_second']:.0f} img/s, draft mode "
+             f"{p['eval_netslim_draft_decode']['images_per_second']:.0f} img/s ({p['eval_draft_speedup']:.2f}x)",
+             *[f"- (b) StreamLoader, {k.replace('_', ' ')}: {v['images_per_second']:.0f} img/s"
+               for k, v in results["loader"].items()],
+             f"- (c) overlap: epoch {ov['together']['median']:.2f} s with compute {ov['compute_alone']['median']:.2f} s"
+             f" and decoding {ov['decode_alone']['median']:.2f} s: {ov['epoch_over_max']:.2f}x their max, "
+             f"{ov['epoch_over_sum']:.2f}x their sum"]
+    return finish(NAME, run, results, notes)
+
+
+if __name__ == "__main__":
+    main()
