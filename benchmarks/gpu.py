@@ -1,462 +1,117 @@
-"""Where a CIFAR training epoch's time goes on one CUDA GPU, and whether pruning speeds up GPU inference.
+"""Where a CIFAR training epoch's time goes on one CUDA GPU, against the reference recipe; and compact-model speed.
 
-Side by side in one run, for VGG-19 (``netslim.models.create("vgg19")``, CIFAR-10 shape, batch 64):
+Side by side in one run, for VGG-19 (``netslim.models.create("vgg19")``, CIFAR-10 shape, batch 64, synthetic
+uint8 images; measurement code in gpu_parts.py):
 
-(a) reference data pipeline: a torch ``Dataset`` over 50,000 in-memory synthetic uint8 32x32 images with
-    torchvision's per-image PIL transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor,
-    Normalize) and a ``DataLoader`` with 1 and with 4 workers: the data time alone of one epoch (batches
-    copied to the GPU, no model). Needs torchvision; skipped with a note without it.
-(b) the model step alone (zero_grad, forward, cross-entropy, backward, SGD step; one batch already on
-    the GPU): eager fp32, eager bf16 autocast + channels_last, and netslim's ``train()`` loop fed that
-    same batch (bf16, channels_last, sparsity term; with ``compile=True``: torch.compile
-    mode="reduce-overhead", i.e. CUDA graphs) -- the captured-step compute.
-(c) the official port's per-module Python L1 loop (``updateBN``) vs ``SparsityRegularizer.step()``:
-    per call and as the added time of a bf16 training step.
-(d) netslim's ``Loader`` with the uint8 data on the GPU and batched augmentation: data alone per epoch.
-(e) a full ``train()`` epoch (Loader on the GPU, sparsity λ=1e-4), and epoch time / (steps x captured step).
-(f) compact models: VGG-19 with 70% of its channels pruned by ``plan_pruning`` on BN scales drawn from a
-    seeded generator (not sparsity-trained; the widths are what matters for speed), with and without
-    ``round_to=8``, BN folded (``netslim.export.fold_batchnorm``, when present), at batch 1/64/1024,
-    fp32/bf16, eager and torch.compile: speedup over the original next to the FLOP ratio.
+(a) the reference data pipeline: a torch ``Dataset`` of in-memory images with torchvision's per-image PIL
+    transforms (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) and a ``DataLoader``
+    with 1 and 4 workers (the official PyTorch port's pipeline): data alone per epoch; and one whole
+    reference epoch: that DataLoader feeding a plain eager fp32 loop with the port's per-module L1 loop.
+(b) the model step alone (one batch already on the GPU): a plain eager loop in fp32, and in bf16 with
+    channels_last; and netslim's ``train()`` loop fed that batch, per runner: ``eager`` (bf16,
+    channels_last, fused sparsity term), ``compiled`` (torch.compile mode="reduce-overhead"), ``graph``
+    (the whole step captured as one CUDA graph, ``cuda_graph=True``), ``compiled_graph`` (both).
+(c) the official port's per-module L1 loop (``updateBN``) against ``SparsityRegularizer.step()``.
+(d) netslim's ``Loader``: the uint8 dataset on the GPU, batched crop/flip/normalize there: data alone.
+(e) whole ``train()`` epochs per runner, and epoch time / (steps x that runner's step compute from (b));
+    a stage as ``netslim train`` runs it (evaluation and checkpoints every epoch), projected to 160 epochs.
+(g) the same training on the CPU (fp32, two data orders: the noise) and on the GPU (eager fp32, bf16 graph):
+    per-epoch loss over a few hundred steps of a small VGG on learnable synthetic data.
+(f) compact models: VGG-19 with 70% of its channels pruned by ``plan_pruning`` on BN scales from a seeded
+    generator (the widths set the speed), with and without ``round_to=8``, BN folded, batch 1/64/1024,
+    fp32/bf16, eager and torch.compile (CUDA graphs), next to the FLOP ratio; and netslim's default GPU
+    export (round_to=8, BN folded, bf16, channels_last) against the original as trained.
+(h) ImageNet-size synthetic JPEGs streamed by ``StreamLoader`` (nvJPEG when torchvision loads; CPU threads)
+    against the images per second a VGG-A training step consumes.
+(i) with ``--fmnist``: ``netslim run fmnist-vgg19-gpu`` (real Fashion-MNIST, the paper's full schedule:
+    160 epochs with sparsity, prune 70%, 160 of fine-tuning), timed, with the accuracy it reached.
 
-Timing: CUDA events around ``inner`` calls (or ``torch.cuda.synchronize`` + ``perf_counter`` for whole
-epochs), after warm-up, medians over repeats. Results: ``benchmarks/results/gpu.json`` (``--quick``:
-gpu_quick.json, ``--smoke``: gpu_smoke.json) and Markdown tables on stdout.
+Timing: CUDA events around ``inner`` calls (or synchronize + perf_counter for whole epochs), after warm-up,
+medians over repeats. Results: ``benchmarks/results/gpu.json`` (``--quick``: gpu_quick.json, ``--smoke``:
+gpu_smoke.json) and Markdown tables on stdout. ``--quick`` is sized for a short device session.
 
 Without a CUDA device the script measures nothing: it prints "no CUDA device: GPU figures unmeasured",
-writes ``{"measured": false, "reason": ...}`` and exits 0 (an existing measured result is kept).
-``--smoke`` runs every code path on whatever device there is (the CPU here) with tiny sizes (a narrow
-VGG-11, 256 images, batch 8, 1-2 repeats, torch.compile with the cheap "eager" backend only in (f));
-its numbers mean nothing: it keeps the script from rotting (tests/test_gpu_bench.py).
+writes ``{"measured": false, "reason": ...}`` and exits 0 (an existing measured result is kept), and the
+tables in BENCHMARKS.md show what would be measured. ``--smoke`` runs every code path that does not need
+CUDA on whatever device there is, with tiny sizes (numbers meaningless): tests/test_gpu_bench.py.
 
-Usage: python benchmarks/gpu.py [--full | --quick | --smoke] [--out DIR]
+Usage: python benchmarks/gpu.py [--full | --quick | --smoke] [--fmnist] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import gc
-import importlib
 import json
-import random
-import statistics
 import sys
+import tempfile
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # imported from its path (tests) rather than run as a script
     sys.path.insert(0, str(HERE))
 
-import netslim  # noqa: E402
-from common import RESULTS, command, machine_record, randomize_bn, summary, write_json  # noqa: E402
-from netslim.data import Dataset, Loader  # noqa: E402
-from netslim.metrics import count_flops, count_params  # noqa: E402
-from netslim.train import TrainConfig, train  # noqa: E402
+import gpu_parts as parts  # noqa: E402
+from common import RESULTS, command, machine_record, write_json  # noqa: E402
 
 NAME = "gpu"
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-LAM = 1e-4
 UNMEASURED = "no CUDA device: GPU figures unmeasured"
-
+TARGETS = {"epoch_seconds": 2.0, "over_reference": 7.0, "stage_seconds": 360.0, "epoch_over_compute": 1.05,
+           "compact_efficiency": 0.6, "fmnist_seconds": 900.0}
+_VGG = {"model": "vgg19", "kwargs": {}, "batch": 64, "percent": 0.7, "curve_steps": 25,
+        "curve_widths": [16, 32, 64, 64, 128, 128, 128, 128], "jpeg_size": 224, "jpeg_model": "vgg11a",
+        "jpeg_model_kwargs": {}}
 SETTINGS = {
-    "full": {"model": "vgg19", "kwargs": {}, "images": 50_000, "batch": 64, "workers": [1, 4], "data_epochs": 2,
-             "step": [20, 7, 20], "train_steps": 200, "train_epochs": 4, "runners": ["compiled", "eager"],
-             "reg_calls": 200, "reg_repeats": 7, "loader_epochs": 3, "epoch_epochs": 3,
-             "percent": 0.7, "batches": [1, 64, 1024], "dtypes": ["fp32", "bf16"],
-             "compile_batches": [1, 64, 1024], "compile_dtypes": ["fp32", "bf16"],
-             "infer": {"1": [20, 7, 50], "64": [10, 7, 20], "1024": [3, 5, 3]}},
-    "quick": {"model": "vgg19", "kwargs": {}, "images": 10_000, "batch": 64, "workers": [1, 4], "data_epochs": 1,
-              "step": [10, 5, 10], "train_steps": 50, "train_epochs": 2, "runners": ["compiled", "eager"],
-              "reg_calls": 50, "reg_repeats": 5, "loader_epochs": 2, "epoch_epochs": 2,
-              "percent": 0.7, "batches": [1, 64, 1024], "dtypes": ["fp32", "bf16"],
-              "compile_batches": [64], "compile_dtypes": ["bf16"],
-              "infer": {"1": [5, 5, 20], "64": [3, 5, 5], "1024": [1, 3, 1]}},
-    "smoke": {"model": "vgg11", "kwargs": {"widths": [16] * 8}, "images": 256, "batch": 8, "workers": [1, 2],
-              "data_epochs": 1, "step": [1, 2, 1], "train_steps": 4, "train_epochs": 2, "runners": ["eager"],
-              "reg_calls": 5, "reg_repeats": 2, "loader_epochs": 1, "epoch_epochs": 2,
-              "percent": 0.5, "batches": [1, 8], "dtypes": ["fp32", "bf16"],
-              "compile_batches": [1], "compile_dtypes": ["fp32"],
-              "infer": {"1": [1, 2, 1], "8": [1, 2, 1]}},
+    "full": {**_VGG, "images": 50_000, "workers": [1, 4], "data_epochs": 2, "reference_epochs": 1,
+             "step": [20, 7, 20], "train_steps": 200, "train_epochs": 4,
+             "runners": ["eager", "compiled", "graph", "compiled_graph"], "reg_calls": 200, "reg_repeats": 7,
+             "loader_epochs": 3, "epoch_epochs": 3, "stage_epochs": 6, "curve_epochs": 12,
+             "batches": [1, 64, 1024], "dtypes": ["fp32", "bf16"], "compile_batches": [1, 64, 1024],
+             "compile_dtypes": ["bf16"], "export_compile": True,
+             "infer": {"1": [20, 7, 50], "64": [10, 7, 20], "1024": [3, 5, 3]},
+             "jpeg_images": 1024, "jpeg_batch": 256, "jpeg_repeats": 2},
+    "quick": {**_VGG, "images": 10_000, "workers": [4], "data_epochs": 1, "reference_epochs": 1,
+              "step": [10, 5, 10], "train_steps": 50, "train_epochs": 2, "runners": ["eager", "graph"],
+              "reg_calls": 50, "reg_repeats": 5, "loader_epochs": 2, "epoch_epochs": 2, "stage_epochs": 3,
+              "curve_epochs": 8, "batches": [1, 64, 1024], "dtypes": ["fp32", "bf16"], "compile_batches": [64],
+              "compile_dtypes": ["bf16"], "export_compile": False,
+              "infer": {"1": [5, 5, 20], "64": [3, 5, 5], "1024": [1, 3, 1]},
+              "jpeg_images": 256, "jpeg_batch": 128, "jpeg_repeats": 1},
+    "smoke": {"model": "vgg11", "kwargs": {"widths": [16] * 8}, "batch": 8, "percent": 0.5, "images": 256,
+              "workers": [1, 2], "data_epochs": 1, "reference_epochs": 1, "step": [1, 2, 1], "train_steps": 4,
+              "train_epochs": 2, "runners": ["eager"], "reg_calls": 5, "reg_repeats": 2, "loader_epochs": 1,
+              "epoch_epochs": 2, "stage_epochs": 3, "curve_steps": 4, "curve_epochs": 3, "curve_widths": [8] * 8,
+              "batches": [1, 8], "dtypes": ["fp32", "bf16"], "compile_batches": [1], "compile_dtypes": ["fp32"],
+              "export_compile": False, "infer": {"1": [1, 2, 1], "8": [1, 2, 1]}, "jpeg_images": 8,
+              "jpeg_size": 32, "jpeg_batch": 4, "jpeg_repeats": 1, "jpeg_model": "vgg11",
+              "jpeg_model_kwargs": {"widths": [8] * 8}},
 }
 
 
-# -- timing --
+def measure(s: dict, device: torch.device, notes: list[str], fmnist: bool) -> dict:
+    clock = parts.Clock(device)
+    if device.type != "cuda":
+        notes.append(f"smoke mode on {device}: tiny sizes, numbers meaningless; CUDA-graph runners and nvJPEG "
+                     "need CUDA; torch.compile only in (f), with the 'eager' backend off CUDA")
+    r = {"reference_data": parts.reference_data(s, device, clock, notes)}
+    r["reference_epoch"] = parts.reference_epoch(s, device, clock, notes)
+    r["model_step"] = parts.model_step(s, device, clock, notes)
+    r["regularizer"] = parts.regularizer(s, device, clock)
+    r["loader"] = parts.netslim_loader(s, device, clock)
+    r["train_epoch"] = parts.train_epoch(s, device, r["model_step"])
+    r["stage"] = parts.stage(s, device, "graph" if "graph" in s["runners"] else s["runners"][0])
+    r["loss_curves"] = parts.loss_curves(s, device)
+    r["compact"] = parts.compact(s, device, clock, notes)
+    r["jpeg"] = parts.jpeg(s, device, clock, notes)
+    if fmnist:
+        with tempfile.TemporaryDirectory() as tmp:
+            r["fmnist"] = parts.fmnist(Path(tmp))
+    notes.append("(f) BN scales randomized from a seeded generator (seed 0): a stand-in for a sparsity-trained "
+                 "VGG; the pruned widths, not the weights, set the speed")
+    return r
 
-class Clock:
-    """Times on one device: CUDA events (or synchronize + perf_counter) on a GPU, perf_counter on the CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def per_call(self, fn: Callable[[], object], warmup: int, repeats: int, inner: int = 1) -> dict:
-        """Seconds per call of ``fn``: ``repeats`` samples, each the mean over ``inner`` back-to-back calls."""
-        for _ in range(warmup):
-            fn()
-        self.sync()
-        samples = []
-        for _ in range(repeats):
-            if self.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(inner):
-                    fn()
-                end.record()
-                end.synchronize()
-                samples.append(start.elapsed_time(end) / 1e3 / inner)
-            else:
-                t = time.perf_counter()
-                for _ in range(inner):
-                    fn()
-                samples.append((time.perf_counter() - t) / inner)
-        return summary(samples)
-
-    def wall(self, fn: Callable[[], object]) -> float:
-        """Seconds of one call of ``fn``, the device idle before and after (for whole epochs)."""
-        self.sync()
-        t = time.perf_counter()
-        fn()
-        self.sync()
-        return time.perf_counter() - t
-
-
-def _median(s: dict) -> float:
-    return s["median"]
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _reset_compiler() -> None:
-    """Fresh dynamo caches: every compiled VGG shares ``VGG.forward``, whose recompile limit would otherwise run out."""
-    torch._dynamo.reset()
-
-
-def _torchvision():
-    """torchvision, or the reason it is unavailable (missing, or built for another torch)."""
-    try:
-        return importlib.import_module("torchvision"), None
-    except Exception as e:  # noqa: BLE001 - a mismatched build fails with RuntimeError/OSError, not ImportError
-        return None, f"torchvision unavailable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-
-
-def _bf16(device: torch.device) -> torch.dtype | None:
-    return torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def _model(s: dict, device: torch.device, channels_last: bool = False) -> nn.Module:
-    torch.manual_seed(0)
-    model = netslim.models.create(s["model"], **s["kwargs"]).to(device).train()
-    return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def _synthetic(s: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return (rng.integers(0, 256, (s["images"], 32, 32, 3), dtype=np.uint8),
-            rng.integers(0, 10, s["images"], dtype=np.int64))
-
-
-# -- (a) the reference data pipeline --
-
-class ArrayImages(torch.utils.data.Dataset):
-    """In-memory HWC uint8 images served as PIL images through a per-image transform (torchvision's CIFAR10)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
-
-
-class StandInTransform:
-    """Smoke mode without torchvision only: the reference's per-image steps written with PIL and numpy
-    (pad 4 + random 32x32 crop, random flip, to float tensor, normalize), so the DataLoader path still runs."""
-
-    def __call__(self, img):
-        from PIL import ImageOps
-
-        padded = ImageOps.expand(img, border=4, fill=0)
-        dx, dy = random.randint(0, 8), random.randint(0, 8)
-        img = padded.crop((dx, dy, dx + 32, dy + 32))
-        if random.random() < 0.5:
-            img = ImageOps.mirror(img)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
-        return (x - torch.tensor(CIFAR_MEAN).view(3, 1, 1)) / torch.tensor(CIFAR_STD).view(3, 1, 1)
-
-
-def reference_data(s: dict, mode: str, device: torch.device, clock: Clock, notes: list[str]) -> dict:
-    tv, reason = _torchvision()
-    if tv is None and mode != "smoke":
-        notes.append(f"(a) reference DataLoader skipped: {reason}")
-        return {"skipped": reason}
-    if tv is None:
-        transform, kind = StandInTransform(), "stand-in (PIL/numpy; torchvision missing)"
-        notes.append(f"(a) smoke: {reason}; a PIL/numpy stand-in for its transforms ran instead")
-    else:
-        t = tv.transforms
-        transform = t.Compose([t.RandomCrop(32, padding=4), t.RandomHorizontalFlip(), t.ToTensor(),
-                               t.Normalize(CIFAR_MEAN, CIFAR_STD)])
-        kind = f"torchvision {tv.__version__}"
-    images, labels = _synthetic(s)
-    dataset = ArrayImages(images, labels, transform)
-    out = {"transform": kind, "images": len(dataset), "batch": s["batch"]}
-    for workers in s["workers"]:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=s["batch"], shuffle=True, num_workers=workers,
-                                             pin_memory=clock.cuda)
-
-        def epoch(loader=loader):
-            for x, y in loader:
-                x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-        times = [clock.wall(epoch) for _ in range(s["data_epochs"])]
-        out[f"workers_{workers}"] = {"epoch_seconds": summary(times),
-                                     "images_per_second": len(dataset) / statistics.median(times)}
-    return out
-
-
-# -- (b) the model step alone --
-
-class SameBatch:
-    """``steps`` copies of one device-resident batch: ``train()``'s loop with no data cost."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
-        self.x, self.y, self.steps = x, y, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        for _ in range(self.steps):
-            yield self.x, self.y
-
-
-def _config(s: dict, device: torch.device, compiled: bool, epochs: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=s["batch"], lr=0.01, sparsity=LAM, bn_init=0.5, device=str(device),
-                       amp="auto", compile=compiled, channels_last=True, progress=False)
-
-
-def _epoch_seconds(model: nn.Module, loader, config: TrainConfig) -> list[float]:
-    seconds: list[float] = []
-    with warnings.catch_warnings():  # a few epochs on random data: "sparsity is not emerging" is expected
-        warnings.filterwarnings("ignore", message="sparsity is not emerging")
-        train(model, loader, config, on_epoch=lambda r: seconds.append(r["seconds"]))
-    return seconds
-
-
-def _sgd(model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-
-
-def _step_fn(model, optimizer, x, y, precision, device, extra=None) -> Callable[[], None]:
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, precision):
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        if extra is not None:
-            extra()
-        optimizer.step()
-    return step
-
-
-def model_step(s: dict, device: torch.device, clock: Clock, notes: list[str]) -> dict:
-    warmup, repeats, inner = s["step"]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(s["batch"], 3, 32, 32, generator=g).to(device)
-    y = torch.randint(0, 10, (s["batch"],), generator=g).to(device)
-    out: dict = {"batch": s["batch"]}
-    variants = {"eager_fp32": (None, False), "eager_bf16_channels_last": (_bf16(device), True)}
-    for name, (precision, channels_last) in variants.items():
-        if name != "eager_fp32" and precision is None:
-            notes.append(f"(b) {name} skipped: this GPU has no bf16")
-            continue
-        model = _model(s, device, channels_last)
-        xx = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        out[name] = clock.per_call(_step_fn(model, _sgd(model), xx, y, precision, device), warmup, repeats, inner)
-        del model
-        _free()
-    for runner in s["runners"]:
-        _reset_compiler()
-        config = _config(s, device, runner == "compiled", s["train_epochs"])
-        seconds = _epoch_seconds(_model(s, device), SameBatch(x, y, s["train_steps"]), config)
-        steady = seconds[1:]  # the first epoch holds compilation and CUDA-graph capture
-        out[f"train_loop_{runner}"] = {
-            **summary([t / s["train_steps"] for t in steady]), "first_epoch_seconds": seconds[0],
-            "steps_per_epoch": s["train_steps"], "amp": str(config.amp), "compile": config.compile,
-            "compile_mode": "reduce-overhead" if config.compile and clock.cuda else None,
-        }
-        _free()
-    return out
-
-
-# -- (c) the sparsity term: official per-module loop vs fused foreach --
-
-def official_update_bn(model: nn.Module, s: float) -> None:
-    """The official PyTorch port's ``updateBN``: a Python loop with two small ops per BN."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.grad.data.add_(s * torch.sign(m.weight.data))
-
-
-def regularizer(s: dict, device: torch.device, clock: Clock, captured_step: float | None) -> dict:
-    warmup, repeats, inner = s["step"]
-    model = _model(s, device, channels_last=clock.cuda)
-    reg = netslim.SparsityRegularizer(model, LAM)
-    x = torch.randn(s["batch"], 3, 32, 32, device=device)
-    if clock.cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (s["batch"],), device=device)
-    F.cross_entropy(model(x), y).backward()  # gradients to add to
-    calls = {"foreach": reg.step, "loop": lambda model=model: official_update_bn(model, LAM)}
-    per_call = {k: clock.per_call(fn, 3, s["reg_repeats"], s["reg_calls"]) for k, fn in calls.items()}
-    optimizer, precision = _sgd(model), _bf16(device)
-    steps = {"plain": clock.per_call(_step_fn(model, optimizer, x, y, precision, device), warmup, repeats, inner)}
-    for k, fn in calls.items():
-        steps[k] = clock.per_call(_step_fn(model, optimizer, x, y, precision, device, fn), warmup, repeats, inner)
-    plain = _median(steps["plain"])
-    out = {"bn_layers": len(reg.bns), "per_call_us": {k: 1e6 * _median(v) for k, v in per_call.items()},
-           "per_call": per_call, "step_seconds": steps, "step_precision": str(precision),
-           "step_overhead": {k: _median(steps[k]) / plain - 1 for k in calls},
-           "loop_over_foreach_per_call": _median(per_call["loop"]) / _median(per_call["foreach"])}
-    if captured_step:
-        out["per_call_over_captured_step"] = {k: _median(v) / captured_step for k, v in per_call.items()}
-    del model, optimizer
-    _free()
-    return out
-
-
-# -- (d) netslim's Loader on the GPU, (e) full train() epochs --
-
-def _dataset(s: dict) -> Dataset:
-    images, labels = _synthetic(s)
-    return Dataset(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels), 10,
-                   CIFAR_MEAN, CIFAR_STD, "synthetic-cifar")
-
-
-def netslim_loader(s: dict, device: torch.device, clock: Clock) -> dict:
-    loader = Loader(_dataset(s), s["batch"], train=True, augment="cifar", device=device, drop_last=True)
-
-    def epoch(loader=loader):
-        for _ in loader:
-            pass
-
-    times = []
-    for e in range(s["loader_epochs"]):
-        loader.set_epoch(e)
-        times.append(clock.wall(epoch))
-    out = {"images": len(loader.dataset), "batch": s["batch"], "batches": len(loader), "augment": "cifar",
-           "epoch_seconds": summary(times), "images_per_second": len(loader.dataset) / statistics.median(times)}
-    del loader
-    _free()
-    return out
-
-
-def train_epoch(s: dict, device: torch.device, step: dict) -> dict:
-    out = {}
-    for runner in s["runners"]:
-        _reset_compiler()
-        loader = Loader(_dataset(s), s["batch"], train=True, augment="cifar", device=device,
-                        drop_last=runner == "compiled")  # fixed shapes for CUDA-graph replay
-        config = _config(s, device, runner == "compiled", s["epoch_epochs"])
-        seconds = _epoch_seconds(_model(s, device), loader, config)
-        steady = seconds[1:]
-        captured = step.get(f"train_loop_{runner}", {}).get("median")
-        compute = captured * len(loader) if captured else None
-        out[runner] = {"epoch_seconds": summary(steady), "first_epoch_seconds": seconds[0], "steps": len(loader),
-                       "step_compute_seconds": compute,
-                       "epoch_over_step_compute": statistics.median(steady) / compute if compute else None}
-        del loader
-        _free()
-    return out
-
-
-# -- (f) compact models at inference --
-
-def _fold():
-    """``netslim.export.fold_batchnorm``, or None (imported lazily: export is optional)."""
-    try:
-        return getattr(importlib.import_module("netslim.export"), "fold_batchnorm", None)
-    except ImportError:
-        return None
-
-
-def compact(s: dict, device: torch.device, clock: Clock, notes: list[str]) -> dict:
-    base = randomize_bn(netslim.models.create(s["model"], **s["kwargs"]), seed=0).eval()
-    plans = {"pruned": netslim.plan_pruning(base, s["percent"]),
-             "pruned_round8": netslim.plan_pruning(base, s["percent"], round_to=8)}
-    models = {"original": base, **{k: netslim.apply_plan(base, p).eval() for k, p in plans.items()}}
-    fold = _fold()
-    if fold is None:
-        notes.append("(f) netslim.export.fold_batchnorm not found: BNs left unfolded")
-    else:
-        models = {k: fold(m) for k, m in models.items()}
-    info = {k: {"flops": count_flops(m), "params": count_params(m),
-                "widths": [int(c) for c in getattr(m, "cfg", []) if c != "M"]} for k, m in models.items()}
-    for k in info:
-        info[k]["flop_ratio"] = info["original"]["flops"] / info[k]["flops"]
-    input_size = base.input_size
-    compile_kwargs = {"mode": "reduce-overhead"} if clock.cuda else {"backend": "eager"}
-    rows = []
-    for dtype_name in s["dtypes"]:
-        dtype = torch.float32 if dtype_name == "fp32" else _bf16(device)
-        if dtype is None:
-            notes.append("(f) bf16 rows skipped: this GPU has no bf16")
-            continue
-        for batch in s["batches"]:
-            warmup, repeats, inner = s["infer"][str(batch)]
-            runtimes = ["eager"]
-            if batch in s["compile_batches"] and dtype_name in s["compile_dtypes"]:
-                runtimes.append("compile")
-            for runtime in runtimes:
-                row = {"dtype": dtype_name, "batch": batch, "runtime": runtime, "seconds": {}, "compile_seconds": {}}
-                for name, m in models.items():
-                    net = copy.deepcopy(m).to(device=device, dtype=dtype)
-                    x = torch.randn(batch, *input_size, device=device, dtype=dtype)
-                    if clock.cuda:
-                        net = net.to(memory_format=torch.channels_last)
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    if runtime == "compile":
-                        _reset_compiler()
-                        net = torch.compile(net, dynamic=False, **compile_kwargs)
-                    with torch.inference_mode():
-                        if runtime == "compile":
-                            row["compile_seconds"][name] = clock.wall(lambda net=net, x=x: net(x))
-                        row["seconds"][name] = clock.per_call(lambda net=net, x=x: net(x), warmup, repeats, inner)
-                    del net, x
-                    _free()
-                ref = _median(row["seconds"]["original"])
-                row["speedup"] = {k: ref / _median(v) for k, v in row["seconds"].items()}
-                row["flop_ratio"] = {k: info[k]["flop_ratio"] for k in row["seconds"]}
-                rows.append(row)
-    return {"percent": s["percent"], "bn_scales": "randomized from a seeded generator (seed 0), not sparsity-trained",
-            "bn_folded": fold is not None, "compile": compile_kwargs, "models": info, "rows": rows}
-
-
-# -- the record, the tables --
 
 def gpu_record(device: torch.device) -> dict:
     rec = {"device": str(device)}
@@ -464,12 +119,14 @@ def gpu_record(device: torch.device) -> dict:
         props = torch.cuda.get_device_properties(device)
         rec.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version(), capability=".".join(map(str, (props.major, props.minor))))
-    tv, reason = _torchvision()
+    tv, reason = parts.torchvision_module()
     rec["torchvision"] = tv.__version__ if tv is not None else reason
     return rec
 
 
-def _ms(seconds: float | None) -> str:
+# -- Markdown --
+
+def _t(seconds: float | None) -> str:
     if seconds is None:
         return "–"
     if seconds >= 1:
@@ -477,50 +134,151 @@ def _ms(seconds: float | None) -> str:
     return f"{1e3 * seconds:.3f} ms" if seconds < 0.01 else f"{1e3 * seconds:.1f} ms"
 
 
+def _ok(flag: bool) -> str:
+    return "met" if flag else "**not met**"
+
+
 def markdown(rec: dict) -> str:
     if not rec.get("measured"):
-        return f"**{rec.get('reason', UNMEASURED)}**\n"
+        return unmeasured_markdown(rec)
     r, lines = rec["results"], []
     steps = r["loader"]["batches"]
+    ref_epoch = parts.median(r["reference_epoch"]["epoch_seconds"])
     lines += [f"### One epoch on {rec['machine'].get('gpu', rec['device'])} ({rec['mode']} mode, "
               f"{r['loader']['images']} images, batch {r['model_step']['batch']}, {steps} steps)\n",
               "| part | per epoch | per step |", "|---|---|---|"]
-    ref = r["reference_data"]
-    for key, v in ref.items():
+    for key, v in r["reference_data"].items():
         if key.startswith("workers_"):
-            t = _median(v["epoch_seconds"])
-            lines.append(f"| (a) reference DataLoader, {key[8:]} worker(s), data alone [{ref['transform']}] "
-                         f"| {_ms(t)} | {_ms(t / steps)} |")
-    if "skipped" in ref:
-        lines.append(f"| (a) reference DataLoader | skipped: {ref['skipped']} | |")
-    t = _median(r["loader"]["epoch_seconds"])
-    lines.append(f"| (d) netslim Loader on {rec['device']}, data alone | {_ms(t)} | {_ms(t / steps)} |")
+            t = parts.median(v["epoch_seconds"])
+            lines.append(f"| (a) reference DataLoader, {key[8:]} worker(s), data alone "
+                         f"[{r['reference_data']['transform']}] | {_t(t)} | {_t(t / steps)} |")
+    lines.append(f"| (a) reference recipe, whole epoch ({r['reference_epoch']['workers']} workers, eager fp32, "
+                 f"per-module L1 loop) | {_t(ref_epoch)} | {_t(ref_epoch / steps)} |")
+    t = parts.median(r["loader"]["epoch_seconds"])
+    lines.append(f"| (d) netslim Loader on {rec['device']}, data alone | {_t(t)} | {_t(t / steps)} |")
     for key, v in r["model_step"].items():
         if isinstance(v, dict):
-            lines.append(f"| (b) step alone: {key} | {_ms(v['median'] * steps)} | {_ms(v['median'])} |")
+            lines.append(f"| (b) step alone: {key} | {_t(v['median'] * steps)} | {_t(v['median'])} |")
+    best = None
     for runner, v in r["train_epoch"].items():
-        ratio = v["epoch_over_step_compute"]
-        lines.append(f"| (e) full train() epoch, {runner} | {_ms(_median(v['epoch_seconds']))} "
-                     f"| {_ms(_median(v['epoch_seconds']) / v['steps'])} (epoch / step compute = "
-                     f"{'–' if ratio is None else f'{ratio:.2f}'}) |")
+        e, ratio = parts.median(v["epoch_seconds"]), v["epoch_over_step_compute"]
+        best = e if best is None or e < best else best
+        lines.append(f"| (e) full train() epoch, {runner} | {_t(e)} | {_t(e / v['steps'])} (epoch / step compute "
+                     f"= {'–' if ratio is None else f'{ratio:.3f}'}) |")
+    st = r["stage"]
+    lines += ["", f"Targets: epoch <= {TARGETS['epoch_seconds']} s: {_ok(best <= TARGETS['epoch_seconds'])} "
+              f"({_t(best)}); >= {TARGETS['over_reference']:.0f}x the reference epoch: "
+              f"{_ok(ref_epoch / best >= TARGETS['over_reference'])} ({ref_epoch / best:.1f}x); 160-epoch stage "
+              f"(evaluation and checkpoints every epoch, projected from {st['epochs']} epochs of the "
+              f"{st['runner']} runner) <= {TARGETS['stage_seconds'] / 60:.0f} min: "
+              f"{_ok(st['projected_160_epochs_seconds'] <= TARGETS['stage_seconds'])} "
+              f"({st['projected_160_epochs_seconds'] / 60:.1f} min); epoch / step compute <= "
+              f"{TARGETS['epoch_over_compute']}: " + ", ".join(
+                  f"{k} {v['epoch_over_step_compute']:.3f}" for k, v in r["train_epoch"].items()
+                  if v["epoch_over_step_compute"]) + "."]
     g = r["regularizer"]
-    lines += ["", f"### (c) Sparsity term ({g['bn_layers']} BN layers)\n",
-              "| | per call | added to a step |", "|---|---|---|"]
+    lines += ["", f"### (c) Sparsity term ({g['bn_layers']} BN layers)\n", "| | per call | added to a step |",
+              "|---|---|---|"]
     for k, label in (("loop", "official per-module Python loop"), ("foreach", "SparsityRegularizer.step()")):
         lines.append(f"| {label} | {g['per_call_us'][k]:.1f} µs | {100 * g['step_overhead'][k]:+.1f}% |")
-    c = r["compact"]
+    lc = r["loss_curves"]
+    lines += ["", f"### (g) Loss curves, {lc['steps']} steps ({lc['epochs']} epochs)\n",
+              "| run | " + " | ".join(f"epoch {k + 1}" for k in range(lc["epochs"])) + " | max gap to CPU fp32 |",
+              "|---" * (lc["epochs"] + 2) + "|"]
+    for name, curve in lc["curves"].items():
+        gap = lc["gaps"].get(name, lc["noise"] if name.endswith("other_order") else 0.0)
+        lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in curve) + f" | {gap:.3f} |")
+    lines.append(f"\nSeed-to-seed noise (two data orders on the CPU): {lc['noise']:.3f}; within 2x noise: "
+                 + ", ".join(f"{k} {'yes' if v else '**no**'}" for k, v in lc["within_noise"].items()) + ".")
+    lines += _compact_markdown(r["compact"])
+    lines += _jpeg_markdown(r["jpeg"])
+    if "fmnist" in r:
+        f = r["fmnist"]
+        final = f["rows"][-1]
+        lines += ["", "### (i) Fashion-MNIST, the paper's full schedule (`netslim run fmnist-vgg19-gpu`)\n",
+                  f"{f['seconds'] / 60:.1f} min (target <= {TARGETS['fmnist_seconds'] / 60:.0f} min: "
+                  f"{_ok(f['seconds'] <= TARGETS['fmnist_seconds'])}); final test error {final['test_error']:.2f}% "
+                  f"with {100 * final['params_pruned']:.1f}% of parameters and {100 * final['flops_pruned']:.1f}% "
+                  "of FLOPs pruned.\n", "| model | test error (%) | params | FLOPs |", "|---|---|---|---|"]
+        lines += [f"| {x['model']} | {x['test_error']:.2f} | {x['params']:,} | {x['flops']:.3g} |" for x in f["rows"]]
+    lines += ["", *[f"- {n}" for n in rec["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def _compact_markdown(c: dict) -> list[str]:
     names = list(c["models"])
-    lines += ["", f"### (f) Compact VGG ({100 * c['percent']:.0f}% channels pruned; BN scales {c['bn_scales']}; "
-              f"BN {'folded' if c['bn_folded'] else 'not folded'})\n",
-              "FLOP ratio: " + ", ".join(f"{k} {c['models'][k]['flop_ratio']:.2f}x" for k in names) + "\n",
-              "| dtype | batch | runtime | " + " | ".join(names) + " | " + " | ".join(
-                  f"speedup {k} (FLOP ratio)" for k in names[1:]) + " |",
-              "|---" * (3 + 2 * len(names) - 1) + "|"]
+    lines = ["", f"### (f) Compact VGG ({100 * c['percent']:.0f}% channels pruned; BN scales {c['bn_scales']}; "
+             "BN folded)\n",
+             "FLOP ratio: " + ", ".join(f"{k} {c['models'][k]['flop_ratio']:.2f}x" for k in names) + "\n",
+             "| dtype | batch | runtime | " + " | ".join(names) + " | "
+             + " | ".join(f"speedup {k} (FLOP ratio)" for k in names[1:]) + " |",
+             "|---" * (3 + 2 * len(names) - 1) + "|"]
     for row in c["rows"]:
-        times = " | ".join(_ms(_median(row["seconds"][k])) for k in names)
+        times = " | ".join(_t(parts.median(row["seconds"][k])) for k in names)
         speed = " | ".join(f"{row['speedup'][k]:.2f}x ({row['flop_ratio'][k]:.2f}x)" for k in names[1:])
         lines.append(f"| {row['dtype']} | {row['batch']} | {row['runtime']} | {times} | {speed} |")
-    lines += ["", *[f"- {n}" for n in rec["notes"]]]
+    bf = [row for row in c["rows"] if row["dtype"] == "bf16" and row["batch"] == 1024]
+    if bf:
+        eff = max(row["speedup"]["pruned_round8"] / row["flop_ratio"]["pruned_round8"] for row in bf)
+        lines.append(f"\nbf16, batch 1024: speedup / FLOP reduction (round_to=8) {eff:.2f} (target >= "
+                     f"{TARGETS['compact_efficiency']}: {_ok(eff >= TARGETS['compact_efficiency'])}).")
+    d = c["default_export"]
+    variants = list(d["rows"][0]["speedup"])
+    lines += ["", f"Default export for {d['target']} (round_to={d['round_to']}, BN folded, {d['dtype']}, "
+              f"{'channels_last' if d['channels_last'] else 'contiguous'}) against the original as trained, in the "
+              "same precision and layout:\n", "| batch | original | " + " | ".join(variants) + " |",
+              "|---|---|" + "---|" * len(variants)]
+    for row in d["rows"]:
+        lines.append(f"| {row['batch']} | {_t(parts.median(row['seconds']['original']))} | " + " | ".join(
+            f"{_t(parts.median(row['seconds'][k]))} ({row['speedup'][k]:.2f}x)" for k in variants) + " |")
+    lines.append(f"\nNever slower than the original: {_ok(d['never_slower'])} (slowest {d['slowest']:.2f}x).")
+    return lines
+
+
+def _jpeg_markdown(j: dict) -> list[str]:
+    lines = ["", f"### (h) {j['images']} ImageNet-size JPEGs (mean {j['mean_kb']:.0f} KB) to {j['size']}x{j['size']} "
+             f"crops, batch {j['batch']}\n", "| decoder | img/s | / training step's img/s |", "|---|---|---|"]
+    for k, ratio in j["decode_over_training"].items():
+        lines.append(f"| {k} | {j[k]['images_per_second']:.0f} | {ratio:.2f} |")
+    t = j["training"]
+    lines.append(f"\nTraining {t['model']}: {t['images_per_second']:.0f} img/s ({_t(parts.median(t['step_seconds']))} "
+                 "per step). A ratio above 1: decoding keeps up with training.")
+    return lines
+
+
+def unmeasured_markdown(rec: dict) -> str:
+    """The tables this script fills on a GPU, with every figure marked unmeasured and the reason."""
+    s, u = SETTINGS["full"], "unmeasured"
+    lines = [f"**{rec.get('reason', UNMEASURED)}**: {rec.get('why', 'no GPU was available where this ran')}. "
+             f"Run `python benchmarks/gpu.py` (or `--quick`; `--fmnist` adds part (i)) on a CUDA machine to fill "
+             "these tables; every figure below is unmeasured.\n",
+             f"### One epoch: VGG-19, {s['images']:,} images, batch {s['batch']}\n",
+             "| part | per epoch | per step |", "|---|---|---|"]
+    rows = [f"(a) reference DataLoader, {w} worker(s), data alone" for w in s["workers"]]
+    rows += ["(a) reference recipe, whole epoch (eager fp32, per-module L1 loop)", "(d) netslim Loader, data alone",
+             "(b) step alone: eager_fp32", "(b) step alone: eager_bf16_channels_last"]
+    rows += [f"(b) step alone: train_loop_{k}" for k in s["runners"]]
+    rows += [f"(e) full train() epoch, {k}" for k in s["runners"]]
+    lines += [f"| {x} | {u} | {u} |" for x in rows]
+    lines += ["", f"Targets (one H100): epoch <= {TARGETS['epoch_seconds']} s and >= {TARGETS['over_reference']:.0f}x "
+              f"the reference epoch; a 160-epoch stage <= {TARGETS['stage_seconds'] / 60:.0f} min; epoch / captured "
+              f"step compute <= {TARGETS['epoch_over_compute']}; compact VGG-19 70%, bf16, batch 1024: speedup >= "
+              f"{TARGETS['compact_efficiency']} x the FLOP reduction, and the default export never slower than "
+              f"the original; Fashion-MNIST full schedule <= {TARGETS['fmnist_seconds'] / 60:.0f} min. "
+              f"Status: {u}.", "",
+              "### (f) Compact VGG-19 (70% of channels pruned), BN folded\n",
+              "| dtype | batch | runtime | original | pruned | pruned_round8 | speedup pruned (FLOP ratio) | "
+              "speedup pruned_round8 (FLOP ratio) |", "|---|---|---|---|---|---|---|---|"]
+    for dtype in s["dtypes"]:
+        for batch in s["batches"]:
+            for runtime in ["eager"] + (["compile"] if dtype in s["compile_dtypes"] else []):
+                lines.append(f"| {dtype} | {batch} | {runtime} | {u} | {u} | {u} | {u} | {u} |")
+    lines += ["", "| default GPU export vs original, batch | original | export | export_compiled |",
+              "|---|---|---|---|"]
+    lines += [f"| {b} | {u} | {u} | {u} |" for b in s["batches"]]
+    lines += ["", "### (g) Loss curves CPU vs GPU, (h) nvJPEG vs CPU threads, (i) Fashion-MNIST full schedule\n",
+              f"All {u}. The CPU-side figures of (h) are in 'Streaming ImageNet-size JPEGs (CPU)' above; the CPU "
+              "check of (g) (bf16 against fp32 within seed noise over 315 steps) is tests/test_steps.py."]
     return "\n".join(lines) + "\n"
 
 
@@ -532,9 +290,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true", help="the full measurement (default)")
-    mode.add_argument("--quick", action="store_true", help="10,000 images, fewer repeats and compiled cases")
+    mode.add_argument("--quick", action="store_true", help="10,000 images, fewer repeats, runners and compiled cases")
     p.add_argument("--smoke", action="store_true", help="every code path, tiny sizes, any device (numbers meaningless)")
+    p.add_argument("--fmnist", action="store_true", help="also part (i): netslim run fmnist-vgg19-gpu (~15 min)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
+    p.add_argument("--why", default="no GPU was available where this ran",
+                   help="the reason recorded when no CUDA device is present")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: unchanged on a GPU, 1 on the CPU, where OpenMP threads "
                         "competing with other processes on a small shared machine slow down by orders of magnitude)")
@@ -549,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = {"benchmark": NAME, "mode": mode, "command": command(f"{NAME}.py", argv), "machine": machine_record()}
     path = _out_path(args.out, mode)
     if not torch.cuda.is_available() and mode != "smoke":
-        rec = {**base, "measured": False, "reason": UNMEASURED}
+        rec = {**base, "measured": False, "reason": UNMEASURED, "why": args.why}
         print(UNMEASURED)
         previous = json.loads(path.read_text()) if path.exists() else {}
         if previous.get("measured"):
@@ -558,24 +319,13 @@ def main(argv: list[str] | None = None) -> dict:
             write_json(rec, path)
         return rec
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    s, clock, notes = SETTINGS[mode], Clock(device), []
     threads = args.threads or (1 if device.type == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
-    if mode == "smoke":
-        notes.append(f"smoke mode on {device}: tiny sizes, numbers meaningless; torch.compile only in (f), "
-                     "with the 'eager' backend off CUDA")
-    results = {"reference_data": reference_data(s, mode, device, clock, notes)}
-    results["model_step"] = model_step(s, device, clock, notes)
-    captured = results["model_step"].get(f"train_loop_{s['runners'][0]}", {}).get("median")
-    results["regularizer"] = regularizer(s, device, clock, captured)
-    results["loader"] = netslim_loader(s, device, clock)
-    results["train_epoch"] = train_epoch(s, device, results["model_step"])
-    results["compact"] = compact(s, device, clock, notes)
-    notes.append("(f) BN scales randomized from a seeded generator (seed 0): a stand-in for a sparsity-trained "
-                 "VGG; the pruned widths, not the weights, set the speed")
+    notes: list[str] = []
+    results = measure(SETTINGS[mode], device, notes, args.fmnist and device.type == "cuda")
     rec = {**base, "measured": True, "machine": {**machine_record(), **gpu_record(device)}, "device": str(device),
-           "torch_set_num_threads": threads, "settings": s, "results": results, "notes": notes,
+           "torch_set_num_threads": threads, "settings": SETTINGS[mode], "results": results, "notes": notes,
            "wall_seconds": round(time.perf_counter() - started, 1)}
     write_json(rec, path)
     print(markdown(rec))

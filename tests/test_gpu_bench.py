@@ -41,7 +41,21 @@ def test_smoke_runs_every_part(gpu, tmp_path, capsys):
     assert data["benchmark"] == "gpu" and data["mode"] == "smoke" and data["measured"] is True
     assert data["command"] == "python benchmarks/gpu.py --smoke" and data["machine"]["torchvision"]
     r = data["results"]
-    assert set(r) == {"reference_data", "model_step", "regularizer", "loader", "train_epoch", "compact"}
+    assert set(r) == {"reference_data", "reference_epoch", "model_step", "regularizer", "loader", "train_epoch",
+                      "stage", "loss_curves", "compact", "jpeg"}
+    _positive(r["reference_epoch"]["epoch_seconds"])
+    assert r["stage"]["epochs"] == 3 and r["stage"]["projected_160_epochs_seconds"] > 0
+    _positive(r["stage"]["seconds_between_epochs"])
+    curves = r["loss_curves"]
+    assert set(curves["curves"]) == {"cpu_fp32_eager", "cpu_fp32_eager_other_order", "cpu_bf16_eager"}
+    assert all(len(c) == 3 for c in curves["curves"].values()) and curves["noise"] > 0
+    assert set(curves["within_noise"]) == {"cpu_bf16_eager"}
+    d = r["compact"]["default_export"]
+    assert d["target"] == "cpu" and [row["batch"] for row in d["rows"]] == [1, 8]
+    assert d["slowest"] == min(v for row in d["rows"] for v in row["speedup"].values())
+    j = r["jpeg"]
+    assert j["images"] == 8 and j["training"]["images_per_second"] > 0
+    assert all(ratio > 0 for ratio in j["decode_over_training"].values()) and j["decode_over_training"]
     for workers in gpu.SETTINGS["smoke"]["workers"]:  # torchvision or, without it, the stand-in transform
         _positive(r["reference_data"][f"workers_{workers}"]["epoch_seconds"])
     for key in ("eager_fp32", "eager_bf16_channels_last", "train_loop_eager"):
@@ -66,7 +80,8 @@ def test_smoke_runs_every_part(gpu, tmp_path, capsys):
             _positive(s)
     assert rec["results"]["compact"]["rows"][0]["dtype"] == "fp32"
     out = capsys.readouterr().out
-    assert "(f) Compact VGG" in out and "| fp32 | 1 | compile |" in out
+    assert "(f) Compact VGG" in out and "| fp32 | 1 | compile |" in out and "(g) Loss curves" in out
+    assert "Default export for cpu" in out and "(h) 8 ImageNet-size JPEGs" in out
 
 
 def test_default_mode_without_cuda_writes_unmeasured(gpu, tmp_path, monkeypatch, capsys):
@@ -81,4 +96,6 @@ def test_default_mode_without_cuda_writes_unmeasured(gpu, tmp_path, monkeypatch,
     assert json.loads((tmp_path / "gpu.json").read_text()) == measured
     gpu.main(["--quick", "--out", str(tmp_path)])
     assert json.loads((tmp_path / "gpu_quick.json").read_text())["measured"] is False
-    assert gpu.markdown(data).startswith("**no CUDA device")
+    text = gpu.markdown(data)
+    assert text.startswith("**no CUDA device") and "| (e) full train() epoch, graph | unmeasured | unmeasured |" in text
+    assert "| bf16 | 1024 | compile | unmeasured |" in text and "Status: unmeasured" in text

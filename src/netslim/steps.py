@@ -131,7 +131,8 @@ class CudaGraphBackend:
     def capture(self, fn: Callable[[], None]) -> None:
         self.graph = None  # free the previous graph's memory pool first
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream):
+        # thread_local: other threads (the StreamLoader's decoder: pinned buffers, nvJPEG) may use CUDA meanwhile
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
             fn()
         self.graph = graph
 

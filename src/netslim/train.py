@@ -60,6 +60,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (with mode="reduce-overhead" on GPU unless cuda_graph)
     cuda_graph: bool = False  # capture the whole training step as one CUDA graph and replay it (CUDA only)
     channels_last: bool = True  # on CUDA
+    cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its algorithms for the (fixed) shapes once
     progress: bool = True
     sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only, as in PyTorch)
     extra: dict = field(default_factory=dict)
@@ -182,8 +183,10 @@ def train(
     if config.bn_init is not None:
         init_bn_scales(model, config.bn_init)
     model.to(device)
-    if device.type == "cuda" and config.channels_last:
-        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark  # process-wide, as PyTorch has it
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
     if regularizer is None and config.sparsity > 0:
         # A subgradient inside Adam is rescaled per parameter and loses its pull to zero: use the
         # decoupled proximal step there instead.
