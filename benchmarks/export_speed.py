@@ -5,7 +5,8 @@ VGG-19 (CIFAR-10, 32x32) with BN statistics and scales from a seeded generator, 
 original) and at 70%, is exported with the CPU target's defaults (``netslim.deploy``: BN folded, fp32,
 contiguous layout; widths as pruned) and compared with the original as trained (BN layers, eager) at
 batch 1, 8, 64 and 256. Runtimes of the export: eager PyTorch and the ``torch.export`` program
-(``netslim.export_program``); in full mode also the AOTInductor package (``netslim.export_aoti``).
+(``netslim.export_program``): the defaults the goal is judged on; in full mode also the optional
+AOTInductor package (``netslim.export_aoti``), reported beside them.
 Timings: interleaved medians of process CPU time (one thread) and wall clock. The GPU target
 (bf16, channels_last, widths rounded to 8) is measured by benchmarks/gpu.py, part (f).
 
@@ -24,6 +25,7 @@ import netslim
 from common import begin, finish, interleaved_times, randomize_bn, summaries
 
 NAME = "export_speed"
+DEFAULT_RUNTIMES = ("deploy_eager", "torch_export")  # what `netslim export` writes without --aoti
 SETTINGS = {
     "full": {"model": "vgg19", "kwargs": {}, "percents": [0.1, 0.7], "aoti": True,
              "batches": {"1": [10, 30], "8": [5, 15], "64": [2, 7], "256": [1, 5]}},
@@ -73,12 +75,17 @@ def main(argv: list[str] | None = None) -> dict:
                 base = entry["latency"][batch]["original"]["cpu"]["median"]
                 entry["speedup"][batch] = {k: base / v["cpu"]["median"] for k, v in entry["latency"][batch].items()
                                            if k != "original"}
-            worst = min((s, f"{k}@{b}") for b, row in entry["speedup"].items() for k, s in row.items())
+            worst = min((s, f"{k}@{b}") for b, row in entry["speedup"].items() for k, s in row.items()
+                        if k in DEFAULT_RUNTIMES)
             slowest.append(worst[0])
             entry["slowest"] = {"speedup": worst[0], "where": worst[1]}
             results["pruned"][f"{round(100 * percent)}%"] = entry
             notes.append(f"{round(100 * percent)}% pruned ({results['original_flops'] / entry['flops']:.2f}x fewer "
                          f"FLOPs): the slowest default export is {worst[0]:.2f}x the original's speed ({worst[1]})")
+            if cfg["aoti"]:
+                aoti = min((row["aoti"], b) for b, row in entry["speedup"].items())
+                entry["slowest_aoti"] = {"speedup": aoti[0], "where": f"aoti@{aoti[1]}"}
+                notes.append(f"  optional AOTInductor package: slowest {aoti[0]:.2f}x (batch {aoti[1]})")
     results["never_slower"] = min(slowest) >= 1.0
     notes.append(f"goal {'met' if results['never_slower'] else 'NOT met'}: slowest export/original speed ratio "
                  f"{min(slowest):.2f}")

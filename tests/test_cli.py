@@ -159,3 +159,16 @@ def test_export_folded_onnx_and_torchscript(trained, tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model.eval()(x), rtol=1e-4, atol=1e-4)
     assert run(capsys, "export", str(tmp_path / "s.pt"))[0] == 2
+
+
+def test_gpu_requests_without_a_gpu(tmp_path, capsys):
+    """--device cuda without a GPU: one line, exit 2; --cuda-graph on the CPU: one warning line, eager training."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    base = ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--no-progress"]
+    code, _, err = run(capsys, *base, "--device", "cuda", "--out", str(tmp_path / "a"))
+    assert code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(capsys, *base, "--cuda-graph", "--out", str(tmp_path / "b"))
+    assert code == 0 and "done: test accuracy" in out
+    lines = [x for x in err.strip().splitlines() if "cuda" in x.lower()]
+    assert lines == ["netslim: warning: --cuda-graph needs a CUDA device; training on cpu runs eagerly"]

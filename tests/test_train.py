@@ -142,3 +142,14 @@ def test_compiled_training_matches_eager():
 def test_bad_amp_setting():
     with pytest.raises(ValueError, match="amp must be"):
         TrainConfig(amp="fp8")
+
+
+def test_bf16_on_a_gpu_without_bf16_is_a_clear_error_and_auto_falls_back_to_fp16(monkeypatch):
+    from netslim.train import autocast_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    cuda = torch.device("cuda")
+    with pytest.raises(ValueError, match="no bf16 support; use --amp fp16"):
+        autocast_dtype("bf16", cuda)
+    assert autocast_dtype("auto", cuda) == torch.float16  # then with a GradScaler (see train())
+    assert autocast_dtype("auto", torch.device("cpu")) is None and autocast_dtype("off", cuda) is None

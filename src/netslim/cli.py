@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import distributed
@@ -175,7 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each ("netslim: warning: ..."), not a source path and a line of code."""
+    print(f"netslim: warning: {_one_line(message) if isinstance(message, BaseException) else message}",
+          file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_line
+    try:
+        return _main(argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args) or 0
