@@ -106,6 +106,11 @@ def test_aoti_package_is_compiled_and_checked(tmp_path):
         assert relative_error(compiled(x), small(x)) <= 1e-4
 
 
+def test_aoti_package_name_must_end_in_pt2(tmp_path):
+    with pytest.raises(ValueError, match="must be a .pt2 file"):
+        export_aoti(_compact(), tmp_path / "small.so")
+
+
 def test_an_export_that_differs_is_refused(tmp_path, monkeypatch):
     import netslim.deployment as deploy_module
 

@@ -200,3 +200,41 @@ def test_bf16_autocast_loss_curve_matches_fp32_within_seed_noise():
     gap = max(abs(a - b) for a, b in zip(curves["fp32"], curves["bf16"], strict=True))
     assert curves["bf16"][-1] < 0.5 * curves["bf16"][0]  # it learns
     assert gap <= max(2 * noise, 0.02), (curves, noise, gap)
+
+
+def test_compiled_forward_is_compiled_once_through_warm_up_capture_and_replays(rerun, monkeypatch):
+    """Warm-up, capture and replays call the compiled model under the same autocast settings: one compilation
+    (a recompile would happen inside the CUDA-graph capture, where it cannot run)."""
+    import netslim.train as train_module
+
+    compiled = []
+
+    def counting_backend(gm, example_inputs):
+        compiled.append(len(example_inputs))
+        return gm.forward
+
+    monkeypatch.setattr(train_module, "_compiled",
+                        lambda net, device, graphed: torch.compile(net, backend=counting_backend, dynamic=False))
+    torch._dynamo.reset()
+    data = _data(64)  # two full batches per epoch: no partial batch
+    train(_model(), Loader(data, 32, seed=1), _config(epochs=3, amp="bf16", compile=True, cuda_graph=True))
+    assert rerun[0].captures == 2 and len(compiled) == 1  # lr /10 at epoch 2 of 3: two captures, one compile
+
+
+def test_resumed_adam_is_made_capturable():
+    from netslim.train import _make_capturable
+
+    model = _model()
+    plain = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 1, 4, 4)).sum().backward()
+    plain.step()
+    resumed = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+    resumed.load_state_dict(plain.state_dict())
+    assert resumed.param_groups[0]["capturable"] is False  # what load_state_dict restores
+    _make_capturable(resumed, torch.device("cpu"))
+    assert resumed.param_groups[0]["capturable"] is True
+    steps_ = [s["step"] for s in resumed.state.values()]
+    assert steps_ and all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and float(t) == 1 for t in steps_)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    _make_capturable(sgd, torch.device("cpu"))
+    assert "capturable" not in sgd.param_groups[0]

@@ -26,8 +26,8 @@ from .export import ExportError, fold_batchnorm, relative_error
 from .graph import trace_channels
 from .metrics import input_size_of
 
-__all__ = ["InferenceModel", "TARGETS", "deploy", "export_aoti", "export_program", "misaligned_widths",
-           "target_defaults"]
+__all__ = ["GraphedInference", "InferenceModel", "TARGETS", "deploy", "export_aoti", "export_program",
+           "misaligned_widths", "target_defaults"]
 
 TARGETS = ("cpu", "gpu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,8 +92,27 @@ def deploy(model: nn.Module, *, device: str | torch.device | None = None, dtype:
     for p in wrapped.parameters():
         p.requires_grad_(False)
     if compile:
-        return torch.compile(wrapped, mode="reduce-overhead" if device.type == "cuda" else "default", dynamic=False)
+        if device.type == "cuda":
+            return GraphedInference(torch.compile(wrapped, mode="reduce-overhead", dynamic=False))
+        return torch.compile(wrapped, dynamic=False)
     return wrapped
+
+
+class GraphedInference(nn.Module):
+    """A ``torch.compile(mode="reduce-overhead")`` model whose outputs stay valid after the next call.
+
+    CUDA-graph replays overwrite the previous call's output buffers; each call here starts a new graph
+    step and returns copies (of the outputs only: cheap next to the model). One graph is recorded per
+    input shape: keep batch sizes fixed.
+    """
+
+    def __init__(self, compiled: nn.Module) -> None:
+        super().__init__()
+        self.compiled = compiled
+
+    def forward(self, x: torch.Tensor):
+        torch.compiler.cudagraph_mark_step_begin()
+        return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, self.compiled(x))
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -156,11 +175,13 @@ def export_aoti(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
 
     Needs a C++ compiler (and, for CUDA, the GPU it is compiled for). Checked against PyTorch.
     """
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise ValueError(f"an AOTInductor package must be a .pt2 file, got {path.name}")
     size = input_size_of(model, input_size)
     deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
     device = _device(deployed)
     program = _export(deployed, size, device, max_batch)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():

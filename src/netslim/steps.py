@@ -81,6 +81,9 @@ class EagerStep:
         self.regularizer, self.device, self.precision, self.grad_clip = regularizer, device, precision, grad_clip
         self.teacher, self.distill, self.temperature = teacher, distill, temperature
         self.keep_grads = False  # True once a graph owns the gradient buffers: zero them instead of freeing
+        # autocast's weight-cast cache; off under CUDA graphs, for every step alike: torch.compile guards on
+        # the flag and would otherwise recompile inside the capture
+        self.cache = True
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, totals: torch.Tensor) -> None:
         """One step on a batch; adds (loss·n, correct) to ``totals`` (float64, on the device)."""
@@ -88,9 +91,8 @@ class EagerStep:
         self.forward_backward(images, labels, totals)
         self.update()
 
-    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, totals: torch.Tensor,
-                         cache: bool = True) -> None:
-        with autocast(self.device, self.precision, cache):
+    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor, totals: torch.Tensor) -> None:
+        with autocast(self.device, self.precision, self.cache):
             logits = self.forward(images)
             loss = F.cross_entropy(logits.float(), labels)
             if self.teacher is not None and self.distill > 0:
@@ -119,14 +121,17 @@ class CudaGraphBackend:
     """Capture and replay with ``torch.cuda.CUDAGraph``; warm-up on a side stream, as PyTorch requires."""
 
     def __init__(self, device: torch.device) -> None:
-        self.stream = torch.cuda.Stream(device)
+        # A high-priority stream: drawn from another pool than torch.cuda.Stream()'s 32 rotating ones, so no
+        # other stream (a StreamLoader's) can alias the capturing one and have its work recorded
+        self.stream = torch.cuda.Stream(device, priority=-1)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def warmup(self, fn: Callable[[], None]) -> None:
-        self.stream.wait_stream(torch.cuda.current_stream())
+        current = torch.cuda.current_stream(self.stream.device)  # the training device's, not cuda:0's
+        self.stream.wait_stream(current)
         with torch.cuda.stream(self.stream):
             fn()
-        torch.cuda.current_stream().wait_stream(self.stream)
+        current.wait_stream(self.stream)
 
     def capture(self, fn: Callable[[], None]) -> None:
         self.graph = None  # free the previous graph's memory pool first
@@ -169,6 +174,7 @@ class GraphedStep:
 
     def __init__(self, step: EagerStep, backend: CudaGraphBackend | RerunBackend) -> None:
         self.step, self.backend, self.model = step, backend, step.model
+        step.cache = False
         self.whole = not step.scaler.is_enabled()  # GradScaler.step syncs with the host: capture fwd/bwd only
         self.static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.key: tuple | None = None
@@ -186,6 +192,11 @@ class GraphedStep:
         return (tuple(g["lr"] for g in self.step.optimizer.param_groups), reg.lam if reg is not None else None)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, totals: torch.Tensor) -> None:
+        with warnings.catch_warnings():  # capturable Adam warns when it steps eagerly: here that is by design
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
+            self._run(images, labels, totals)
+
+    def _run(self, images: torch.Tensor, labels: torch.Tensor, totals: torch.Tensor) -> None:
         if self.failed:
             return self.step(images, labels, totals)
         if self.warm < WARMUP_STEPS:
@@ -213,16 +224,17 @@ class GraphedStep:
         def captured() -> None:
             static[2].zero_()
             self.step.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients in the graph
-            self.step.forward_backward(static[0], static[1], static[2], cache=False)
+            self.step.forward_backward(static[0], static[1], static[2])
             if self.whole:
                 self.step.update()
 
         try:
             self.backend.capture(captured)
         except Exception as e:  # capture raises many types (CUDA errors, dynamo); eager is always safe
-            warnings.warn(f"CUDA-graph capture of the training step failed ({type(e).__name__}: {_first_line(e)}); "
-                          "training continues eagerly (a host sync or a data-dependent shape in the model?)",
-                          stacklevel=3)
+            cause = e.__context__ or e  # capture_end's "invalidated" error hides what broke the capture
+            warnings.warn(f"CUDA-graph capture of the training step failed ({type(cause).__name__}: "
+                          f"{_first_line(cause)}); training continues eagerly (a host sync or a data-dependent "
+                          "shape in the model?)", stacklevel=3)
             self.failed, self.static = True, None
             self.step.optimizer.zero_grad(set_to_none=True)  # nothing ran; drop gradients allocated in capture
             self.step.keep_grads = False

@@ -151,6 +151,19 @@ def make_optimizer(model: nn.Module, config: TrainConfig, capturable: bool = Fal
                            nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
 
 
+def _make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """After resuming a run saved without CUDA graphs: Adam/AdamW keep their step on the device, as capture
+    requires (load_state_dict restores the saved ``capturable`` flag and a CPU step count)."""
+    if not any("capturable" in g for g in optimizer.param_groups):
+        return  # SGD: nothing to do
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "step" in state:
+                state["step"] = torch.as_tensor(state["step"], dtype=torch.float32, device=device)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     milestones = sorted({max(1, round(m * config.epochs)) for m in config.milestones})
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
@@ -215,6 +228,8 @@ def train(
         distributed.barrier()
         if resume and (out / "last.pt").exists():
             state = _restore(out / "last.pt", model, optimizer, scheduler, device, scaler)
+            if graphed:
+                _make_capturable(optimizer, device)
 
     for epoch in range(state["epoch"], config.epochs):
         if hasattr(train_loader, "set_epoch"):
