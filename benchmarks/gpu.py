@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     started = time.perf_counter()
-    base = {"benchmark": NAME, "mode": mode, "command": command(f"{NAME}.py", argv), "machine": machine_record()}
+    shown = [a for k, a in enumerate(argv) if a != "--why" and (k == 0 or argv[k - 1] != "--why")]
+    base = {"benchmark": NAME, "mode": mode, "command": command(f"{NAME}.py", shown), "machine": machine_record()}
     path = _out_path(args.out, mode)
     if not torch.cuda.is_available() and mode != "smoke":
         rec = {**base, "measured": False, "reason": UNMEASURED, "why": args.why}

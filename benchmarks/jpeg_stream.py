@@ -156,14 +156,14 @@ def main(argv: list[str] | None = None) -> dict:
         results["overlap"] = overlap(made["root"], s, 1.5 * per_batch)
     p, ov = results["per_image"], results["overlap"]
     ref = p["reference_full_decode"]["images_per_second"]
-    notes = [f"- (a) training crops, one thread: reference {ref:.0f} img/s, "
+    notes = [f"(a) training crops, one thread: reference {ref:.0f} img/s, "
              f"draft mode {p['netslim_draft_decode']['images_per_second']:.0f} img/s ({p['draft_speedup']:.2f}x)",
-             f"- (a) evaluation at {p['eval_size']} (resize {p['eval_resize']}), one thread: reference "
+             f"(a) evaluation at {p['eval_size']} (resize {p['eval_resize']}), one thread: reference "
              f"{p['eval_reference_full_decode']['images_per_second']:.0f} img/s, draft mode "
              f"{p['eval_netslim_draft_decode']['images_per_second']:.0f} img/s ({p['eval_draft_speedup']:.2f}x)",
-             *[f"- (b) StreamLoader, {k.replace('_', ' ')}: {v['images_per_second']:.0f} img/s"
+             *[f"(b) StreamLoader, {k.replace('_', ' ')}: {v['images_per_second']:.0f} img/s"
                for k, v in results["loader"].items()],
-             f"- (c) overlap: epoch {ov['together']['median']:.2f} s with compute {ov['compute_alone']['median']:.2f} s"
+             f"(c) overlap: epoch {ov['together']['median']:.2f} s with compute {ov['compute_alone']['median']:.2f} s"
              f" and decoding {ov['decode_alone']['median']:.2f} s: {ov['epoch_over_compute']:.2f}x the compute, "
              f"{ov['epoch_over_sum']:.2f}x their sum"]
     return finish(NAME, run, results, notes)
