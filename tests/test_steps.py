@@ -16,19 +16,14 @@ from netslim import SparsityRegularizer, models
 from netslim.data import Dataset, Loader, load_digits
 from netslim.train import TrainConfig, train
 
+from .test_train import _data as toy_data
+from .test_train import _model
+
 pytestmark = pytest.mark.filterwarnings("ignore:sparsity is not emerging")  # short runs on toy data
 
 
 def _data(n=70, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 3, (n,), generator=g)
-    images = (torch.rand(n, 1, 4, 4, generator=g) * 100 + labels[:, None, None, None] * 50).to(torch.uint8)
-    return Dataset(images, labels, 3, (0.5,), (0.25,), "toy")
-
-
-def _model():
-    torch.manual_seed(0)
-    return models.create("mlp", widths=[32, 16], input_size=(1, 4, 4), num_classes=3)
+    return toy_data(n, seed)  # 70 samples: batches of 32 end with a partial batch of 6
 
 
 def _config(**kw):
@@ -92,18 +87,23 @@ def test_replayed_steps_and_the_partial_batch_are_counted(rerun):
     assert totals[0] > 0 and 0 <= totals[1] <= 140
 
 
+def _eager_and_asked_for_graphs_agree(epochs: int, warning: str) -> None:
+    """Train twice, eagerly and with cuda_graph=True (which must warn ``warning``): the same weights."""
+    data = _data()
+    eager, graphed = _model(), _model()
+    train(eager, Loader(data, 32, seed=1), _config(epochs=epochs))
+    with pytest.warns(UserWarning, match=warning):
+        train(graphed, Loader(data, 32, seed=1), _config(epochs=epochs, cuda_graph=True))
+    _same_weights(eager, graphed)
+
+
 def test_capture_failure_warns_once_and_training_continues_eagerly(monkeypatch):
     class Broken(steps.RerunBackend):
         def capture(self, fn):
             raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(steps, "graph_backend", lambda device: Broken(device))
-    data = _data()
-    eager, graphed = _model(), _model()
-    train(eager, Loader(data, 32, seed=1), _config(epochs=3))
-    with pytest.warns(UserWarning, match="capture of the training step failed.*continues eagerly"):
-        train(graphed, Loader(data, 32, seed=1), _config(epochs=3, cuda_graph=True))
-    _same_weights(eager, graphed)
+    _eager_and_asked_for_graphs_agree(3, "capture of the training step failed.*continues eagerly")
 
 
 def test_shapes_that_vary_between_steps_are_named_and_run_eagerly(rerun):
@@ -127,12 +127,7 @@ def test_shapes_that_vary_between_steps_are_named_and_run_eagerly(rerun):
 def test_cuda_graph_without_cuda_says_so_and_trains_eagerly():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    data = _data()
-    eager, asked = _model(), _model()
-    train(eager, Loader(data, 32, seed=1), _config(epochs=2))
-    with pytest.warns(UserWarning, match="needs a CUDA device; training on cpu runs eagerly"):
-        train(asked, Loader(data, 32, seed=1), _config(epochs=2, cuda_graph=True))
-    _same_weights(eager, asked)
+    _eager_and_asked_for_graphs_agree(2, "needs a CUDA device; training on cpu runs eagerly")
 
 
 class _HostTraffic(TorchDispatchMode):
