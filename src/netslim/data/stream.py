@@ -80,11 +80,6 @@ def _decode_crops_chunk(chunk: list[tuple[str, list[float]]], size: int) -> np.n
     return np.stack([decode_crop(path, draw, size, str(path)) for path, draw in chunk])
 
 
-def _decode_eval_chunk(chunk: list[str], resize_size: int, size: int) -> np.ndarray:
-    """Worker task: a stacked (n, 3, size, size) array of resized center crops."""
-    return np.stack([jpeg.decode_one(path, resize_size, size, str(path)) for path in chunk])
-
-
 def _resize_crops(images: list[torch.Tensor], draws: torch.Tensor, size: int) -> torch.Tensor:
     """GPU path: crop each decoded (3, H, W) image to its box and resize to (size, size): uint8 (n, 3, size, size)."""
     out = torch.empty(len(images), 3, size, size, dtype=torch.uint8, device=images[0].device)
@@ -197,14 +192,13 @@ class StreamLoader(EpochOrder):
         return images, ready
 
     def _decode_cpu(self, paths: list, draws: torch.Tensor | None) -> torch.Tensor:
-        names = [str(p) for p in paths]
-        chunks = [names[k:k + CHUNK] for k in range(0, len(names), CHUNK)]
         if draws is not None:
-            rows = draws.tolist()
-            tasks = [list(zip(c, rows[k * CHUNK:(k + 1) * CHUNK], strict=True)) for k, c in enumerate(chunks)]
+            items = list(zip([str(p) for p in paths], draws.tolist(), strict=True))
             fn, extra = _decode_crops_chunk, (self.image_size,)
-        else:
-            tasks, fn, extra = chunks, _decode_eval_chunk, (self.resize_size, self.image_size)
+        else:  # the in-memory decoder's task: resized center crops
+            items = list(enumerate(paths))
+            fn, extra = jpeg._decode_chunk, (self.resize_size, self.image_size)
+        tasks = [items[k:k + CHUNK] for k in range(0, len(items), CHUNK)]
         if self.workers == 1:
             arrays = [fn(t, *extra) for t in tasks]
         else:
