@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from netslim import SparsityRegularizer, apply_plan, models, plan_pruning
-from netslim.checkpoint import create_base
 from netslim.data import Dataset, Loader
+from netslim.models import create_model
 from netslim.sparsity import lambda_at
 from netslim.train import TrainConfig, recalibrate_bn, train
 
@@ -154,11 +154,11 @@ def test_timm_or_torchvision_missing_is_a_clear_error():
         except Exception:
             pass
         with pytest.raises(ImportError, match=f"pip install {source}"):
-            create_base(f"{source}:resnet18", {})
+            create_model(f"{source}:resnet18", {})
 
 
 def test_user_model_factory_by_import_path():
-    model = create_base("netslim.models:vgg11", {"num_classes": 3})
+    model = create_model("netslim.models:vgg11", {"num_classes": 3})
     assert model.classifier.out_features == 3
     with pytest.raises(ValueError, match="package.module:function"):
-        create_base("nosuchpkg.mod:f", {})
+        create_model("nosuchpkg.mod:f", {})

@@ -2,19 +2,20 @@
 
 A checkpoint is a plain dict of tensors and primitives (nanoGPT style):
 ``{"format", "arch", "state_dict", ...training state...}``. ``arch`` rebuilds the model without
-pickled code: a registered model name (or a ``module:factory`` path) with its keyword arguments, plus
-the shape of every conv/Linear/BN, so a pruned model loads without the plan that made it.
+pickled code: a registered model name (or a zoo name, or a ``module:factory`` path) with its keyword
+arguments, plus the shape of every conv/Linear/BN, so a pruned model loads without the plan that made it.
+Nothing named in a file is executed: a factory path is rebuilt only when the caller names it too
+(:func:`netslim.models.rebuildable`).
 """
 
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -55,11 +56,30 @@ def describe(model: nn.Module, name: str, kwargs: Mapping | None = None) -> dict
     return {"name": name, "kwargs": dict(kwargs or {}), "shapes": layer_shapes(model)}
 
 
-def build_model(arch: Mapping) -> nn.Module:
-    """Rebuild a (possibly pruned) model from its ``arch`` description, with untrained weights."""
-    kwargs = {k: v for k, v in arch.get("kwargs", {}).items() if k != "pretrained"}  # weights come from the file
-    model = create_base(arch["name"], kwargs)
-    for path, (n_in, n_out, bias, select) in arch.get("shapes", {}).items():
+Factory = str | Callable[..., nn.Module] | None
+
+
+def build_model(arch: Mapping, factory: Factory = None, origin: str = "the checkpoint") -> nn.Module:
+    """Rebuild a (possibly pruned) model from its ``arch`` description, with untrained weights.
+
+    ``factory``: when the architecture was built by a ``package.module:function`` factory, that same
+    path (or the function itself); a factory named only in the file is never imported or called.
+    """
+    kwargs, shapes = arch.get("kwargs", {}), arch.get("shapes", {})
+    if not isinstance(kwargs, Mapping) or not isinstance(shapes, Mapping) or not all(
+            isinstance(s, list | tuple) and len(s) == 4 and all(isinstance(v, int) for v in s)
+            for s in shapes.values()):
+        raise CheckpointError(f"{origin} has a malformed architecture description (arch.kwargs / arch.shapes)")
+    kwargs = {k: v for k, v in kwargs.items() if k != "pretrained"}  # weights come from the file
+    try:
+        model = models.rebuildable(arch.get("name"), kwargs, factory, origin)()
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    except TypeError as e:  # the file's keyword arguments do not fit the builder
+        raise CheckpointError(f"{origin}: cannot rebuild {arch.get('name')!r}: {str(e).splitlines()[0]}") from None
+    for path, (n_in, n_out, bias, select) in shapes.items():
+        if min(n_in, n_out) < 1:
+            raise CheckpointError(f"{origin} describes layer '{path}' with {n_in} -> {n_out} channels")
         try:
             old = model.get_submodule(path)
         except AttributeError:
@@ -78,48 +98,6 @@ def build_model(arch: Mapping) -> nn.Module:
 
 def layer_shapes_of(module: nn.Module) -> list:
     return next(iter(layer_shapes(module).values()), [])
-
-
-def create_base(name: str, kwargs: Mapping) -> nn.Module:
-    """A model by name: registered (``vgg19``), ``torchvision:NAME``, ``timm:NAME`` or ``package.module:factory``.
-
-    ``kwargs`` go to the builder; ``pretrained=True`` asks torchvision/timm for their released weights
-    (their ordinary download path, into their own caches).
-    """
-    kwargs = dict(kwargs)
-    if ":" not in name:
-        return models.create(name, **kwargs)
-    source, _, attr = name.partition(":")
-    if source in ("torchvision", "timm"):
-        return _zoo_model(source, attr, kwargs)
-    try:
-        factory = getattr(importlib.import_module(source), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import model factory {name!r}: {e}; it must be 'package.module:function'") from None
-    model = factory(**kwargs)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
-    return model
-
-
-def _zoo_model(source: str, name: str, kwargs: dict) -> nn.Module:
-    pretrained = bool(kwargs.pop("pretrained", False))
-    kwargs.pop("input_size", None)
-    kwargs.pop("in_channels", None)
-    try:
-        library = importlib.import_module(source)
-    except ImportError:
-        raise ImportError(f"{source}:{name} needs {source}: pip install {source} "
-                          "(an optional extra of netslim)") from None
-    try:
-        if source == "timm":
-            model = library.create_model(name, pretrained=pretrained, **kwargs)
-        else:
-            model = library.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{source} cannot build {name!r}: {str(e).splitlines()[0]}") from None
-    model.input_size = (3, 224, 224)
-    return model
 
 
 # -- files --
@@ -184,10 +162,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return data
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The model stored in a checkpoint, with its weights, and the checkpoint dict itself."""
+def load_model(path: str | Path, map_location: str | torch.device = "cpu",
+               factory: Factory = None) -> tuple[nn.Module, dict]:
+    """The model stored in a checkpoint, with its weights, and the checkpoint dict itself.
+
+    ``factory``: see :func:`build_model` (needed only for models built by a user's factory).
+    """
     data = load_checkpoint(path, map_location)
-    model = build_model(data["arch"])
+    if not isinstance(data.get("arch"), Mapping):
+        raise CheckpointError(f"{path} does not describe its architecture (no 'arch' entry)")
+    model = build_model(data["arch"], factory, origin=str(path))
     check_finite(data["state_dict"], path)
     try:
         model.load_state_dict(data["state_dict"])

@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
         p.add_argument("--val-size", type=int, default=0, help="hold out N training images for model selection")
 
+    def factory_option(p):
+        p.add_argument("--factory", metavar="MODULE:FUNCTION",
+                       help="the package.module:function that built the checkpoint's model: a factory named in a "
+                            "file runs only when you name it here")
+
     def train_options(p, epochs):
         p.add_argument("--epochs", type=_positive_int, default=epochs)
         p.add_argument("--batch-size", type=_positive_int, default=64)
@@ -103,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help="start from torchvision/timm released weights")
     p.add_argument("--from", dest="from_checkpoint", metavar="CKPT",
                    help="start from the weights of a trained netslim checkpoint")
+    factory_option(p)
     data_options(p, required=True)
     train_options(p, 160)
 
@@ -126,10 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-out", help="also write the plan as JSON here")
     p.add_argument("--recalibrate", type=_positive_int, metavar="N",
                    help="re-estimate BN statistics of the compact model on N training batches (needs --dataset)")
+    factory_option(p)
     data_options(p)
 
     p = sub.add_parser("finetune", help="fine-tune a (pruned) checkpoint")
     p.add_argument("checkpoint")
+    factory_option(p)
     data_options(p, required=True)
     train_options(p, 160)
 
@@ -149,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=_positive_int)
     p.add_argument("--input-size", type=_input_size, help="e.g. 32 or 3,32,32")
     p.add_argument("--json", action="store_true")
+    factory_option(p)
 
     p = sub.add_parser("export", help="deployment export: BN folded, target precision and layout; ONNX (checked), "
                        "torch.export program, AOTInductor package, TorchScript")
@@ -170,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torchscript", metavar="FILE", help="write a traced TorchScript file (deprecated by PyTorch)")
     p.add_argument("--no-fold", action="store_true", help="keep the BatchNorm layers")
     p.add_argument("--opset", type=_positive_int, default=17)
+    factory_option(p)
 
     p = sub.add_parser("report", help="plots of a run folder (γ distribution, widths, γ along training)")
     p.add_argument("run_dir")
@@ -261,7 +271,7 @@ def cmd_train(args) -> int:
     loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
     torch.manual_seed(args.seed)  # the same initial weights on every run, rank and resume
     if args.from_checkpoint:
-        model, data = load_model(args.from_checkpoint)
+        model, data = load_model(args.from_checkpoint, factory=args.factory)
         arch = data["arch"]
     else:
         model, kwargs = build_model_for(experiment, train_set)
@@ -291,9 +301,10 @@ def cmd_prune(args) -> int:
     import torch
 
     from .budget import plan_for_budget
-    from .checkpoint import create_base, describe, load_model, save_checkpoint
+    from .checkpoint import describe, load_model, save_checkpoint
     from .deployment import target_defaults
     from .metrics import count_flops, count_params
+    from .models import create_model
     from .plan import plan_pruning
     from .surgery import apply_plan
 
@@ -302,11 +313,11 @@ def cmd_prune(args) -> int:
         raise UsageError("give one of --percent, --layer-percent, --target-flops, --target-params")
     out = _writable_file(args.out)
     if Path(args.checkpoint).is_file() or ":" not in args.checkpoint:
-        model, data = load_model(args.checkpoint)
+        model, data = load_model(args.checkpoint, factory=args.factory)
         arch = dict(data["arch"])
     else:  # a model factory: its own (e.g. pretrained) weights
         kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
-        model = create_base(args.checkpoint, kwargs)
+        model = create_model(args.checkpoint, kwargs)
         arch = describe(model, args.checkpoint, kwargs)
     if args.input_size is not None:
         model.input_size = args.input_size if len(args.input_size) > 1 else (3, *args.input_size * 2)
@@ -371,7 +382,7 @@ def cmd_finetune(args) -> int:
 
     info = distributed.init_from_env(args.device)
     out = _writable_dir(args.out)
-    model, data = load_model(args.checkpoint)
+    model, data = load_model(args.checkpoint, factory=args.factory)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn,
                          amp=args.amp, compile=args.compile, cuda_graph=args.cuda_graph)
@@ -428,17 +439,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import create_base, load_model
+    from .checkpoint import load_model
     from .metrics import count_flops, count_params
+    from .models import create_model
 
     path = Path(args.model)
     if path.is_file():
-        model, _ = load_model(path)
+        model, _ = load_model(path, factory=args.factory)
     elif args.model.endswith((".pt", ".pth")):
         raise UsageError(f"checkpoint {path} does not exist")
     else:
         kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
-        model = create_base(args.model, kwargs)
+        model = create_model(args.model, kwargs)
     size = args.input_size
     if size is not None and len(size) == 1:
         base = getattr(model, "input_size", (3, size[0], size[0]))
@@ -473,7 +485,7 @@ def cmd_export(args) -> int:
     if args.aoti and target == "gpu" and device != "cuda":
         raise UsageError("--aoti for a gpu target compiles CUDA kernels and needs a CUDA GPU on this machine; "
                          "run the export there, or write --program instead")
-    model, _ = load_model(args.checkpoint)
+    model, _ = load_model(args.checkpoint, factory=args.factory)
     model.eval()
     size = model.input_size
     round_to = args.round_to or defaults["round_to"]

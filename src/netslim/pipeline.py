@@ -18,7 +18,7 @@ from torch import nn
 
 from . import data as datasets
 from . import distributed, models
-from .checkpoint import create_base, describe, load_model, save_checkpoint
+from .checkpoint import describe, load_checkpoint, save_checkpoint
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
 from .surgery import apply_plan
@@ -168,7 +168,7 @@ def build_model_for(config: ExperimentConfig, train_set) -> tuple[nn.Module, dic
         kwargs.setdefault("input_size", shape if config.model == "mlp" else shape[-1])
     if "in_channels" in accepted:
         kwargs.setdefault("in_channels", shape[0])
-    return create_base(config.model, kwargs), kwargs
+    return models.create_model(config.model, kwargs), kwargs
 
 
 # -- the job --
@@ -265,7 +265,8 @@ def _selected(model: nn.Module, stage: Path, val_loader) -> nn.Module:
     """The model to carry on with: the best validation epoch's when there is a validation set."""
     if val_loader is None or not (stage / "best.pt").exists():
         return model
-    best, _ = load_model(stage / "best.pt", map_location=next(model.parameters()).device)
+    best = copy.deepcopy(model)  # same architecture: only the weights come from the file
+    best.load_state_dict(load_checkpoint(stage / "best.pt", map_location=next(model.parameters()).device)["state_dict"])
     return best
 
 

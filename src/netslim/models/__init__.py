@@ -96,3 +96,6 @@ def densenet40(num_classes=10, widths=None, in_channels=3, input_size=32) -> den
 def mlp(num_classes=10, widths=(500, 300), input_size=(1, 28, 28)) -> MLP:
     """784-500-300-10 MLP with BatchNorm1d (paper Table 3)."""
     return MLP(widths, num_classes, input_size)
+
+
+from .sources import create_model, is_factory_path, rebuildable  # noqa: E402, F401  (sources builds on the registry)

@@ -1,0 +1,107 @@
+"""Where a model comes from: a registered name, a model zoo, or a factory the user names.
+
+``create_model(name, kwargs)`` builds what the *user* asked for, so a ``package.module:function``
+path is imported and called. A checkpoint file is not the user: :func:`rebuildable` decides what a
+name read from a file may build (registered models and zoo names only), so loading a file never runs
+code chosen by whoever wrote it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+
+from torch import nn
+
+from . import create, names
+
+ZOO_SOURCES = ("torchvision", "timm")
+
+# Builder arguments that make a zoo fetch or unpickle something; a file may not set them.
+_UNSAFE_ZOO_KWARGS = {"pretrained", "weights", "weights_backbone", "checkpoint_path", "pretrained_cfg",
+                      "pretrained_cfg_overlay", "cache_dir"}
+
+
+def is_factory_path(name: str) -> bool:
+    """Whether ``name`` is a ``package.module:function`` path (code to import), not a registered or zoo name."""
+    return ":" in name and name.partition(":")[0] not in ZOO_SOURCES
+
+
+def create_model(name: str, kwargs: Mapping | None = None) -> nn.Module:
+    """A model by name: registered (``vgg19``), ``torchvision:NAME``, ``timm:NAME`` or ``package.module:factory``.
+
+    ``kwargs`` go to the builder; ``pretrained=True`` asks torchvision/timm for their released weights
+    (their ordinary download path, into their own caches). Only call this with a name the user gave.
+    """
+    kwargs = dict(kwargs or {})
+    if ":" not in name:
+        return create(name, **kwargs)
+    source, _, attr = name.partition(":")
+    if source in ZOO_SOURCES:
+        return _zoo_model(source, attr, kwargs)
+    try:
+        factory = getattr(importlib.import_module(source), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import model factory {name!r}: {e}; it must be 'package.module:function'") from None
+    return _checked(factory(**kwargs), name)
+
+
+def rebuildable(name: str, kwargs: Mapping, factory: str | Callable[..., nn.Module] | None,
+                origin: str) -> Callable[[], nn.Module]:
+    """How to rebuild a model described in a file (``origin``) without running code the file chose.
+
+    Registered names and zoo names rebuild (zoo arguments that would fetch or unpickle are refused).
+    A factory path runs only when the caller names the same path in ``factory`` (the command line's
+    ``--factory``), or passes the factory function itself.
+    """
+    kwargs = dict(kwargs)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{origin} does not name its architecture")
+    if callable(factory):
+        return lambda: _checked(factory(**kwargs), getattr(factory, "__name__", "factory"))
+    if is_factory_path(name):
+        if factory is None:
+            raise ValueError(f"{origin} was built by the model factory {name!r}; netslim runs a factory named in a "
+                             f"file only when you name it yourself: add --factory {name} if you trust that code")
+        if factory != name:
+            raise ValueError(f"{origin} was built by the model factory {name!r}, not {factory!r} (--factory): "
+                             f"name the factory that built it")
+        return lambda: create_model(name, kwargs)
+    if ":" in name:
+        source, _, attr = name.partition(":")
+        if any(c in attr for c in ":/\\") or attr.startswith("."):
+            raise ValueError(f"{origin} names {name!r}: a {source} model is rebuilt from a file only by its plain "
+                             "name (no hub, path or URL)")
+        unsafe = sorted(set(kwargs) & _UNSAFE_ZOO_KWARGS)
+        if unsafe:
+            raise ValueError(f"{origin} asks {source} for {', '.join(unsafe)}: weights come from the file itself, "
+                             "so netslim refuses builder arguments that fetch or load others")
+    elif name not in names():
+        raise ValueError(f"{origin} names model {name!r}, which is not registered; choose one of: {', '.join(names())}")
+    return lambda: create_model(name, kwargs)
+
+
+def _checked(model, name: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _zoo_model(source: str, name: str, kwargs: dict) -> nn.Module:
+    pretrained = bool(kwargs.pop("pretrained", False))
+    kwargs.pop("input_size", None)
+    kwargs.pop("in_channels", None)
+    try:
+        library = importlib.import_module(source)
+    except ImportError:
+        raise ImportError(f"{source}:{name} needs {source}: pip install {source} "
+                          "(an optional extra of netslim)") from None
+    try:
+        if source == "timm":
+            model = library.create_model(name, pretrained=pretrained, **kwargs)
+        else:
+            model = library.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{source} cannot build {name!r}: {str(e).splitlines()[0]}") from None
+    model.input_size = (3, 224, 224)
+    return model
