@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import netslim.steps as steps
-from netslim import SparsityRegularizer, models
+from netslim import models, sparsify
 from netslim.data import Dataset, Loader, load_digits
 from netslim.train import TrainConfig, train
 
@@ -69,8 +69,9 @@ def test_replayed_steps_and_the_partial_batch_are_counted(rerun):
     data = _data(70)
     model = _model()
     config = _config(epochs=2, cuda_graph=True)
-    eager = steps.EagerStep(model, model, torch.optim.SGD(model.parameters(), lr=0.1),
-                            torch.amp.GradScaler("cpu", enabled=False), SparsityRegularizer(model, 1e-3),
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsify(model, optimizer, 1e-3)
+    eager = steps.EagerStep(model, model, optimizer, torch.amp.GradScaler("cpu", enabled=False),
                             torch.device("cpu"), None)
     step = steps.make_step(eager, config.cuda_graph)
     assert isinstance(step, steps.GraphedStep)
@@ -159,8 +160,9 @@ def test_an_epoch_on_a_device_makes_no_host_sync_and_no_copy_per_step(kind):
     device = torch.device("meta")
     model = models.create("vgg11", widths=[8] * 8).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    sparsify(model, optimizer, 1e-4, kind)
     step = steps.EagerStep(model, model, optimizer, torch.amp.GradScaler("cpu", enabled=False),
-                           SparsityRegularizer(model, 1e-4, kind), device, None, grad_clip=1.0)
+                           device, None, grad_clip=1.0)
     counts = []
     for batch_size in (16, 64):  # 16 and 4 steps
         loader = Loader(data, batch_size, train=True, augment="cifar", device=device)

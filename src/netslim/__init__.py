@@ -1,7 +1,7 @@
 """netslim: network slimming (Liu et al., ICCV 2017) for any PyTorch CNN.
 
     model = netslim.models.create("vgg19", num_classes=10)
-    reg = netslim.SparsityRegularizer(model, lam=1e-4)      # reg.step() after loss.backward()
+    sparsity = netslim.sparsify(model, optimizer, lam=1e-4)  # Eq. 1 in any loop calling optimizer.step()
     plan = netslim.plan_pruning(model, percent=0.7)           # global |γ| threshold, guarded
     small = netslim.apply_plan(model, plan)                   # physically narrower, same outputs
     fast = netslim.deploy(small, device="cuda", dtype=torch.bfloat16, channels_last=True)  # BN folded
@@ -15,12 +15,12 @@ from .graph import ChannelGraph, GraphError, trace_channels
 from .layers import SelectBatchNorm
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
-from .sparsity import SparsityRegularizer, init_bn_scales
+from .sparsity import Sparsity, SparsityRegularizer, init_bn_scales, sparsify
 from .surgery import apply_plan, masked_model
 
 __version__ = "0.1.0"
 __all__ = [
-    "ChannelGraph", "GraphError", "PruningPlan", "SelectBatchNorm", "SparsityRegularizer", "apply_plan",
+    "ChannelGraph", "GraphError", "PruningPlan", "SelectBatchNorm", "Sparsity", "SparsityRegularizer", "apply_plan",
     "count_flops", "count_params", "deploy", "export_aoti", "export_onnx", "export_program", "fold_batchnorm",
-    "init_bn_scales", "masked_model", "models", "plan_for_budget", "plan_pruning", "trace_channels",
+    "init_bn_scales", "masked_model", "models", "plan_for_budget", "plan_pruning", "sparsify", "trace_channels",
 ]

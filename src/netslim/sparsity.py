@@ -1,19 +1,24 @@
 """The paper's Eq. 1: a sparsity-inducing penalty on BN scaling factors, added to their gradients.
 
-``reg.step()`` runs after ``loss.backward()`` (and after ``scaler.unscale_(optimizer)`` under AMP)
-and before ``optimizer.step()``. It adds λ·∂g(γ)/∂γ to every prunable γ's gradient with fused
-``torch._foreach`` ops: a handful of kernel launches for the whole network, not a Python loop of
-small ops per layer (the official port's ``updateBN``).
+:class:`SparsityRegularizer` computes the term: ``reg.step()`` adds λ·∂g(γ)/∂γ to every prunable γ's
+gradient with fused ``torch._foreach`` ops (a handful of kernel launches for the whole network, not a
+Python loop of small ops per layer like the official port's ``updateBN``); ``reg.after_step(lr)`` is
+the proximal step for adaptive optimizers. :func:`sparsify` attaches a regularizer to an optimizer
+through its step hooks, so that any loop calling ``optimizer.step()`` or ``scaler.step(optimizer)``
+trains sparse; netslim's own loop uses it too (one mechanism).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .stats import scale_stats
 
 KINDS = ("l1", "smooth_l1", "polarization")
 
@@ -72,8 +77,12 @@ class SparsityRegularizer:
         return self.lam * value
 
     @torch.no_grad()
-    def step(self, lam: float | None = None) -> None:
-        """Add λ·∂g/∂γ to each γ's gradient (call between backward and optimizer step)."""
+    def step(self, lam: float | None = None, scale: torch.Tensor | None = None) -> None:
+        """Add λ·∂g/∂γ to each γ's gradient (call between backward and optimizer step).
+
+        ``scale``: the factor the gradients are still multiplied by (a GradScaler's scale, for fused
+        optimizers that unscale inside their own step); the term is scaled alike.
+        """
         lam = self.lam if lam is None else float(lam)
         if lam == 0 or self.proximal:
             return
@@ -82,40 +91,59 @@ class SparsityRegularizer:
             return
         grads = [g.grad for g in gammas]
         if self.kind == "l1":
-            torch._foreach_add_(grads, torch._foreach_sign(gammas), alpha=lam)
+            slope = torch._foreach_sign(gammas)
         elif self.kind == "smooth_l1":
             slope = torch._foreach_div(gammas, self.beta)
             torch._foreach_clamp_min_(slope, -1.0)
             torch._foreach_clamp_max_(slope, 1.0)
-            torch._foreach_add_(grads, slope, alpha=lam)
         else:
             # d/dγ_i [t·Σ|γ| − Σ_j|γ_j − m|] = t·sign(γ_i) − sign(γ_i − m) + mean_j sign(γ_j − m), computed on
             # the concatenated scales with plain tensor ops (no scalar-tensor overloads: no host sync, capturable)
             flat = torch.cat([g.flatten() for g in gammas])
             away = torch.sign(flat - flat.mean())
-            slope = self.t * torch.sign(flat) - away + away.mean()
-            parts = slope.split([g.numel() for g in gammas])
-            torch._foreach_add_(grads, [p.view_as(g) for p, g in zip(parts, gammas, strict=True)], alpha=lam)
+            flat_slope = self.t * torch.sign(flat) - away + away.mean()
+            slope = [p.view_as(g) for p, g in zip(flat_slope.split([g.numel() for g in gammas]), gammas, strict=True)]
+        if scale is not None:
+            torch._foreach_mul_(slope, scale)
+        torch._foreach_add_(grads, slope, alpha=lam)
 
     @torch.no_grad()
-    def after_step(self, lr: float | None = None) -> None:
+    def after_step(self, lr: float | Sequence[float] | None = None, skipped: torch.Tensor | None = None) -> None:
         """Call after ``optimizer.step()``.
 
         Proximal mode (for Adam/AdamW, whose per-parameter scaling would rescale a subgradient
-        away): soft-threshold γ ← sign(γ)·max(|γ| − lr·λ, 0), decoupled from the optimizer. The
-        polarizer keeps γ in [0, upper]. A no-op otherwise.
+        away): soft-threshold γ ← sign(γ)·max(|γ| − lr·λ, 0), decoupled from the optimizer. ``lr``: one
+        learning rate, or one per γ (that of its parameter group). The polarizer keeps γ in
+        [0, upper]. A no-op otherwise. ``skipped``: a tensor, nonzero when the optimizer skipped this
+        step (a fused optimizer's ``found_inf`` under a GradScaler); γ then stays as it is.
         """
+        if not self.proximal and self.kind != "polarization":
+            return
+        updated = self.gammas
         if self.proximal:
             if lr is None:
                 raise ValueError("the proximal step needs the learning rate: reg.after_step(lr)")
-            shrunk = torch._foreach_abs(self.gammas)
-            torch._foreach_sub_(shrunk, lr * self.lam)
-            torch._foreach_clamp_min_(shrunk, 0.0)
-            torch._foreach_mul_(shrunk, torch._foreach_sign(self.gammas))
-            torch._foreach_copy_(self.gammas, shrunk)
+            lrs = list(lr) if isinstance(lr, Sequence) else [lr] * len(self.gammas)
+            thresholds = [rate * self.lam for rate in lrs]
+            updated = torch._foreach_abs(self.gammas)
+            if any(isinstance(x, torch.Tensor) for x in thresholds):  # tensor learning rates (capturable optimizers)
+                for shrunk, x in zip(updated, thresholds, strict=True):
+                    shrunk.sub_(x)
+            elif len(set(thresholds)) == 1:
+                torch._foreach_sub_(updated, thresholds[0])
+            else:
+                torch._foreach_sub_(updated, thresholds)
+            torch._foreach_clamp_min_(updated, 0.0)
+            torch._foreach_mul_(updated, torch._foreach_sign(self.gammas))
         if self.kind == "polarization":
-            torch._foreach_clamp_min_(self.gammas, 0.0)
-            torch._foreach_clamp_max_(self.gammas, self.upper)
+            if updated is self.gammas and skipped is not None:
+                updated = [g.clone() for g in self.gammas]
+            torch._foreach_clamp_min_(updated, 0.0)
+            torch._foreach_clamp_max_(updated, self.upper)
+        if skipped is not None:
+            updated = [torch.where(skipped != 0, g, new) for g, new in zip(self.gammas, updated, strict=True)]
+        if updated is not self.gammas:
+            torch._foreach_copy_(self.gammas, updated)
 
 
 SCHEDULES = ("constant", "warmup", "step", "linear")
@@ -136,6 +164,154 @@ def lambda_at(lam: float, epoch: int, epochs: int, schedule: str = "constant", w
     if schedule == "linear":
         return lam * (1 - progress)
     return lam
+
+
+_ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Sparsity] = weakref.WeakKeyDictionary()
+
+
+class Sparsity:
+    """A :class:`SparsityRegularizer` attached to an optimizer through its step hooks (see :func:`sparsify`).
+
+    Before each real step (a pre-hook) the gradient term is added; after it (a post-hook) the proximal
+    step or the polarizer's clamp runs, with the learning rate of each γ's parameter group. Under a
+    GradScaler, ``scaler.step(optimizer)`` unscales first (or finds that ``scaler.unscale_`` already
+    did) and calls ``optimizer.step()`` only when the gradients are finite, so the term goes on true
+    gradients and is never applied for a skipped step; a fused optimizer that unscales inside its own
+    step gets the term multiplied by the scale and, when it skips, no proximal step. A closure passed
+    to ``step`` (Lightning, LBFGS) is wrapped so that the term follows its backward.
+
+    Gradient clipping runs before ``optimizer.step()``, hence before the term: clipping bounds the data
+    gradient, and the term (at most λ per factor for L1) is never scaled down by it, so λ means the
+    same with or without clipping. Gradient accumulation gets the term once per real step.
+    """
+
+    def __init__(self, regularizer: SparsityRegularizer, optimizer: torch.optim.Optimizer, *,
+                 schedule: str = "constant", epochs: int | None = None, warmup: float = 0.1) -> None:
+        if optimizer in _ATTACHED:
+            raise ValueError("this optimizer already has a sparsity term attached; .remove() that one first")
+        if schedule != "constant" and epochs is None:
+            raise ValueError(f"the λ schedule {schedule!r} needs the number of epochs (epochs=...)")
+        lambda_at(regularizer.lam, 0, epochs or 1, schedule, warmup)  # validates the schedule
+        self.regularizer = regularizer
+        self._optimizer = weakref.ref(optimizer)  # weakly: _ATTACHED's entry must not keep the optimizer alive
+        self.base_lam, self.schedule, self.epochs, self.warmup = regularizer.lam, schedule, epochs, warmup
+        self.groups = _param_groups_of(regularizer, optimizer)
+        self.hooks = [optimizer.register_step_pre_hook(self._before_step),
+                      optimizer.register_step_post_hook(self._after_step)]
+        _ATTACHED[optimizer] = self
+
+    @property
+    def lam(self) -> float:
+        """λ in use now (set it directly, or through :meth:`set_epoch` and the schedule)."""
+        return self.regularizer.lam
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        if not value >= 0:
+            raise ValueError(f"sparsity strength λ must be >= 0, got {value!r}")
+        self.regularizer.lam = float(value)
+
+    def set_epoch(self, epoch: int) -> float:
+        """λ for ``epoch`` (0-based) from the schedule (:func:`lambda_at`); returns it."""
+        self.lam = lambda_at(self.base_lam, epoch, self.epochs or 1, self.schedule, self.warmup)
+        return self.lam
+
+    def stats(self) -> dict[str, float]:
+        """Is sparsity happening? |γ| quantiles, fractions near zero and the largest safe prune percent
+        over the regularized BNs (:func:`netslim.stats.scale_stats`), with λ and the penalty's value."""
+        scales = {name: bn.weight.detach().abs().float().cpu() for name, bn in self.regularizer.bns.items()}
+        return {**scale_stats(scales), "lambda": self.lam, "penalty": self.regularizer.penalty().item()}
+
+    def remove(self) -> None:
+        """Detach from the optimizer: from the next step on, plain training (idempotent)."""
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+        optimizer = self._optimizer()
+        if optimizer is not None and _ATTACHED.get(optimizer) is self:
+            del _ATTACHED[optimizer]
+
+    def __enter__(self) -> Sparsity:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def _add_term(self, optimizer: torch.optim.Optimizer) -> None:
+        # a fused optimizer under a GradScaler still holds scaled gradients here (it unscales in its step)
+        self.regularizer.step(scale=getattr(optimizer, "grad_scale", None))
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple | None:
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._add_term(optimizer)
+            return None
+
+        def closure_then_term() -> object:  # the closure runs backward inside step(): the term comes after it
+            loss = closure()
+            self._add_term(optimizer)
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_term}
+        return (args[0], closure_then_term, *args[2:]), kwargs
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        lrs = [optimizer.param_groups[i]["lr"] for i in self.groups]
+        self.regularizer.after_step(lrs, skipped=getattr(optimizer, "found_inf", None))
+
+
+def _param_groups_of(regularizer: SparsityRegularizer, optimizer: torch.optim.Optimizer) -> list[int]:
+    """The index of the parameter group of each regularized γ; an error naming the BNs the optimizer leaves out."""
+    group_of = {id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]}
+    missing = [name for name, bn in regularizer.bns.items() if id(bn.weight) not in group_of]
+    if missing:
+        raise ValueError(f"the optimizer does not update the BN scales of {', '.join(missing[:3])}"
+                         f"{' and others' if len(missing) > 3 else ''}; give it those parameters or exclude "
+                         "those BNs (exclude=[...])")
+    return [group_of[id(g)] for g in regularizer.gammas]
+
+
+def attached(optimizer: torch.optim.Optimizer) -> Sparsity | None:
+    """The sparsity term attached to ``optimizer`` by :func:`sparsify`, if any."""
+    return _ATTACHED.get(optimizer)
+
+
+def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, lam: float = 1e-4, kind: str = "l1", *,
+             schedule: str = "constant", epochs: int | None = None, warmup: float = 0.1,
+             include: Sequence[str] = ("*",), exclude: Sequence[str] = (), proximal: bool | None = None,
+             beta: float = 1e-2, t: float = 1.2, upper: float = 1.0) -> Sparsity:
+    """Train ``model`` sparse (paper Eq. 1) in any loop that calls ``optimizer.step()``/``scaler.step(optimizer)``.
+
+        sparsity = netslim.sparsify(model, optimizer, lam=1e-4)   # then train as usual
+        sparsity.set_epoch(epoch); log(sparsity.stats())           # λ schedule; is sparsity happening?
+        sparsity.remove()                                          # plain training again
+
+    Covers every affine BN (any ``_BatchNorm`` subclass, timm's ``BatchNormAct2d`` included) whose
+    module path matches ``include`` and not ``exclude`` (fnmatch patterns); a DDP or ``torch.compile``
+    wrapper is looked through. ``kind``, ``beta``, ``t``, ``upper``: see :class:`SparsityRegularizer`.
+    ``proximal``: None chooses the paper's subgradient for SGD and, for L1 with any other optimizer
+    (Adam-type ones rescale a subgradient per parameter), the proximal step after ``optimizer.step()``.
+    ``schedule``/``epochs``/``warmup``: λ per epoch through :meth:`Sparsity.set_epoch` (:func:`lambda_at`).
+    The order of operations (clipping, AMP, accumulation, closures) is :class:`Sparsity`'s.
+    """
+    model = _unwrapped(model)
+    if proximal is None:
+        proximal = kind == "l1" and not isinstance(optimizer, torch.optim.SGD)
+    regularizer = SparsityRegularizer(model, lam, kind, beta=beta, t=t, upper=upper, include=include,
+                                      exclude=exclude, proximal=proximal)
+    return Sparsity(regularizer, optimizer, schedule=schedule, epochs=epochs, warmup=warmup)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside DDP/DataParallel and ``torch.compile`` wrappers (so BN paths read as the model's own)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 @torch.no_grad()

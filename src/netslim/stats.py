@@ -14,12 +14,17 @@ def bn_scales(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def gamma_stats(model: nn.Module) -> dict[str, float]:
+    """:func:`scale_stats` of every affine BN layer of ``model``."""
+    return scale_stats(bn_scales(model))
+
+
+def scale_stats(scales: dict[str, torch.Tensor]) -> dict[str, float]:
     """Quantiles of |γ|, the fraction below 1e-2 and 1e-3, and the largest safe global percent.
 
-    ``safe_percent``: the largest global prune ratio that leaves every BN layer at least one
-    channel (beyond it the plan's guard steps in): the sparsity training 'budget' reached so far.
+    ``scales``: |γ| per BN layer. ``safe_percent``: the largest global prune ratio that leaves every
+    BN layer at least one channel (beyond it the plan's guard steps in): the sparsity training
+    'budget' reached so far.
     """
-    scales = bn_scales(model)
     if not scales:
         return {}
     flat = torch.cat(list(scales.values()))

@@ -1,19 +1,22 @@
 """One optimization step of the training loop: run op by op, or captured once as a CUDA graph and replayed.
 
 A step is: forward under autocast, cross-entropy (plus distillation), backward, unscaling (fp16 with a
-GradScaler), the sparsity term of the paper's Eq. 1 on the *unscaled* gradients, gradient clipping,
-the optimizer, the regularizer's proximal/clamp step, and the epoch's loss and accuracy sums, which
-stay on the device (no host synchronisation per step).
+GradScaler), gradient clipping, the optimizer, and the epoch's loss and accuracy sums, which stay on
+the device (no host synchronisation per step). The sparsity term of the paper's Eq. 1 is not called
+here: it is attached to the optimizer (:func:`netslim.sparsify`), whose step hooks add it to the
+*unscaled* gradients right before the update and run the proximal/clamp step right after, as in any
+other training loop.
 
 :class:`EagerStep` runs that Python code. :class:`GraphedStep` runs the *same* code under
 ``torch.cuda.graph`` once per (batch shape, learning rates, λ) and then replays it: one launch per
 step instead of hundreds, with every scalar (lr, λ, momentum) baked into the graph, which is why a
-change of lr or λ (at an epoch boundary) triggers a new capture. A batch of another shape (the last,
-partial batch of an epoch) runs eagerly on the same parameters, gradients and optimizer state, so no
-sample is skipped and training means the same on CPU and GPU. With an enabled GradScaler, whose
-``step`` reads the inf check on the host, only forward and backward are captured; the update stays
-eager. Anything capture cannot handle (a host sync inside the model, data-dependent shapes) makes the
-capture fail: a one-line warning, and training continues eagerly from that batch.
+change of lr or λ (at an epoch boundary) triggers a new capture; the optimizer's sparsity hooks run
+inside the capture (pure tensor ops). A batch of another shape (the last, partial batch of an epoch)
+runs eagerly on the same parameters, gradients and optimizer state, so no sample is skipped and
+training means the same on CPU and GPU. With an enabled GradScaler, whose ``step`` reads the inf
+check on the host, only forward and backward are captured; the update stays eager. Anything capture
+cannot handle (a host sync inside the model, data-dependent shapes) makes the capture fail: a
+one-line warning, and training continues eagerly from that batch.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sparsity import SparsityRegularizer
+from .sparsity import attached
 
 WARMUP_STEPS = 3  # eager steps before the first capture (lazy init of cuDNN/cuBLAS, optimizer state)
 
@@ -74,11 +77,11 @@ class EagerStep:
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module,
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 regularizer: SparsityRegularizer | None, device: torch.device, precision: torch.dtype | None, *,
+                 device: torch.device, precision: torch.dtype | None, *,
                  grad_clip: float | None = None, teacher: nn.Module | None = None, distill: float = 0.0,
                  temperature: float = 4.0) -> None:
         self.forward, self.model, self.optimizer, self.scaler = forward, model, optimizer, scaler
-        self.regularizer, self.device, self.precision, self.grad_clip = regularizer, device, precision, grad_clip
+        self.device, self.precision, self.grad_clip = device, precision, grad_clip
         self.teacher, self.distill, self.temperature = teacher, distill, temperature
         self.keep_grads = False  # True once a graph owns the gradient buffers: zero them instead of freeing
         # autocast's weight-cast cache; off under CUDA graphs, for every step alike: torch.compile guards on
@@ -102,16 +105,14 @@ class EagerStep:
         totals[1] += (logits.detach().argmax(1) == labels).sum()
 
     def update(self) -> None:
-        """Unscale, sparsity term, clipping, optimizer, proximal step (README: order of operations)."""
+        """Unscale, clipping, optimizer (README: order of operations)."""
         self.scaler.unscale_(self.optimizer)  # a no-op without fp16
-        if self.regularizer is not None:
-            self.regularizer.step()  # on true (unscaled) gradients; before clipping, as part of the objective
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)  # skips the step when fp16 gradients overflowed
+        # skips the step when fp16 gradients overflowed; the optimizer's hooks add the sparsity term (on the
+        # unscaled, clipped gradients) and run the proximal step, only for a step that happens
+        self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.regularizer is not None:
-            self.regularizer.after_step(self.optimizer.param_groups[0]["lr"])
 
     def end_epoch(self) -> None:
         """Nothing to report for the eager step."""
@@ -188,8 +189,8 @@ class GraphedStep:
         return images.shape, images.stride(), images.dtype, labels.shape, labels.dtype
 
     def _scalars(self) -> tuple:
-        reg = self.step.regularizer
-        return (tuple(g["lr"] for g in self.step.optimizer.param_groups), reg.lam if reg is not None else None)
+        sparsity = attached(self.step.optimizer)  # its hooks run inside the capture, with λ baked in
+        return (tuple(g["lr"] for g in self.step.optimizer.param_groups), sparsity.lam if sparsity else None)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, totals: torch.Tensor) -> None:
         with warnings.catch_warnings():  # capturable Adam warns when it steps eagerly: here that is by design

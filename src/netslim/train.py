@@ -1,8 +1,9 @@
 """The one training loop: sparsity training, baseline training and fine-tuning, on CPU and GPU.
 
 Defaults are the paper's (Sec. 4.3): SGD with Nesterov momentum 0.9, weight decay 1e-4, batch 64,
-learning rate 0.1 divided by 10 at 50% and 75% of the epochs. The sparsity term is added to the BN
-scales' gradients after backward (after unscaling under AMP, before clipping and the optimizer).
+learning rate 0.1 divided by 10 at 50% and 75% of the epochs. The sparsity term is attached to the
+optimizer (:func:`netslim.sparsify`, the same mechanism as in any other loop): added to the BN scales'
+gradients right before each optimizer step (after unscaling under AMP and after clipping).
 A checkpoint is written atomically after every epoch, and a run resumes from it exactly.
 """
 
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import CheckpointError, describe, load_checkpoint, save_checkpoint
-from .sparsity import SparsityRegularizer, init_bn_scales, lambda_at
+from .sparsity import Sparsity, SparsityRegularizer, init_bn_scales, lambda_at
 from .stats import gamma_stats
 from .steps import CompiledForward, EagerStep, GraphedStep, autocast, make_step
 
@@ -215,7 +216,10 @@ def train(
     optimizer = make_optimizer(model, config, capturable=graphed)
     scheduler = make_scheduler(optimizer, config)
     forward = CompiledForward(net, _compiled(net, device, graphed)) if config.compile else net
-    step = make_step(EagerStep(forward, model, optimizer, scaler, regularizer, device, precision,
+    # λ follows the schedule from the regularizer's own λ (config.sparsity for the one made here)
+    sparsity = None if regularizer is None else Sparsity(regularizer, optimizer, schedule=config.sparsity_schedule,
+                                                         epochs=config.epochs, warmup=config.sparsity_warmup)
+    step = make_step(EagerStep(forward, model, optimizer, scaler, device, precision,
                                grad_clip=config.grad_clip, teacher=teacher, distill=config.distill,
                                temperature=config.temperature),
                      config.cuda_graph, distributed=dist_info.enabled)
@@ -235,9 +239,8 @@ def train(
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         started = time.perf_counter()
-        if regularizer is not None:
-            regularizer.lam = lambda_at(config.sparsity, epoch, config.epochs, config.sparsity_schedule,
-                                        config.sparsity_warmup)
+        if sparsity is not None:
+            sparsity.set_epoch(epoch)
         stats = _train_epoch(step, train_loader, optimizer, config, device, epoch, dist_info)
         scheduler.step()
         record = {"epoch": epoch + 1, **stats}
@@ -247,8 +250,8 @@ def train(
             record.update({f"test_{k}": v for k, v in evaluate(model, test_loader, device).items()})
         record["seconds"] = time.perf_counter() - started
         record.update(gamma_stats(model))
-        if regularizer is not None:
-            record["lambda"] = regularizer.lam
+        if sparsity is not None:
+            record["lambda"] = sparsity.lam
             _warn_if_sparsity_stalls(state["history"] + [record], config)
         _append_gammas(state["gammas"], model)
         state["history"].append(record)
