@@ -43,7 +43,7 @@ def test_cli_prunes_a_user_factory_to_a_flops_target(tmp_path, capsys):
                  "--input-size", "3,32,32", "--out", str(tmp_path / "small.pt")])
     out = capsys.readouterr().out
     assert code == 0 and "FLOPs:" in out
-    code = main(["info", str(tmp_path / "small.pt"), "--json"])
+    code = main(["info", str(tmp_path / "small.pt"), "--factory", "netslim.models:vgg11", "--json"])
     import json
     info = json.loads(capsys.readouterr().out)
     assert info["flops"] <= 0.5 * count_flops(models.create("vgg11", num_classes=5)) + 1

@@ -24,8 +24,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from . import models
-from .layers import SelectBatchNorm
-from .surgery import resized
+from .layers import narrowed, selection_of, with_selection
+from .runfolder import tmp_prefix
 
 FORMAT = "netslim-checkpoint-v1"
 
@@ -40,8 +40,8 @@ def layer_shapes(model: nn.Module) -> dict[str, list]:
     """Shape of every conv, Linear and BN: ``[in, out, has_bias, is_selection]`` by module path."""
     shapes = {}
     for path, m in model.named_modules():
-        if isinstance(m, SelectBatchNorm):
-            shapes[path] = [m.in_channels, m.num_features, True, True]
+        if isinstance(m, _BatchNorm) and selection_of(m) is not None:
+            shapes[path] = [m.in_channels, m.num_features, m.affine, True]
         elif isinstance(m, _BatchNorm):
             shapes[path] = [m.num_features, m.num_features, m.affine, False]
         elif isinstance(m, _ConvNd):
@@ -53,7 +53,20 @@ def layer_shapes(model: nn.Module) -> dict[str, list]:
 
 def describe(model: nn.Module, name: str, kwargs: Mapping | None = None) -> dict:
     """The ``arch`` entry of a checkpoint: how to rebuild ``model`` (built by ``name(**kwargs)``)."""
-    return {"name": name, "kwargs": dict(kwargs or {}), "shapes": layer_shapes(model)}
+    arch = {"name": name, "kwargs": dict(kwargs or {}), "shapes": layer_shapes(model)}
+    size = getattr(model, "input_size", None)
+    if size is not None:  # a factory's model may not rebuild with it: keep what was learned about it
+        arch["input_size"] = [int(s) for s in (size if isinstance(size, list | tuple) else [size])]
+    return arch
+
+
+def restore_input_size(model: nn.Module, arch: Mapping) -> nn.Module:
+    """Give ``model`` the input size its description records, when the builder did not set one."""
+    size = arch.get("input_size")
+    if getattr(model, "input_size", None) is None and isinstance(size, list | tuple) and size \
+            and all(isinstance(s, int) and 0 < s < 1 << 16 for s in size):
+        model.input_size = tuple(size)
+    return model
 
 
 Factory = str | Callable[..., nn.Module] | None
@@ -90,8 +103,17 @@ def build_model(arch: Mapping, factory: Factory = None, origin: str = "the check
                                   f"{type(old).__name__}: the checkpoint belongs to another architecture")
         if current == [n_in, n_out, bias, select]:
             continue
-        new = SelectBatchNorm(n_out, n_in, eps=old.eps, momentum=old.momentum) if select \
-            else resized(old, n_in, n_out, bias=bias)
+        if n_in > current[0] or n_out > current[1]:
+            raise CheckpointError(f"{origin} describes layer '{path}' as {n_in} -> {n_out} channels, wider than "
+                                  f"{arch['name']} builds it ({current[0]} -> {current[1]})")
+        try:
+            if isinstance(old, _BatchNorm):
+                new = narrowed(old, torch.arange(n_out), torch.arange(n_out))
+                new = with_selection(new, torch.arange(n_out), n_in) if select else new
+            else:
+                new = narrowed(old, torch.arange(n_in), torch.arange(n_out), bias=bool(bias))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{origin}: layer '{path}' cannot take the shape it describes: {e}") from None
         model.set_submodule(path, new)
     return model
 
@@ -112,20 +134,54 @@ def save_checkpoint(path: str | Path, payload: Mapping) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        fd, tmp = tempfile.mkstemp(prefix=f".{tmp_prefix(path.name)}.", suffix=".tmp", dir=path.parent)
+        writer = _Writer(fd)
+        try:
+            torch.save({"format": FORMAT, **payload}, writer)
+        except RuntimeError as e:  # torch's zip writer reports a failed write as RuntimeError (inline_container)
+            raise writer.error or OSError(errno.EIO, str(e).splitlines()[0] if str(e) else "write failed") from None
+        finally:
+            writer.close()
         os.replace(tmp, path)
         tmp = None
         _fsync_dir(path.parent)
     except OSError as e:
-        why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
         raise CheckpointError(f"cannot write checkpoint {path}: {why}; the previous checkpoint is kept") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class _Writer:
+    """A file for ``torch.save`` that writes every byte or raises the OSError (ENOSPC included) it met."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.error = fd, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        size = len(view)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as e:
+            self.error = e
+            raise
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            if self.error is None:
+                os.fsync(self.fd)
+        except OSError as e:
+            self.error = e
+            raise
+        finally:
+            os.close(self.fd)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -146,20 +202,45 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    kind = _file_kind(path)
+    if kind not in ("zip", "pickle"):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({kind}); netslim saves its own with "
+                              "`netslim train` or `netslim prune`")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        if "Weights only load failed" in str(e) and "Unsupported operand" not in str(e):
             raise CheckpointError(f"refusing to load {path}: it holds pickled code or objects, not just tensors "
                                   "(load it only if you trust it, then re-save its state_dict)") from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {e}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, RecursionError, MemoryError) as e:
+        why = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {why}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a netslim checkpoint (no '{FORMAT}' header); netslim saves "
                               "its own with `netslim train`")
+    weights = data.get("state_dict", {})
+    if not (isinstance(weights, Mapping) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items())):
+        raise CheckpointError(f"{path} has a malformed state_dict (it must map parameter names to tensors)")
     return data
+
+
+def _file_kind(path: Path) -> str:
+    """``zip`` (torch.save's format), ``pickle`` (its legacy format), or what else the file looks like."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(path):  # a zip, maybe truncated
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] and 2 <= head[1] <= 5:
+        return "pickle"
+    if not head:
+        return "an empty file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown binary data"
+    return f"a text file starting {text.splitlines()[0][:30]!r}" if text.strip() else "a text file"
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu",
@@ -171,7 +252,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     data = load_checkpoint(path, map_location)
     if not isinstance(data.get("arch"), Mapping):
         raise CheckpointError(f"{path} does not describe its architecture (no 'arch' entry)")
-    model = build_model(data["arch"], factory, origin=str(path))
+    model = restore_input_size(build_model(data["arch"], factory, origin=str(path)), data["arch"])
     check_finite(data["state_dict"], path)
     try:
         model.load_state_dict(data["state_dict"])

@@ -23,12 +23,13 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .graph import ChannelGraph, LayerUse, trace, trace_channels
+from .graph import ChannelGraph, trace_channels
 from .metrics import input_size_of
 
 __all__ = ["ExportError", "check_onnx", "export_onnx", "fold_batchnorm", "foldable_pairs", "relative_error"]
 
 _PRODUCERS = ("conv", "linear", "depthwise", "conv_t")
+_PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 TOLERANCE = 1e-4  # relative: max |a - b| / max |reference|
 
 
@@ -46,39 +47,19 @@ def foldable_pairs(model: nn.Module, example_input: torch.Tensor | None = None,
                    graph: ChannelGraph | None = None, fixed: Sequence[str] = ()) -> dict[str, str]:
     """``{bn_path: producer_path}`` for every BN that can be folded into the layer it follows.
 
-    The producer is the conv/linear/depthwise (or transposed conv) layer whose output ids are the
-    BN's input ids. Where several layers share those ids (a depthwise conv passes its input's ids
-    on), the traced graph decides: the module whose call the BN reads. Modules called more than
-    once, and BNs that normalize with batch statistics in eval mode, are left alone.
+    The producer is the conv/linear/depthwise (or transposed conv) layer whose output the BN alone
+    reads, as the analysis saw it run. Layers run more than once, and BNs that normalize with batch
+    statistics in eval mode, are left alone.
     """
     graph = graph or trace_channels(model, example_input, fixed)
-    gm = trace(model, fixed)
-    calls: dict[str, int] = {}
-    reads: dict[str, object] = {}  # BN path -> the module path of its input's producer node
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-            arg = node.args[0] if node.args else None
-            reads[node.target] = arg.target if getattr(arg, "op", None) == "call_module" else None
     pairs: dict[str, str] = {}
-    for path, use in graph.layers.items():
-        if use.kind != "bn":
-            continue
+    for path, producer in graph.producers.items():
         bn = model.get_submodule(path)
         if not (isinstance(bn, _BatchNorm) and bn.track_running_stats and bn.running_mean is not None):
             continue
-        candidates = [u for u in graph.layers.values() if u.kind in _PRODUCERS and u.out_ids == use.in_ids]
-        producer = _pick(candidates, reads.get(path))
-        if producer is None or calls.get(path, 0) != 1 or calls.get(producer.path, 0) != 1:
-            continue
-        pairs[path] = producer.path
+        if graph.layers[path].kind == "bn" and graph.layers[producer].kind in _PRODUCERS:
+            pairs[path] = producer
     return pairs
-
-
-def _pick(candidates: list[LayerUse], read: object) -> LayerUse | None:
-    if len(candidates) == 1 and (read is None or candidates[0].path == read):
-        return candidates[0]
-    return next((u for u in candidates if u.path == read), None)
 
 
 @torch.no_grad()
@@ -95,8 +76,20 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor | None = None,
     for bn_path, layer_path in pairs.items():
         bn, layer = folded.get_submodule(bn_path), folded.get_submodule(layer_path)
         _fold_into(layer, bn)
-        folded.set_submodule(bn_path, nn.Identity())
+        if type(bn) in _PLAIN_BN:
+            folded.set_submodule(bn_path, nn.Identity())
+        else:  # a subclass may do more than normalize (timm's BatchNormAct2d applies its activation): keep it,
+            _make_identity(bn)  # normalizing by nothing
+
     return folded
+
+
+def _make_identity(bn: _BatchNorm) -> None:
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1 - bn.eps)
+    if bn.weight is not None:
+        bn.weight.fill_(1)
+        bn.bias.zero_()
 
 
 def _fold_into(layer: nn.Module, bn: _BatchNorm) -> None:

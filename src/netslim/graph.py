@@ -1,84 +1,82 @@
-"""Channel dependency analysis of any model with torch.fx.
+"""Channel dependency analysis of any model, by following it as it really runs.
 
-An analysis pass, not a transform (like ``torch.fx.passes.shape_prop``): the model is traced and run
-once on an example input, and every tensor is annotated with one *channel id* per position of its
-channel dimension (dim 1). Convolutions and Linear layers create new ids for their outputs;
-channel-preserving ops pass ids on; ``add``/``mul`` unify the ids of their operands (a residual
-group, an SE gate) with their result; ``cat`` concatenates them and ``chunk`` slices them (equal
-chunks are unified: they must stay equal); ``flatten`` repeats each id once per spatial position.
-Ids that end up unified are one channel: kept or removed together.
+An analysis pass, not a transform: the model runs once on an example input (in eval mode, without
+gradients) under a :class:`torch.overrides.TorchFunctionMode` that sees every torch function,
+tensor method and operator, with hooks on the layers that own channels (every conv, Linear and
+``_BatchNorm`` subclass: timm's ``BatchNormAct2d``, ``SyncBatchNorm``, Ultralytics' BNs). Python
+control flow, loops over lists of tensors, shape arithmetic and tuple/list/dict outputs therefore
+just work: what the analysis sees is what executed. Control flow that depends on the *values* of
+the data (``if x.sum() > 0``) is refused, because another input could take a path it never saw.
 
-A BN owns the channels of the conv/linear it directly follows (when it is that layer's only user):
+Every tensor is annotated with one *channel id* per position of its channel dimension (dim 1).
+Convolutions and Linear layers create new ids for their outputs; channel-preserving ops pass ids
+on; ``add``/``mul`` unify the ids of their operands (a residual group, an SE gate) with their
+result; ``cat`` concatenates them and ``chunk`` slices them (equal chunks are unified: they must
+stay equal); ``flatten`` repeats each id once per spatial position. Ids that end up unified are
+one channel: kept or removed together.
+
+A BN owns the channels of the conv/linear it directly follows when it is that layer's only reader:
 pruning them narrows that layer. Any other BN (one reading the residual stream or a concatenation,
-the paper's BN-before-conv case, Sec. 3) gets fresh ids and becomes a *selection* BN: it drops the
-channels it passes on without narrowing the tensor it reads.
+the paper's BN-before-conv case, Sec. 3) becomes a *selection* BN: it drops the channels it passes
+on without narrowing the tensor it reads.
 
 A channel may be pruned only if every id of it that a layer reads is *scored* (so zeroing the BN
 scales zeroes what that layer reads exactly): a BN output, a sum of scored ids, or a product with a
 scored factor (an SE gate's own channel need not be scored: it only multiplies a zeroed one). And
-none of its ids may be fixed: model inputs and outputs, parameters, the inputs and outputs of ops we
-cannot narrow (grouped convs, reductions over channels, unknown ops), and tensors split or sliced
-along channels at sizes written in the forward code. Unknown ops are never assumed to preserve
-channels; they are fixed and reported.
+none of its ids may be fixed: model inputs and outputs, parameters and constants, the inputs and
+outputs of ops we cannot narrow (grouped convs, attention's ``view`` of channels into heads,
+matrix products, reductions over channels, unknown ops), and tensors split or sliced along
+channels at sizes written in the forward code. Unknown ops are never assumed to preserve
+channels; they are fixed and named in ``ChannelGraph.notes``.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+from torch.utils.weak import WeakIdKeyDictionary
 
-from .layers import SelectBatchNorm
+from .layers import selection_of
 from .metrics import input_size_of
 
 
 class GraphError(ValueError):
-    """The model cannot be analysed (untraceable, or nothing to prune)."""
+    """The model cannot be analysed (data-dependent control flow, a failing forward, nothing to prune)."""
 
 
-Ann = tuple  # a tensor's annotation: one channel id per channel position; tuples of Ann for tuples
+Ann = tuple  # a tensor's annotation: one channel id per channel position
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_PRESERVING_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d,
-    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
-    nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
-    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d,
-)
-_PRESERVING_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.adaptive_max_pool3d, F.interpolate, F.upsample, torch.relu, torch.sigmoid, torch.tanh, torch.clone,
-    torch.abs, torch.exp, torch.neg, torch.clamp, operator.neg, F.pad,
+# Ops by their name as torch reports it (``torch.add``, ``Tensor.add``, ``Tensor.add_`` and ``x + y``
+# all arrive as "add"; reversed and in-place operator forms are normalised in ``_op_name``).
+_PRESERVING = {
+    "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "hardswish", "hardsigmoid",
+    "hardtanh", "softplus", "softsign", "sigmoid", "tanh", "logsigmoid", "tanhshrink", "threshold",
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "max_pool1d",
+    "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+    "adaptive_max_pool3d", "lp_pool2d", "interpolate", "upsample", "upsample_nearest", "upsample_bilinear",
+    "clone", "contiguous", "float", "half", "double", "bfloat16", "to", "type", "type_as",
+    "detach", "cpu", "cuda", "clamp", "clip", "clamp_min", "clamp_max", "abs", "exp", "neg", "sqrt", "rsqrt",
+    "pow", "square", "log", "log1p", "expm1", "sin", "cos", "erf", "requires_grad_",
+    "expand", "expand_as", "nan_to_num", "sign", "round", "floor", "ceil",
 }
-_PRESERVING_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "float", "half", "double",
-    "bfloat16", "to", "type_as", "detach", "clamp", "clamp_", "clamp_min", "clamp_max", "abs", "exp", "neg",
-    "sqrt", "pow", "requires_grad_", "expand", "expand_as",
-}
-_BINARY = {
-    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
-    operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
-}
-_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
-_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
-_QUOTIENTS = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
-_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-_REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
-_NON_TENSOR = {getattr, operator.getitem, len}
+_SUMS = {"add", "sub", "rsub", "maximum", "minimum"}
+_PRODUCTS = {"mul"}
+_QUOTIENTS = {"div", "truediv"}  # the dividend is the first operand
+_REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod"}
+_SPLITS = {"split", "chunk", "tensor_split", "split_with_sizes", "unbind"}
+_METADATA = {"size", "dim", "numel", "len", "ndimension", "nelement", "is_contiguous", "is_floating_point",
+             "element_size", "stride", "storage_offset", "data_ptr", "format", "repr", "hash", "reduce_ex",
+             "setstate", "deepcopy", "is_complex", "has_names"}
+_VALUE_ESCAPES = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "__complex__"}
 
 
 @dataclass
@@ -104,6 +102,8 @@ class ChannelGraph:
     reads: set[int] = field(default_factory=set)  # ids some layer reads
     notes: list[str] = field(default_factory=list)  # ops that forced channels to stay (fixed)
     input_shape: tuple[int, ...] = ()  # of the example input the analysis ran on
+    calls: dict[str, int] = field(default_factory=dict)  # layer path -> times it ran
+    producers: dict[str, str] = field(default_factory=dict)  # owning BN path -> the layer it follows
 
     # -- union-find over channel ids --
     def new_ids(self, n: int, fixed: bool = False) -> Ann:
@@ -155,256 +155,356 @@ class ChannelGraph:
         return pruned
 
 
-class _Tracer(fx.Tracer):
-    def __init__(self, leaves: Sequence[str]) -> None:
-        super().__init__()
-        self.leaves = list(leaves)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, SelectBatchNorm) or any(fnmatch.fnmatch(qualname, p) for p in self.leaves):
-            return True
-        return super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module, fixed: Sequence[str] = ()) -> fx.GraphModule:
-    """Symbolically trace ``model``; a clear :class:`GraphError` when it cannot be traced."""
-    tracer = _Tracer(fixed)
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:  # fx raises many types; all mean the same thing to a user
-        raise GraphError(
-            f"cannot trace {type(model).__name__} with torch.fx: {str(e).splitlines()[0]}. Data-dependent "
-            "control flow must move into a submodule listed in fixed=[...] (it is then kept as it is)"
-        ) from None
-    return fx.GraphModule(tracer.root, graph)
-
-
 def trace_channels(model: nn.Module, example_input: torch.Tensor | None = None,
                    fixed: Sequence[str] = ()) -> ChannelGraph:
     """Analyse ``model``: its prunable BN channels and how they are coupled.
 
     ``fixed``: module-path patterns (fnmatch, e.g. ``"head.*"``) whose channels are never changed.
-    ``example_input`` defaults to zeros of ``model.input_size`` (batch 2).
+    ``example_input`` defaults to zeros of ``model.input_size`` (batch 2); a tuple or dict of inputs
+    is passed on as positional arguments or keywords.
     """
-    gm = trace(model, fixed)
     if example_input is None:
-        example_input = torch.zeros(2, *input_size_of(model))
+        param = next(model.parameters(), None)
+        example_input = torch.zeros(2, *input_size_of(model), device=param.device if param is not None else "cpu")
+    recorder = _Recorder(model, fixed)
     was_training = model.training
     model.eval()
     try:
-        annotator = _Annotator(gm, fixed)
-        with torch.no_grad():
-            annotator.run(example_input)
+        graph = recorder.run(example_input)
     finally:
         model.train(was_training)
-    graph = annotator.channels
-    graph.input_shape = tuple(example_input.shape)
     if not graph.bns:
-        raise GraphError(f"{type(model).__name__} has no BatchNorm layer: there are no scaling factors to "
-                         "prune by (if BN was fused into the convs, prune the unfused model)")
+        raise GraphError(f"{type(model).__name__} has no BatchNorm layer with a learnable scale: there are no "
+                         "scaling factors to prune by (if BN was fused into the convs, prune the unfused model)")
     return graph
 
 
-class _Annotator(fx.Interpreter):
-    """Runs the traced model and annotates each value with channel ids (see the module docstring)."""
+def _op_name(func) -> str:
+    """``torch.add``, ``Tensor.add_``, ``Tensor.__radd__`` and ``Tensor.__iadd__`` -> "add" (``rsub`` and
+    ``rtruediv`` keep their ``r``: their tensor is the right-hand operand)."""
+    name = getattr(func, "__name__", "") or ""
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name.startswith("i") and name[1:] in ("add", "sub", "mul", "truediv", "div", "floordiv"):
+            name = name[1:]
+        elif name.startswith("r") and name[1:] in ("add", "mul"):
+            name = name[1:]
+    elif name.endswith("_") and not name.endswith("__") and name not in ("requires_grad_",):
+        name = name[:-1]
+    return name
 
-    def __init__(self, gm: fx.GraphModule, fixed: Sequence[str]) -> None:
-        super().__init__(gm)
-        self.channels = ChannelGraph()
-        self.fixed_patterns = list(fixed)
-        self.ann: dict[fx.Node, object] = {}
 
-    # -- helpers --
-    def _a(self, arg: object) -> object:
-        return self.ann.get(arg) if isinstance(arg, fx.Node) else None
+def _tensors(tree) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
 
-    def _fix(self, ann: object) -> None:
-        if isinstance(ann, tuple):
-            for a in ann:
-                if isinstance(a, tuple):
-                    self._fix(a)
-                else:
-                    self.channels.fixed.add(a)
 
-    def _fresh(self, result: object, fixed: bool) -> object:
-        """Fresh ids for a result (a tensor or a tuple of tensors)."""
-        if isinstance(result, torch.Tensor):
-            return self.channels.new_ids(result.shape[1], fixed) if result.dim() >= 2 else None
-        if isinstance(result, (tuple, list)):
-            return tuple(self._fresh(r, fixed) for r in result)
+def _matches(path: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatch(path, p) for p in patterns)
+
+
+class _Recorder(TorchFunctionMode):
+    """Runs the model and annotates each tensor with channel ids (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, fixed: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.patterns = list(fixed)
+        self.g = ChannelGraph()
+        self.ann = WeakIdKeyDictionary()  # tensor -> Ann
+        self.made_by = WeakIdKeyDictionary()  # tensor -> path of the layer whose output it is
+        self.tainted = WeakIdKeyDictionary()  # tensor -> True when computed from the input data
+        self.readers: dict[str, int] = {}  # layer path -> how many ops read its output
+        self.bn_calls: list[tuple[str, str | None]] = []  # (BN path, path of the layer whose output it read)
+        self.depth = 0  # > 0 while inside a layer: its own ops are not looked at
+        self.busy = False  # our own bookkeeping runs torch ops too
+        self.stack: list[tuple] = []
+
+    # -- running --
+    def run(self, example_input) -> ChannelGraph:
+        hooks = []
+        layers = {m: path for path, m in self.model.named_modules() if path and self._is_layer(m, path)}
+        for m, path in layers.items():
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, args, kwargs, p=path: self._enter(p, mod, args, kwargs), with_kwargs=True, prepend=True))
+            hooks.append(m.register_forward_hook(
+                lambda mod, args, kwargs, out, p=path: self._leave(p, mod, out), with_kwargs=True, always_call=True))
+        inputs = example_input if isinstance(example_input, (tuple, list, dict)) else (example_input,)
+        for t in _tensors(inputs):
+            self.ann[t] = self._fresh(t, fixed=True)
+            self.tainted[t] = True
+        self.g.input_shape = tuple(_tensors(inputs)[0].shape)
+        try:
+            with torch.no_grad(), self:
+                out = self.model(**inputs) if isinstance(inputs, dict) else self.model(*inputs)
+        except GraphError:
+            raise
+        except Exception as e:
+            raise GraphError(f"{type(self.model).__name__} failed on the example input of shape "
+                             f"{self.g.input_shape}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                             " (pass example_input= or --input-size that the model accepts)") from None
+        finally:
+            for h in hooks:
+                h.remove()
+        for t in _tensors(out):  # model outputs (classifier, detection heads) keep their width
+            self._fix(self._get(t))
+        self._settle_batch_norms()
+        return self.g
+
+    def _is_layer(self, m: nn.Module, path: str) -> bool:
+        return isinstance(m, (_ConvNd, nn.Linear, _BatchNorm)) or _matches(path, self.patterns)
+
+    # -- annotations --
+    def _fresh(self, t: torch.Tensor, fixed: bool) -> Ann | None:
+        return self.g.new_ids(t.shape[1], fixed) if t.dim() >= 2 else None
+
+    def _get(self, t: torch.Tensor) -> Ann | None:
+        """A tensor's ids; a tensor first seen here (a parameter, a buffer, a constant) is fixed."""
+        ann = self.ann.get(t)
+        if ann is None and t.dim() >= 2:
+            ann = self.ann[t] = self._fresh(t, fixed=True)
+        return ann
+
+    def _fix(self, ann) -> None:
+        if ann:
+            self.g.fixed.update(ann)
+
+    def _opaque(self, inputs: list[torch.Tensor], result, why: str) -> None:
+        """Keep everything this op touches: inputs fixed, outputs fresh fixed ids."""
+        for t in inputs:
+            self._fix(self._get(t))
+        if why:
+            self.g.notes.append(f"{why}: its channels are kept")
+        for t in _tensors(result):
+            self.ann[t] = self._fresh(t, fixed=True)
+
+    # -- layers (module hooks) --
+    def _enter(self, path: str, mod: nn.Module, args, kwargs) -> None:
+        if self.depth == 0:
+            self.stack.append((path, _tensors((args, kwargs))))
+        self.depth += 1
+
+    def _leave(self, path: str, mod: nn.Module, out) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
+        _, inputs = self.stack.pop()
+        self.busy = True
+        try:
+            self._layer(path, mod, inputs, out)
+        finally:
+            self.busy = False
+
+    def _layer(self, path: str, mod: nn.Module, inputs: list[torch.Tensor], out) -> None:
+        g = self.g
+        g.calls[path] = g.calls.get(path, 0) + 1
+        self._count_reads(inputs)
+        for t in _tensors(out):
+            if any(self.tainted.get(i) for i in inputs):
+                self.tainted[t] = True
+        x_t = inputs[0] if inputs else None
+        if _matches(path, self.patterns):
+            return self._opaque(inputs, out, "")
+        if x_t is None or not isinstance(out, torch.Tensor) or x_t.dim() < 2 or out.dim() < 2:
+            return self._opaque(inputs, out, f"{type(mod).__name__} at '{path}' without a channel input or output")
+        x = self._get(x_t)
+        if path in g.layers:  # a layer called twice: its channels must agree across calls
+            use = g.layers[path]
+            if len(x) == len(use.in_ids) and len(use.out_ids) == out.shape[1]:
+                g.unify(x, use.in_ids)
+                g.reads.update(x)
+                self._set_output(out, use.out_ids, path)
+                return None
+            return self._opaque(inputs, out, f"'{path}' called again with another width")
+        why = _unnarrowable(mod)
+        if why:
+            return self._opaque(inputs, out, f"'{path}' ({type(mod).__name__}) {why}")
+        g.reads.update(x)
+        if isinstance(mod, _BatchNorm):
+            return self._batch_norm(path, mod, x, x_t, out)
+        if isinstance(mod, _ConvTransposeNd) and mod.groups == 1:
+            kind, ids = "conv_t", g.new_ids(mod.out_channels)
+        elif isinstance(mod, _ConvNd) and mod.groups == 1:
+            kind, ids = "conv", g.new_ids(mod.out_channels)
+        elif isinstance(mod, _ConvNd) and not isinstance(mod, _ConvTransposeNd) \
+                and mod.groups == mod.in_channels == mod.out_channels:
+            kind, ids = "depthwise", x  # channel i -> channel i
+        elif isinstance(mod, _ConvNd):
+            return self._opaque(inputs, out, f"'{path}' (grouped conv, groups={mod.groups})")
+        elif out.dim() == 2:
+            kind, ids = "linear", g.new_ids(mod.out_features)
+        else:
+            return self._opaque(inputs, out, f"'{path}' (Linear over the last dim of a {out.dim()}-d tensor)")
+        if len(ids) != out.shape[1]:
+            return self._opaque(inputs, out, f"'{path}' (output width differs from the layer's)")
+        g.layers[path] = LayerUse(path, kind, x, ids)
+        self._set_output(out, ids, path)
         return None
 
-    def _opaque(self, node: fx.Node, result: object, why: str) -> object:
-        """Keep everything this op touches: inputs fixed, outputs fresh fixed ids."""
-        for arg in node.all_input_nodes:
-            self._fix(self._a(arg))
-        if why:
-            self.channels.notes.append(f"{node.name} ({why}): its channels are kept")
-        return self._fresh(result, fixed=True)
+    def _batch_norm(self, path: str, mod: _BatchNorm, x: Ann, x_t: torch.Tensor, out: torch.Tensor) -> None:
+        g = self.g
+        if mod.weight is None:  # frozen or fused: no scale to rank by; it only passes its channels on
+            g.notes.append(f"'{path}' ({type(mod).__name__}) has no learnable scale (affine=False): nothing to "
+                           "prune by there")
+            self._set_output(out, x, None)
+            return
+        index = selection_of(mod)
+        source = tuple(index.tolist()) if index is not None else tuple(range(len(x)))
+        ids = g.new_ids(mod.num_features)
+        if out.shape[1] != len(ids) or any(not 0 <= s < len(x) for s in source):
+            return self._opaque([x_t], out, f"'{path}' (output width differs from its num_features)")
+        g.layers[path] = LayerUse(path, "select_bn", x, ids, source)
+        g.scored.update(ids)
+        self.bn_calls.append((path, self.made_by.get(x_t) if index is None else None))
+        self._set_output(out, ids, path)
+        return None
 
-    # -- fx.Interpreter hook --
-    def run_node(self, n: fx.Node) -> object:
-        result = super().run_node(n)
-        self.ann[n] = self._annotate(n, result)
+    def _settle_batch_norms(self) -> None:
+        """A BN becomes owning once the run shows it is the only reader of a layer called once."""
+        g = self.g
+        for path, producer in self.bn_calls:
+            use = g.layers.get(path)
+            if use is None or producer is None or g.calls.get(path) != 1 or g.calls.get(producer) != 1:
+                continue
+            if self.readers.get(producer) != 1 or g.layers.get(producer) is None:
+                continue
+            if g.layers[producer].kind not in ("conv", "conv_t", "linear", "depthwise"):
+                continue
+            g.unify(use.in_ids, use.out_ids)
+            g.scored.update(use.in_ids)
+            g.layers[path] = LayerUse(path, "bn", use.in_ids, use.out_ids)
+            g.producers[path] = producer
+
+    def _set_output(self, out: torch.Tensor, ids: Ann, path: str | None) -> None:
+        self.ann[out] = ids
+        if path is not None:
+            self.made_by[out] = path
+
+    def _count_reads(self, inputs: list[torch.Tensor]) -> None:
+        for t in inputs:
+            producer = self.made_by.get(t)
+            if producer is not None:
+                self.readers[producer] = self.readers.get(producer, 0) + 1
+
+    # -- every other op (the function mode) --
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        raw = getattr(func, "__name__", "")
+        if raw in _VALUE_ESCAPES and not self.busy and not self.depth \
+                and any(self.tainted.get(t) for t in _tensors(args)):
+            raise GraphError(f"{type(self.model).__name__} has control flow that depends on the values of its "
+                             f"input ({raw} of a tensor computed from it): the analysis follows one example "
+                             "input only. Move that code into a submodule listed in fixed=[...] (it is then "
+                             "kept as it is)")
+        result = func(*args, **kwargs)
+        if self.depth or self.busy:
+            return result
+        self.busy = True
+        try:
+            self._op(func, _op_name(func), args, kwargs, result)
+        finally:
+            self.busy = False
         return result
 
-    def _annotate(self, n: fx.Node, result: object) -> object:
-        if n.op == "placeholder":
-            return self._fresh(result, fixed=True)
-        if n.op == "get_attr":
-            return self._fresh(result, fixed=True)
-        if n.op == "output":
-            self._fix(_flatten_ann([self._a(a) for a in n.all_input_nodes]))
-            return None
-        if not isinstance(result, (torch.Tensor, tuple, list)) and n.target not in (operator.getitem,):
-            return None
-        if n.op == "call_module":
-            return self._module(n, self.module.get_submodule(n.target), result)
-        if n.op == "call_method":
-            return self._method(n, result)
-        return self._function(n, result)
+    def _op(self, func, name: str, args, kwargs, result) -> None:
+        outs = _tensors(result)
+        if not outs or name in _METADATA:
+            return
+        inputs = _tensors((args, kwargs))
+        self._count_reads(inputs)
+        if any(self.tainted.get(t) for t in inputs):
+            for t in outs:
+                self.tainted[t] = True
+        if not inputs:  # created from nothing: zeros, arange, a constant
+            for t in outs:
+                self.ann[t] = self._fresh(t, fixed=True)
+            return
+        if all(t.dim() < 2 for t in inputs):
+            return  # no channel dimension anywhere (anchors, scalars)
+        x_t = args[0] if args and isinstance(args[0], torch.Tensor) else inputs[0]
+        if x_t.dim() < 2:
+            return self._opaque(inputs, result, f"{name} of a tensor without channels with one that has them")
+        x = self._get(x_t)
+        ann = self._annotate(func, name, args, kwargs, result, x_t, x, inputs)
+        if ann is _OPAQUE:
+            return self._opaque(inputs, result, f"{name or func} ({tuple(x_t.shape)})")
+        if isinstance(result, torch.Tensor):
+            if ann is not None:
+                self.ann[result] = ann
+        else:  # tuples of pieces
+            for t, a in zip(outs, ann, strict=True):
+                if a is not None:
+                    self.ann[t] = a
 
-    # -- modules --
-    def _module(self, n: fx.Node, mod: nn.Module, result: object) -> object:
-        path = str(n.target)
-        x = self._a(n.args[0]) if n.args else None
-        if any(fnmatch.fnmatch(path, p) for p in self.fixed_patterns):
-            return self._opaque(n, result, "")
-        if path in self.channels.layers:  # a module called twice: its channels must agree across calls
-            use = self.channels.layers[path]
-            if x is not None and len(x) == len(use.in_ids):
-                self.channels.unify(x, use.in_ids)
-                self.channels.reads.update(x)
-                return use.out_ids
-            return self._opaque(n, result, "module reused with another input width")
-        if x is None or not isinstance(result, torch.Tensor):
-            return self._opaque(n, result, f"{type(mod).__name__} without a channel input")
-        if isinstance(mod, (_BatchNorm, *_CONV, *_CONV_T, nn.Linear)):
-            self.channels.reads.update(x)
-        if isinstance(mod, _BatchNorm):
-            return self._batch_norm(n, path, mod, x)
-        if isinstance(mod, _CONV) and mod.groups == 1:
-            out = self.channels.new_ids(mod.out_channels)
-            self.channels.layers[path] = LayerUse(path, "conv", x, out)
-            return out
-        if isinstance(mod, _CONV) and mod.groups == mod.in_channels == mod.out_channels:
-            self.channels.layers[path] = LayerUse(path, "depthwise", x, x)  # channel i -> channel i
-            return x
-        if isinstance(mod, _CONV_T) and mod.groups == 1:
-            out = self.channels.new_ids(mod.out_channels)
-            self.channels.layers[path] = LayerUse(path, "conv_t", x, out)
-            return out
-        if isinstance(mod, nn.Linear) and result.dim() == 2:
-            out = self.channels.new_ids(mod.out_features)
-            self.channels.layers[path] = LayerUse(path, "linear", x, out)
-            return out
-        if isinstance(mod, nn.Flatten):
-            return self._flatten(n, x, result, mod.start_dim, mod.end_dim)
-        if isinstance(mod, (nn.Softmax, nn.LogSoftmax)) and mod.dim not in (1, -result.dim() + 1):
-            return x
-        if isinstance(mod, _PRESERVING_MODULES):
-            return x
-        return self._opaque(n, result, f"{type(mod).__name__} at '{path}' cannot be narrowed")
+    def _annotate(self, func, name, args, kwargs, result, x_t, x, inputs):
+        single = isinstance(result, torch.Tensor)
+        if name in _SUMS or name in _PRODUCTS or name in _QUOTIENTS or name == "rtruediv":
+            return self._binary(name, args, result) if single else _OPAQUE
+        if name in ("cat", "concat", "concatenate"):
+            return self._cat(args, kwargs, result)
+        if name in _SPLITS:
+            return self._split(name, args, kwargs, result, x_t, x)
+        if name == "getitem":
+            return self._getitem(args[1], result, x_t, x) if single else _OPAQUE
+        if not single:
+            if name in _REDUCTIONS and isinstance(result, tuple):  # max(dim=...): values and indices
+                dims = _dims(args, kwargs, x_t.dim())
+                return tuple(x if 1 not in dims and 0 not in dims and t.dim() >= 2 else None
+                             for t in result) if dims is not None and 1 not in dims else _OPAQUE
+            return _OPAQUE
+        if name in ("flatten", "view", "reshape"):
+            return self._reshape(x_t, x, result)
+        if name in _REDUCTIONS:
+            dims = _dims(args, kwargs, x_t.dim())
+            return x if dims is not None and not dims & {0, 1} and result.dim() >= 2 else _OPAQUE
+        if name in ("softmax", "log_softmax"):
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            return x if dim is not None and dim % x_t.dim() != 1 else _OPAQUE
+        if name == "pad":
+            pad = args[1] if len(args) > 1 else kwargs.get("pad", ())
+            return x if len(pad) <= 2 * (x_t.dim() - 2) and _same_channels(result, x) else _OPAQUE
+        if name in ("permute", "transpose", "swapaxes", "movedim", "unsqueeze", "squeeze", "contiguous"):
+            return x if _keeps_batch_and_channels(x_t, result) else _OPAQUE
+        if name == "get":  # a property giving a tensor: .data, .T, .mT
+            return x if _keeps_batch_and_channels(x_t, result) else _OPAQUE
+        others = [t for t in inputs if t is not x_t and t.dim() >= 2]
+        if name in _PRESERVING and x_t is inputs[0] and (not others or name in ("to", "type_as", "expand_as")):
+            return x if _same_channels(result, x) and result.shape[0] == x_t.shape[0] else _OPAQUE
+        return _OPAQUE
 
-    def _batch_norm(self, n: fx.Node, path: str, mod: _BatchNorm, x: Ann) -> Ann:
-        producer = n.args[0]
-        owned = (
-            not isinstance(mod, SelectBatchNorm)
-            and isinstance(producer, fx.Node) and producer.op == "call_module"
-            and producer.target in self.channels.layers
-            and self.channels.layers[producer.target].kind in ("conv", "conv_t", "linear", "depthwise")
-            and len(producer.users) == 1
-        )
-        if owned:
-            self.channels.layers[path] = LayerUse(path, "bn", x, x)
-            self.channels.scored.update(x)
-            return x
-        source = tuple(mod.index.tolist()) if isinstance(mod, SelectBatchNorm) else tuple(range(len(x)))
-        out = self.channels.new_ids(mod.num_features)
-        self.channels.layers[path] = LayerUse(path, "select_bn", x, out, source)
-        self.channels.scored.update(out)
-        return out
-
-    # -- functions and methods --
-    def _function(self, n: fx.Node, result: object) -> object:
-        t = n.target
-        x = self._a(n.args[0]) if n.args else None
-        if t is operator.getitem:
-            return self._getitem(n, result)
-        if t in _BINARY:
-            return self._binary(n, result)
-        if t in (torch.cat, torch.concat):
-            return self._cat(n, result)
-        if t in (torch.split, torch.chunk, torch.tensor_split):
-            return self._split(n, result)
-        if t is torch.flatten:
-            return self._flatten(n, x, result, *_args(n, 1, ("start_dim", 0), ("end_dim", -1)))
-        if t is torch.reshape:
-            return self._reshape(n, x, result)
-        if t in _REDUCTIONS:
-            return self._reduce(n, x, result)
-        if t in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
-            dim = _args(n, 1, ("dim", None))[0]
-            if dim is not None and dim % result.dim() != 1:
-                return x
-            return self._opaque(n, result, "softmax over channels")
-        if t in _PRESERVING_FUNCTIONS and isinstance(result, torch.Tensor) and x is not None:
-            return x if result.dim() >= 2 and result.shape[1] == len(x) else self._opaque(n, result, "shape")
-        if t in _NON_TENSOR:
-            return None
-        return self._opaque(n, result, f"unsupported op {getattr(t, '__name__', t)}")
-
-    def _method(self, n: fx.Node, result: object) -> object:
-        name = n.target
-        x = self._a(n.args[0])
-        if name in _BINARY_METHODS:
-            return self._binary(n, result)
-        if name in ("split", "chunk", "tensor_split"):
-            return self._split(n, result)
-        if name == "flatten":
-            return self._flatten(n, x, result, *_args(n, 1, ("start_dim", 0), ("end_dim", -1)))
-        if name in ("view", "reshape"):
-            return self._reshape(n, x, result)
-        if name in _REDUCTION_METHODS:
-            return self._reduce(n, x, result)
-        if name in ("size", "dim", "numel"):
-            return None
-        if name in _PRESERVING_METHODS and isinstance(result, torch.Tensor) and x is not None:
-            return x if result.dim() >= 2 and result.shape[1] == len(x) else self._opaque(n, result, "shape")
-        return self._opaque(n, result, f"unsupported method .{name}()")
-
-    def _binary(self, n: fx.Node, result: torch.Tensor) -> object:
-        if not isinstance(result, torch.Tensor) or result.dim() < 2:
-            return self._opaque(n, result, "elementwise op without a channel dimension")
+    def _binary(self, name: str, args, result: torch.Tensor):
+        if result.dim() < 2:
+            return _OPAQUE
+        channels = result.shape[1]
         aligned: list[tuple[int, Ann]] = []  # (argument position, ids) of operands with a channel per result channel
         varying = False  # an operand broadcast over the channels, e.g. an (N, 1, H, W) attention map
-        for pos, arg in enumerate(n.args):
-            ann = self._a(arg)
-            value = self.env.get(arg) if isinstance(arg, fx.Node) else arg
+        for pos, value in enumerate(args[:2]):
             if not isinstance(value, torch.Tensor) or value.numel() == 1:
                 continue  # scalars broadcast over every channel
-            if value.dim() == result.dim() and value.shape[1] == result.shape[1] and ann is not None:
-                aligned.append((pos, ann))
-            elif value.dim() == result.dim() and value.shape[1] == 1:
+            at = 1 - (result.dim() - value.dim())  # where the result's channel dim falls in this operand
+            if value.dim() == result.dim() and value.shape[1] == channels:
+                aligned.append((pos, self._get(value)))
+            elif at < 0 or value.shape[at] == 1:
                 varying = True
-            else:
-                return self._opaque(n, result, "broadcast over channels")
+            else:  # a per-channel constant such as a (C, 1, 1) layer scale: it cannot be narrowed here
+                return _OPAQUE
         if not aligned:
-            return self._opaque(n, result, "")
+            return _OPAQUE
+        g = self.g
         # The result's own ids, unified with the operands' (residual add, SE gate: the same channels).
         # Whether it is zeroed with the BN scales depends on the op: a sum needs every term zeroed, a
         # product one factor (so an SE gate's expansion conv narrows with the features it scales).
-        out = self.channels.new_ids(result.shape[1])
+        out = g.new_ids(channels)
         for _, ann in aligned:
-            self.channels.unify(out, ann)
-        g = self.channels
+            g.unify(out, ann)
         for k, i in enumerate(out):
             s = [ann[k] in g.scored for _, ann in aligned]
-            if n.target in _PRODUCTS:
+            if name in _PRODUCTS:
                 scored, gated = any(s), not all(s) or varying
-            elif n.target in _QUOTIENTS:  # zero with the dividend; a zeroed divisor is not allowed
+            elif name in _QUOTIENTS:  # zero with the dividend; a zeroed divisor is not allowed
                 scored = aligned[0][0] == 0 and s[0] and not any(s[1:])
                 gated = len(s) > 1 or varying
+            elif name == "rtruediv":  # a constant divided by the channel
+                scored, gated = False, False
             else:
                 scored, gated = all(s) and not varying, False
             if scored:
@@ -413,110 +513,103 @@ class _Annotator(fx.Interpreter):
                     g.gated.add(i)
         return out
 
-    def _cat(self, n: fx.Node, result: torch.Tensor) -> object:
-        tensors, dim = _args(n, 0, ("tensors", None), ("dim", 0))
-        anns = [self._a(t) for t in tensors]
-        if any(a is None for a in anns):
-            return self._opaque(n, result, "cat of unannotated tensors")
+    def _cat(self, args, kwargs, result: torch.Tensor):
+        tensors = args[0] if args else kwargs.get("tensors")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if not isinstance(result, torch.Tensor) or result.dim() < 2 or any(t.dim() != result.dim() for t in tensors):
+            return _OPAQUE
+        anns = [self._get(t) for t in tensors]
         if dim % result.dim() == 1:
             return tuple(i for a in anns for i in a)  # each producer owns a slice of the channels
-        out = self.channels.new_ids(result.shape[1])  # concatenated along another dim: like a sum
+        out = self.g.new_ids(result.shape[1])  # concatenated along another dim: like a sum
         for a in anns:
-            self.channels.unify(out, a)
-        self.channels.scored.update(i for k, i in enumerate(out) if all(a[k] in self.channels.scored for a in anns))
+            self.g.unify(out, a)
+        self.g.scored.update(i for k, i in enumerate(out) if all(a[k] in self.g.scored for a in anns))
         return out
 
-    def _split(self, n: fx.Node, result: object) -> object:
-        x = self._a(n.args[0])
-        dim = _args(n, 2, ("dim", 0))[0]
-        if x is None or not isinstance(result, (tuple, list)):
-            return self._opaque(n, result, "split")
-        if dim % result[0].dim() != 1:
-            return tuple(x for _ in result)
+    def _split(self, name, args, kwargs, result, x_t: torch.Tensor, x: Ann):
+        if not isinstance(result, (tuple, list)) or not all(isinstance(r, torch.Tensor) for r in result):
+            return _OPAQUE
+        if name == "unbind":
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            return _OPAQUE if dim % x_t.dim() in (0, 1) else tuple(x for _ in result)
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+        if dim % x_t.dim() != 1:
+            return tuple(x if r.dim() >= 2 else None for r in result) if dim % x_t.dim() != 0 else _OPAQUE
         pieces, start = [], 0
         for r in result:
             pieces.append(x[start:start + r.shape[1]])
             start += r.shape[1]
         # The compact model runs the same forward code, so the split must still cut where it did.
         # chunk(k) into equal pieces cuts in the middle of any width: unify the pieces position by
-        # position so they stay equal. Sizes written in the code (split, tensor_split, uneven
-        # chunks) cannot change: the split tensor keeps its channels.
-        sections = n.args[1] if len(n.args) > 1 else n.kwargs.get("sections")
-        chunked = n.target in (torch.chunk, "chunk") or (
-            n.target in (torch.tensor_split, "tensor_split") and isinstance(sections, int))
+        # position so they stay equal. Sizes written in the code (split, tensor_split at indices,
+        # uneven chunks) cannot change: the split tensor keeps its channels.
+        sections = args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("indices_or_sections"))
+        chunked = name == "chunk" or (name == "tensor_split" and isinstance(sections, int))
         if chunked and len({len(p) for p in pieces}) == 1:
             for p in pieces[1:]:
-                self.channels.unify(pieces[0], p)
+                self.g.unify(pieces[0], p)
         else:
             self._fix(x)
-            self.channels.notes.append(f"{n.name} (split at sizes fixed in the code): its channels are kept")
+            self.g.notes.append(f"{name} of {len(x)} channels at sizes fixed in the code: its channels are kept")
         return tuple(pieces)
 
-    def _getitem(self, n: fx.Node, result: object) -> object:
-        container, index = n.args
-        ann = self._a(container)
-        value = self.env.get(container) if isinstance(container, fx.Node) else None
-        if isinstance(value, (tuple, list)):
-            return ann[index] if isinstance(ann, tuple) and len(ann) == len(value) else None
-        if not isinstance(value, torch.Tensor) or ann is None:
-            return None
+    def _getitem(self, index, result: torch.Tensor, x_t: torch.Tensor, x: Ann):
         index = index if isinstance(index, tuple) else (index,)
-        if len(index) >= 2 and index[0] == slice(None) and isinstance(index[1], slice) and \
-                all(i in (slice(None), Ellipsis) for i in index[2:]):
-            if range(*index[1].indices(len(ann))) != range(len(ann)):
-                # Slice bounds are constants of the forward code: they only fit the unpruned width.
-                self._fix(ann)
-                self.channels.notes.append(f"{n.name} (slice of the channels): its channels are kept")
-            return ann[index[1]]
-        if len(index) >= 1 and index[0] == slice(None) and all(i in (slice(None), Ellipsis) for i in index[1:]):
-            return ann
-        return self._opaque(n, result, "indexing across channels")
+        if any(isinstance(i, torch.Tensor) or i is None for i in index):
+            return _OPAQUE
+        rest = index[2:] if len(index) >= 2 else ()
+        if index and index[0] == slice(None) and all(isinstance(i, slice) or i is Ellipsis for i in rest) \
+                and result.dim() == x_t.dim():
+            if len(index) >= 2 and isinstance(index[1], slice):
+                if range(*index[1].indices(len(x))) != range(len(x)):
+                    # Slice bounds are constants of the forward code: they only fit the unpruned width.
+                    self._fix(x)
+                    self.g.notes.append(f"slice {index[1]} of {len(x)} channels: its channels are kept")
+                return x[index[1]]
+            if len(index) == 1 or index[1] is Ellipsis:
+                return x
+        return _OPAQUE
 
-    def _flatten(self, n: fx.Node, x: Ann | None, result: torch.Tensor, start: int, end: int) -> object:
-        source = self.env[n.args[0]]
-        if x is None:
-            return self._opaque(n, result, "flatten")
-        start, end = start % source.dim(), end % source.dim()
-        if start >= 2 or start == end:
+    def _reshape(self, x_t: torch.Tensor, x: Ann, result: torch.Tensor):
+        if result.dim() >= 2 and tuple(result.shape[:2]) == tuple(x_t.shape[:2]):
             return x
-        if start == 1 and end == source.dim() - 1:
-            per_channel = int(torch.tensor(source.shape[2:]).prod()) if source.dim() > 2 else 1
+        if result.dim() == 2 and result.shape[0] == x_t.shape[0] and result.shape[1] == x_t[0].numel():
+            per_channel = x_t[0, 0].numel() if x_t.dim() > 2 else 1
             return tuple(i for i in x for _ in range(per_channel))  # feature f reads channel f // HW
-        return self._opaque(n, result, "flatten across the batch dimension")
-
-    def _reshape(self, n: fx.Node, x: Ann | None, result: torch.Tensor) -> object:
-        source = self.env[n.args[0]]
-        if x is not None and result.dim() >= 2 and tuple(result.shape[:2]) == tuple(source.shape[:2]):
-            return x
-        if x is not None and result.dim() == 2 and result.shape[0] == source.shape[0]:
-            return self._flatten(n, x, result, 1, -1)
-        return self._opaque(n, result, "reshape across channels")
-
-    def _reduce(self, n: fx.Node, x: Ann | None, result: torch.Tensor) -> object:
-        source = self.env[n.args[0]]
-        dims = _args(n, 1, ("dim", None))[0]
-        dims = range(source.dim()) if dims is None else ([dims] if isinstance(dims, int) else dims)
-        dims = {d % source.dim() for d in dims}
-        if x is None or 1 in dims or 0 in dims or result.dim() < 2:
-            return self._opaque(n, result, "reduction over channels")
-        return x
+        return _OPAQUE
 
 
-def _args(n: fx.Node, first: int, *spec: tuple[str, object]) -> list:
-    """Positional-or-keyword arguments of a call node, from position ``first`` on."""
-    out = []
-    for k, (name, default) in enumerate(spec):
-        pos = first + k
-        out.append(n.args[pos] if len(n.args) > pos else n.kwargs.get(name, default))
-    return out
+_OPAQUE = object()
 
 
-def _flatten_ann(anns: list) -> tuple:
-    flat: list[int] = []
-    for a in anns:
-        if isinstance(a, tuple):
-            if a and isinstance(a[0], tuple):
-                flat.extend(_flatten_ann(list(a)))
-            else:
-                flat.extend(i for i in a if isinstance(i, int))
-    return tuple(flat)
+def _dims(args, kwargs, rank: int) -> set[int] | None:
+    dims = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis"))
+    if dims is None:
+        return set(range(rank))
+    if isinstance(dims, int):
+        return {dims % rank}
+    if isinstance(dims, (tuple, list)) and all(isinstance(d, int) for d in dims):
+        return {d % rank for d in dims}
+    return None
+
+
+def _same_channels(result: torch.Tensor, x: Ann) -> bool:
+    return result.dim() >= 2 and result.shape[1] == len(x)
+
+
+def _keeps_batch_and_channels(x_t: torch.Tensor, result: torch.Tensor) -> bool:
+    """A permute/transpose/(un)squeeze that leaves dims 0 and 1 where they were (by shape and stride)."""
+    return result.dim() >= 2 and result.shape[:2] == x_t.shape[:2] and \
+        (result.stride()[:2] == x_t.stride()[:2] or result.numel() == 0)
+
+
+def _unnarrowable(mod: nn.Module) -> str:
+    """Why a conv/Linear/BN subclass cannot be narrowed by slicing its weights ('' when it can)."""
+    own = {n for n, _ in mod.named_parameters()}
+    if not own <= {"weight", "bias"}:
+        return f"holds other parameters ({', '.join(sorted(own - {'weight', 'bias'}))[:60]})"
+    buffers = {n for n, _ in mod.named_buffers()}
+    if not buffers <= {"running_mean", "running_var", "num_batches_tracked", "index"}:
+        return f"holds other buffers ({', '.join(sorted(buffers))[:60]})"
+    return ""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 
 class SelectBatchNorm(nn.BatchNorm2d):
@@ -39,3 +43,114 @@ def batch_norm(num_features: int, in_channels: int | None = None, dims: int = 2)
     if in_channels is not None and in_channels != num_features:
         return SelectBatchNorm(num_features, in_channels)
     return nn.BatchNorm1d(num_features) if dims == 1 else nn.BatchNorm2d(num_features)
+
+
+# -- narrowing: one way to make any conv, Linear or BN narrower, keeping its class --
+
+class SelectInput:
+    """A forward pre-hook that feeds a BN only the channels ``module.index`` of its input.
+
+    The channel selection of :class:`SelectBatchNorm`, for BN subclasses that must keep their own
+    class and forward (timm's ``BatchNormAct2d`` applies its activation inside). A plain class, so
+    the module still deep-copies and pickles; ``torch.export``, ONNX and tracing run the hook.
+    """
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0].index_select(1, module.index), *args[1:])
+
+
+def selection_of(bn: nn.Module) -> torch.Tensor | None:
+    """The input channels a BN reads (a selection BN), or None when it reads them all in order."""
+    if isinstance(bn, SelectBatchNorm) or any(isinstance(h, SelectInput) for h in bn._forward_pre_hooks.values()):
+        return bn.index
+    return None
+
+
+_PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, SelectBatchNorm)
+
+
+@torch.no_grad()
+def with_selection(bn: nn.Module, index: torch.Tensor, in_channels: int) -> nn.Module:
+    """``bn`` reading only channels ``index`` of an input of ``in_channels`` (the paper's channel selection).
+
+    A plain BN becomes a :class:`SelectBatchNorm`; a subclass keeps its class and gets a
+    :class:`SelectInput` hook. Selecting every channel in order gives back a BN without selection.
+    """
+    index = index.to(device=bn.weight.device if bn.weight is not None else None, dtype=torch.long)
+    everything = in_channels == len(index) and torch.equal(index.cpu(), torch.arange(in_channels))
+    if type(bn) in _PLAIN_BN:
+        if everything and not isinstance(bn, SelectBatchNorm):
+            return bn
+        new = SelectBatchNorm(bn.num_features, in_channels, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                              track_running_stats=bn.track_running_stats)
+        new.load_state_dict({**bn.state_dict(), "index": index}, strict=False)
+        new.index = index
+        return new.to(index.device).train(bn.training)
+    hooked = [k for k, h in bn._forward_pre_hooks.items() if isinstance(h, SelectInput)]
+    if everything:
+        for k in hooked:
+            del bn._forward_pre_hooks[k]
+        bn._buffers.pop("index", None)
+        return bn
+    bn.register_buffer("index", index)
+    bn.in_channels = in_channels
+    if not hooked:
+        bn.register_forward_pre_hook(SelectInput())
+    return bn
+
+
+@torch.no_grad()
+def narrowed(old: nn.Module, in_keep: torch.Tensor, out_keep: torch.Tensor, bias: bool | None = None) -> nn.Module:
+    """A copy of a conv, Linear or BN that keeps only the input channels ``in_keep`` and output channels
+    ``out_keep`` (positions), with their weights: same class, same forward, narrower tensors.
+
+    A depthwise conv keeps ``out_keep`` (its input channels are its output channels); a BN keeps
+    ``out_keep`` per channel (its selection, if any, is set by :func:`with_selection`). ``bias``
+    adds a zero bias (True) where the checkpoint being rebuilt has one, or removes it (False).
+    """
+    new = copy.deepcopy(old)
+    device = old.weight.device if getattr(old, "weight", None) is not None else None
+    out_keep, in_keep = out_keep.to(device), in_keep.to(device)
+
+    def keep(name: str, dim: int, positions: torch.Tensor) -> None:
+        t = getattr(new, name, None)
+        if t is None:
+            return
+        value = t.detach().index_select(dim, positions).clone()
+        if isinstance(t, nn.Parameter):
+            setattr(new, name, nn.Parameter(value, requires_grad=t.requires_grad))
+        else:
+            new._buffers[name] = value
+
+    if isinstance(old, _BatchNorm):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            keep(name, 0, out_keep)
+        new.num_features = len(out_keep)
+        return new
+    if isinstance(old, nn.Linear):
+        keep("weight", 0, out_keep)
+        keep("weight", 1, in_keep)
+        new.in_features, new.out_features = len(in_keep), len(out_keep)
+    elif isinstance(old, _ConvTransposeNd):  # weight (in, out, *k)
+        if old.groups != 1:
+            raise ValueError(f"cannot narrow a grouped transposed conv ({old})")
+        keep("weight", 0, in_keep)
+        keep("weight", 1, out_keep)
+        new.in_channels, new.out_channels = len(in_keep), len(out_keep)
+    elif isinstance(old, _ConvNd) and old.groups > 1:  # depthwise: filter i reads and writes channel i
+        if not old.groups == old.in_channels == old.out_channels:
+            raise ValueError(f"cannot narrow a grouped conv ({old})")
+        keep("weight", 0, out_keep)
+        new.in_channels = new.out_channels = new.groups = len(out_keep)
+    elif isinstance(old, _ConvNd):
+        keep("weight", 0, out_keep)
+        keep("weight", 1, in_keep)
+        new.in_channels, new.out_channels = len(in_keep), len(out_keep)
+    else:
+        raise TypeError(f"cannot narrow a {type(old).__name__}: only convs, Linear and BatchNorm layers")
+    keep("bias", 0, out_keep)
+    if bias is True and new.bias is None:
+        new.bias = nn.Parameter(torch.zeros(len(out_keep), device=device, dtype=old.weight.dtype))
+    elif bias is False and new.bias is not None:
+        new.bias = None
+    return new

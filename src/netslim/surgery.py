@@ -15,10 +15,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from .graph import ChannelGraph, LayerUse, trace_channels
-from .layers import SelectBatchNorm
+from .layers import narrowed, with_selection
 from .plan import PruningPlan
 
 _CONSUMERS = ("conv", "conv_t", "linear")
@@ -166,69 +165,19 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-# -- one narrowing function per module type --
+# -- narrowing (layers.narrowed keeps each module's class and behaviour) --
 
-def resized(old: nn.Module, n_in: int, n_out: int, bias: bool | None = None) -> nn.Module:
-    """A fresh module like ``old`` with ``n_in`` input and ``n_out`` output channels."""
-    dd = dict(device=old.weight.device, dtype=old.weight.dtype) if getattr(old, "weight", None) is not None else {}
-    if isinstance(old, _BatchNorm):
-        kw = dict(eps=old.eps, momentum=old.momentum, affine=old.affine,
-                  track_running_stats=old.track_running_stats, **dd)
-        if n_in != n_out or isinstance(old, SelectBatchNorm):
-            return SelectBatchNorm(n_out, n_in, **kw)
-        return type(old)(n_out, **kw)
-    bias = (old.bias is not None) if bias is None else bias
-    if isinstance(old, nn.Linear):
-        return nn.Linear(n_in, n_out, bias=bias, **dd)
-    groups = n_in if old.groups > 1 else 1  # depthwise stays depthwise
-    return type(old)(n_in, n_out, old.kernel_size, stride=old.stride, padding=old.padding,
-                     dilation=old.dilation, groups=groups, bias=bias, padding_mode=old.padding_mode,
-                     **({"output_padding": old.output_padding} if isinstance(old, nn.modules.conv._ConvTransposeNd)
-                        else {}), **dd)
-
-
-@torch.no_grad()
 def _narrow(old: nn.Module, use: LayerUse, in_keep: torch.Tensor, out_keep: torch.Tensor) -> nn.Module:
     if len(in_keep) == 0 or len(out_keep) == 0:
         raise ValueError(f"pruning would leave '{use.path}' with no channels; keep at least one (min_channels)")
     if use.kind == "select_bn":
-        return _narrow_select_bn(old, use, in_keep, out_keep)
-    n_in = len(in_keep) if use.kind != "bn" else len(out_keep)
-    new = resized(old, n_in, len(out_keep))
-    w = old.weight.detach()
-    if use.kind in ("conv", "linear"):
-        new.weight.copy_(w.index_select(0, out_keep.to(w.device)).index_select(1, in_keep.to(w.device)))
-    elif use.kind == "conv_t":
-        new.weight.copy_(w.index_select(0, in_keep.to(w.device)).index_select(1, out_keep.to(w.device)))
-    else:  # "depthwise" (one filter per channel) and owning "bn"
-        new.weight.copy_(w.index_select(0, out_keep.to(w.device)))
-    _copy_per_channel(new, old, out_keep)
-    return new
-
-
-def _narrow_select_bn(old: nn.Module, use: LayerUse, in_keep: torch.Tensor, out_keep: torch.Tensor) -> nn.Module:
-    # Where does each kept output channel sit in the *compact* input?
-    compact_pos = {int(p): k for k, p in enumerate(in_keep)}
-    index = [compact_pos[use.source[int(j)]] for j in out_keep]
-    if index == list(range(len(in_keep))) and not isinstance(old, SelectBatchNorm):
-        new = resized(old, len(out_keep), len(out_keep))  # selects everything: a plain BN again
-    else:
-        new = resized(old, len(in_keep), len(out_keep))
-        if not isinstance(new, SelectBatchNorm):
-            new = SelectBatchNorm(len(out_keep), len(in_keep), eps=old.eps, momentum=old.momentum)
-        new.index = torch.tensor(index, dtype=torch.long, device=old.weight.device)
-    new.weight.copy_(old.weight.detach()[out_keep])
-    _copy_per_channel(new, old, out_keep)
-    return new
-
-
-def _copy_per_channel(new: nn.Module, old: nn.Module, out_keep: torch.Tensor) -> None:
-    if getattr(old, "bias", None) is not None and new.bias is not None:
-        new.bias.copy_(old.bias.detach()[out_keep.to(old.bias.device)])
-    if isinstance(old, _BatchNorm) and old.track_running_stats:
-        new.running_mean.copy_(old.running_mean[out_keep.to(old.running_mean.device)])
-        new.running_var.copy_(old.running_var[out_keep.to(old.running_var.device)])
-        new.num_batches_tracked.copy_(old.num_batches_tracked)
+        # Where does each kept output channel sit in the *compact* input?
+        compact_pos = {int(p): k for k, p in enumerate(in_keep)}
+        index = torch.tensor([compact_pos[use.source[int(j)]] for j in out_keep], dtype=torch.long)
+        return with_selection(narrowed(old, out_keep, out_keep), index, len(in_keep))
+    if use.kind in ("bn", "depthwise"):
+        in_keep = out_keep
+    return narrowed(old, in_keep, out_keep)
 
 
 @torch.no_grad()
