@@ -1,0 +1,112 @@
+"""Ultralytics YOLO end to end, offline (issue 14): sparse training with Ultralytics' own trainer →
+exact pruning → fine-tuning with their trainer → their validation and export. Needs ``ultralytics``
+(an optional extra, installed in CI); skipped where it is missing."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # no font, weight or version downloads
+ultralytics = pytest.importorskip("ultralytics")
+Image = pytest.importorskip("PIL.Image")
+
+from netslim.foreign import UntrustedPickle  # noqa: E402
+from netslim.integrations import ultralytics as slim  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data_yaml(tmp_path_factory):
+    """A tiny two-class detection dataset in the real YOLO format: PNG images, label .txt files, a data yaml."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 8)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            img, lines = np.full((64, 64, 3), 40, np.uint8), []
+            for _ in range(2):
+                c = int(rng.integers(2))
+                w, h = (int(v) for v in rng.integers(12, 28, 2))
+                x0, y0 = int(rng.integers(0, 64 - w)), int(rng.integers(0, 64 - h))
+                img[y0:y0 + h, x0:x0 + w] = (220, 60, 60) if c == 0 else (60, 60, 220)
+                lines.append(f"{c} {(x0 + w / 2) / 64:.5f} {(y0 + h / 2) / 64:.5f} {w / 64:.5f} {h / 64:.5f}")
+            Image.fromarray(img).save(root / "images" / split / f"{i}.png")
+            (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
+    path = root / "data.yaml"
+    path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: red\n  1: blue\n")
+    return path
+
+
+def _args(data_yaml, tmp_path, name, **extra):
+    # SGD at a constant lr, one optimizer step per batch: the term's effect is predictable
+    return dict(data=str(data_yaml), imgsz=64, batch=8, nbs=8, workers=0, device="cpu", plots=False, amp=False,
+                optimizer="SGD", lr0=0.01, lrf=1.0, warmup_epochs=0, momentum=0.0, weight_decay=0.0, seed=0,
+                deterministic=True, project=str(tmp_path), name=name, exist_ok=True, verbose=False, **extra)
+
+
+def _gamma_sum(model) -> float:
+    return sum(float(m.weight.detach().abs().sum()) for m in model.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+
+def test_yolov8n_sparse_train_prune_finetune_validate_export(data_yaml, tmp_path):
+    YOLO = ultralytics.YOLO
+    plain = YOLO("yolov8n.yaml")
+    plain.train(epochs=1, **_args(data_yaml, tmp_path, "plain"))
+    lam = 0.1
+    sparse = YOLO("yolov8n.yaml")
+    slim.add_sparsity(sparse, lam=lam)
+    sparse.train(epochs=1, **_args(data_yaml, tmp_path, "sparse"))
+    trainer = sparse.trainer
+    assert trainer.sparsity_stats["lambda"] == lam
+    # Eq. 1 inside Ultralytics' trainer: every γ moved lr·λ further towards zero per optimizer step
+    # (2 steps: 16 images, batch 8), on top of what the same seeded plain run did.
+    n = sum(m.weight.numel() for m in trainer.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+    expected = 2 * 0.01 * lam * n
+    shrink = _gamma_sum(plain.trainer.model) - _gamma_sum(trainer.model)
+    assert shrink == pytest.approx(expected, rel=0.05)
+
+    with pytest.raises(UntrustedPickle, match="--trust-pickle"):
+        slim.load_yolo(trainer.best)
+    with pytest.warns(UserWarning, match="trust-pickle"):
+        model = slim.load_yolo(trainer.best, trust_pickle=True)
+    compact, plan = slim.prune_yolo(model, 0.5, imgsz=64)
+    assert plan.pruned_channels > 0.4 * plan.total_channels
+    params = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in compact.parameters()) < 0.6 * params
+    x = torch.rand(1, 3, 96, 96)  # another size than the analysis saw
+    with torch.no_grad():
+        assert compact(x)[0].shape == model(x)[0].shape
+
+    small = slim.save_yolo(compact, tmp_path / "small.pt")
+    tuned = slim.finetune_yolo(small, trust_pickle=True, epochs=1, **_args(data_yaml, tmp_path, "ft"))
+    result = YOLO(tuned.best)  # Ultralytics' own loader: the compact architecture, not one rebuilt from yaml
+    assert sum(p.numel() for p in result.model.parameters()) == sum(p.numel() for p in compact.parameters())
+    metrics = result.val(data=str(data_yaml), imgsz=64, batch=8, device="cpu", plots=False, workers=0,
+                         verbose=False)
+    assert 0.0 <= metrics.box.map50 <= 1.0
+    onnx_path = result.export(format="onnx", imgsz=64, simplify=False, device="cpu")
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: np.random.rand(1, 3, 64, 64).astype(np.float32)})
+    assert out[0].shape[1] == 4 + 2  # boxes + the dataset's two classes
+
+
+def test_yolo11n_prunes_exactly_and_keeps_attention():
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n.yaml", verbose=False).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0, 1)
+    compact, plan = slim.prune_yolo(model, 0.5, imgsz=64)
+    qkv = [n for n, m in model.named_modules() if n.endswith("attn.qkv.conv")]
+    assert qkv and all(compact.get_submodule(n).weight.shape == model.get_submodule(n).weight.shape for n in qkv)
+    masked = __import__("netslim").masked_model(model, plan, example_input=torch.zeros(1, 3, 64, 64)).eval()
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        a, b = masked(x)[0], compact(x)[0]
+    assert (a - b).abs().max() <= 1e-4 * a.abs().max()
