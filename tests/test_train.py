@@ -153,3 +153,12 @@ def test_bf16_on_a_gpu_without_bf16_is_a_clear_error_and_auto_falls_back_to_fp16
         autocast_dtype("bf16", cuda)
     assert autocast_dtype("auto", cuda) == torch.float16  # then with a GradScaler (see train())
     assert autocast_dtype("auto", torch.device("cpu")) is None and autocast_dtype("off", cuda) is None
+
+
+def test_the_progress_bar_moves_with_its_figures(capsys):
+    """Issue 15 #11: the bar's count used to stay at 0% while its loss/acc figures changed."""
+    train(_model(), Loader(_data(1024), 8, seed=1), _config(epochs=1, progress=True))
+    frames = [f for f in capsys.readouterr().err.split("\r") if "loss=" in f]
+    assert len(frames) >= 3
+    assert all(" 0%|" not in f for f in frames), frames[:3]
+    assert "/128" in frames[-1]  # out of the loader's batches

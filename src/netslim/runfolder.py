@@ -101,7 +101,8 @@ def same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def refuse_overwriting_inputs(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]) -> None:
+def refuse_overwriting_inputs(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None],
+                              advice: str | None = None) -> None:
     """A :class:`ValueError` naming the options when an output would replace an input or another output."""
     given_out = [(k, v) for k, v in outputs.items() if v is not None]
     given_in = [(k, v) for k, v in inputs.items() if v is not None]
@@ -109,7 +110,7 @@ def refuse_overwriting_inputs(outputs: dict[str, str | Path | None], inputs: dic
         for in_name, in_path in given_in:
             if same_file(out_path, in_path):
                 raise ValueError(f"{out_name} {out_path} is the {in_name} it reads: writing it would destroy the "
-                                 f"input; give another {out_name}")
+                                 f"input; {advice or 'give another ' + out_name}")
         for other_name, other_path in given_out[n + 1:]:
             if same_file(out_path, other_path):
                 raise ValueError(f"{out_name} and {other_name} are the same file ({out_path}); give different files")

@@ -9,12 +9,11 @@ A checkpoint is written atomically after every epoch, and a run resumes from it 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,14 +22,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import CheckpointError, describe, load_checkpoint, save_checkpoint
+from .checkpoint import describe
+from .runstate import TrainingDiverged, check_weights, owning_out_dir, persist, start
 from .sparsity import Sparsity, SparsityRegularizer, init_bn_scales, lambda_at
 from .stats import gamma_stats
 from .steps import CompiledForward, EagerStep, GraphedStep, autocast, make_step
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -69,27 +65,64 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # older configs: amp: true/false
             self.amp = "auto" if self.amp else "off"
-        checks = [
-            (isinstance(self.epochs, int) and self.epochs >= 1,
-             f"epochs must be an integer >= 1, got {self.epochs!r}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1,
-             f"batch_size must be an integer >= 1, got {self.batch_size!r}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr!r}"),
-            (self.sparsity >= 0, f"sparsity λ must be >= 0, got {self.sparsity!r}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}"),
-            (self.optimizer in ("sgd", "adam", "adamw"),
-             f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}"),
-            (0 <= self.distill <= 1, f"distill weight must be in [0, 1], got {self.distill!r}"),
-            (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature!r}"),
-            (all(0 < m <= 1 for m in self.milestones), "milestones are fractions of the epochs in (0, 1]"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        if isinstance(self.bn_include, str):  # one pattern, not a sequence of one-letter patterns
+            self.bn_include = (self.bn_include,)
+        if isinstance(self.bn_exclude, str):
+            self.bn_exclude = (self.bn_exclude,)
+        problems = _config_problems(self)
+        if problems:
+            raise ValueError(problems[0])
         self.milestones = tuple(self.milestones)
         self.bn_include, self.bn_exclude = tuple(self.bn_include), tuple(self.bn_exclude)
         lambda_at(self.sparsity, 0, self.epochs, self.sparsity_schedule, self.sparsity_warmup)  # validates
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _config_problems(c: TrainConfig):
+    """What is wrong with a training configuration, checked when it is made (from flags or a YAML file)."""
+    def strings(v) -> bool:
+        return isinstance(v, list | tuple) and all(isinstance(x, str) for x in v)
+
+    checks = [
+        (_is_int(c.epochs) and c.epochs >= 1, f"epochs must be an integer >= 1, got {c.epochs!r}"),
+        (_is_int(c.batch_size) and c.batch_size >= 1, f"batch_size must be an integer >= 1, got {c.batch_size!r}"),
+        (_is_real(c.lr) and c.lr > 0, f"lr must be a number > 0, got {c.lr!r}"),
+        (_is_real(c.momentum) and 0 <= c.momentum < 1, f"momentum must be a number in [0, 1), got {c.momentum!r}"),
+        (isinstance(c.nesterov, bool), f"nesterov must be true or false, got {c.nesterov!r}"),
+        (_is_real(c.weight_decay) and c.weight_decay >= 0,
+         f"weight_decay must be a number >= 0, got {c.weight_decay!r}"),
+        (isinstance(c.milestones, list | tuple) and all(_is_real(m) and 0 < m <= 1 for m in c.milestones),
+         f"milestones are fractions of the epochs in (0, 1], got {c.milestones!r}"),
+        (_is_real(c.sparsity) and c.sparsity >= 0, f"sparsity λ must be a number >= 0, got {c.sparsity!r}"),
+        (c.sparsity_kind in ("l1", "smooth_l1", "polarization"),
+         f"sparsity_kind must be l1, smooth_l1 or polarization, got {c.sparsity_kind!r}"),
+        (_is_real(c.sparsity_warmup) and 0 <= c.sparsity_warmup <= 1,
+         f"sparsity_warmup must be a fraction in [0, 1], got {c.sparsity_warmup!r}"),
+        (strings(c.bn_include) and strings(c.bn_exclude),
+         "bn_include and bn_exclude are lists of module-path patterns"),
+        (c.optimizer in ("sgd", "adam", "adamw"), f"optimizer must be sgd, adam or adamw, got {c.optimizer!r}"),
+        (_is_real(c.distill) and 0 <= c.distill <= 1, f"distill weight must be in [0, 1], got {c.distill!r}"),
+        (_is_real(c.temperature) and c.temperature > 0, f"temperature must be > 0, got {c.temperature!r}"),
+        (c.bn_init is None or (_is_real(c.bn_init) and c.bn_init > 0),
+         f"bn_init must be a number > 0 (the paper uses 0.5), got {c.bn_init!r}"),
+        (c.grad_clip is None or (_is_real(c.grad_clip) and c.grad_clip > 0),
+         f"grad_clip must be a number > 0 (the largest gradient norm), got {c.grad_clip!r}"),
+        (_is_int(c.seed), f"seed must be an integer, got {c.seed!r}"),
+        (isinstance(c.device, str) and c.device.strip() != "",
+         f"device must be auto, cpu or cuda[:N], got {c.device!r}"),
+        (c.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {c.amp!r}"),
+        (isinstance(c.extra, dict), f"extra must be a mapping, got {c.extra!r}"),
+    ]
+    for name in ("compile", "cuda_graph", "channels_last", "cudnn_benchmark", "progress", "sync_bn"):
+        checks.append((isinstance(getattr(c, name), bool), f"{name} must be true or false, got {getattr(c, name)!r}"))
+    return [message for ok, message in checks if not ok]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -170,6 +203,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> tor
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
 
+@owning_out_dir
 def train(
     model: nn.Module,
     train_loader: Iterable,
@@ -183,13 +217,16 @@ def train(
     regularizer: SparsityRegularizer | None = None,
     teacher: nn.Module | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train ``model`` for ``config.epochs``; returns the final metrics and the best epoch's.
 
     With ``out_dir``: after every epoch ``last.pt`` (all state: model, optimizer, schedule, RNG,
     metrics, γ history) is replaced atomically, ``best.pt`` holds the model with the best
     validation accuracy, and ``metrics.jsonl`` gets one line. An existing ``last.pt`` is resumed
-    (``resume=True``), so an interrupted run ends with the same weights as an uninterrupted one.
+    (``resume=True``), so an interrupted run ends with the same weights as an uninterrupted one;
+    it resumes only with the options it was trained with, or more epochs (:mod:`netslim.runstate`).
+    The folder is locked while training. ``log``: where to say that a run resumes or is extended.
     """
     device = resolve_device(config.device)
     dist_info = distributed.current()
@@ -230,10 +267,10 @@ def train(
         if dist_info.is_main:
             out.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
-        if resume and (out / "last.pt").exists():
-            state = _restore(out / "last.pt", model, optimizer, scheduler, device, scaler)
-            if graphed:
-                _make_capturable(optimizer, device)
+        say = log if log is not None and dist_info.is_main else (lambda message: None)
+        state = start(out, resume, model, optimizer, scheduler, scaler, device, config, arch, say)
+        if graphed and state["epoch"]:
+            _make_capturable(optimizer, device)
 
     for epoch in range(state["epoch"], config.epochs):
         if hasattr(train_loader, "set_epoch"):
@@ -243,6 +280,7 @@ def train(
             sparsity.set_epoch(epoch)
         stats = _train_epoch(step, train_loader, optimizer, config, device, epoch, dist_info)
         scheduler.step()
+        check_weights(model, epoch + 1)  # never saved as a good epoch
         record = {"epoch": epoch + 1, **stats}
         if val_loader is not None:
             record.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
@@ -261,7 +299,7 @@ def train(
             state["best"] = {"score": score, "epoch": epoch + 1}
         state["epoch"] = epoch + 1
         if out is not None and dist_info.is_main:  # one writer; the others wait for the file
-            _persist(out, model, optimizer, scheduler, scaler, state, arch, config, improved)
+            persist(out, model, optimizer, scheduler, scaler, state, arch, config, improved)
         distributed.barrier()
         if on_epoch is not None and dist_info.is_main:
             on_epoch(record)
@@ -287,10 +325,17 @@ def _warn_if_sparsity_stalls(history: list[dict], config: TrainConfig) -> None:
     if epoch != max(2, config.epochs // 2) or config.sparsity == 0:
         return
     small = history[-1].get("gamma_below_1e-2", 0.0)
-    if small < 0.05:
-        warnings.warn(f"sparsity is not emerging: after {epoch} of {config.epochs} epochs only {100 * small:.1f}% of "
-                      f"BN scales are below 1e-2 (λ={config.sparsity:g}); raise λ (e.g. x10) or train longer",
-                      stacklevel=3)
+    if small >= 0.05:
+        return
+    jump = history[-1].get("lr", config.lr) * config.sparsity  # how far one SGD step moves every γ towards 0
+    if config.optimizer == "sgd" and jump > 5e-3:
+        advice = (f"λ is too strong for SGD, not too weak: each step moves every γ by lr·λ = {jump:.3g}, so the "
+                  "scales jump across 0 instead of settling below 1e-2; lower λ, or use --optimizer adam "
+                  "(a proximal step that sets them to 0)")
+    else:
+        advice = "raise λ (e.g. x10) or train longer"
+    warnings.warn(f"sparsity is not emerging: after {epoch} of {config.epochs} epochs only {100 * small:.1f}% of "
+                  f"BN scales are below 1e-2 (λ={config.sparsity:g}); {advice}", stacklevel=3)
 
 
 def _compiled(net: nn.Module, device: torch.device, graphed: bool) -> Callable:
@@ -305,8 +350,11 @@ def _train_epoch(step: EagerStep | GraphedStep, loader, optimizer, config, devic
     count = 0
     lr = optimizer.param_groups[0]["lr"]
     show = config.progress and dist_info.is_main
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show, dynamic_ncols=True)
-    for k, (images, labels) in enumerate(bar):
+    # The bar is moved when its figures are (tqdm iterating the loader itself updates its count only now
+    # and then, so the figures changed while it sat at 0%).
+    bar = tqdm(total=len(loader) if hasattr(loader, "__len__") else None, desc=f"epoch {epoch + 1}/{config.epochs}",
+               leave=False, disable=not show, dynamic_ncols=True)
+    for k, (images, labels) in enumerate(loader):
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if device.type == "cuda" and config.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -314,7 +362,9 @@ def _train_epoch(step: EagerStep | GraphedStep, loader, optimizer, config, devic
         count += labels.shape[0]
         if show and k % 20 == 0:  # the only host synchronisation inside an epoch: the progress bar's figures
             loss, correct = totals.tolist()
+            bar.update(k + 1 - bar.n)
             bar.set_postfix(loss=f"{loss / count:.3f}", acc=f"{correct / count:.3f}", lr=f"{lr:.3g}")
+    bar.close()
     step.end_epoch()
     if dist_info.enabled:  # epoch statistics over all ranks
         totals = torch.cat([totals, torch.tensor([float(count)], dtype=torch.float64, device=device)])
@@ -323,8 +373,7 @@ def _train_epoch(step: EagerStep | GraphedStep, loader, optimizer, config, devic
     loss_sum, correct = totals[:2].tolist()
     train_loss = loss_sum / max(count, 1)
     if not math.isfinite(train_loss):
-        raise TrainingDiverged(f"loss became {train_loss} in epoch {epoch + 1}; the last good checkpoint is kept "
-                               "(lower the learning rate or the sparsity λ)")
+        raise TrainingDiverged(f"the loss became {train_loss} in epoch {epoch + 1}", epoch + 1)
     return {"lr": lr, "train_loss": train_loss, "train_accuracy": correct / max(count, 1)}
 
 
@@ -363,48 +412,3 @@ def _append_gammas(history: dict, model: nn.Module) -> None:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
             row = m.weight.detach().abs().float().cpu()[None]
             history[name] = torch.cat([history[name], row]) if name in history else row
-
-
-def _persist(out: Path, model, optimizer, scheduler, scaler, state, arch, config, improved: bool) -> None:
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {
-        "arch": arch, "state_dict": weights, "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": state["epoch"],
-        "history": state["history"],
-        "gammas": state["gammas"], "best": state["best"], "config": _plain(asdict(config)),
-        "rng": {"torch": torch.get_rng_state(),
-                **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
-    }
-    if improved:
-        save_checkpoint(out / "best.pt", {"arch": arch, "state_dict": weights, "epoch": state["epoch"],
-                                          "metrics": state["history"][-1], "config": payload["config"]})
-    save_checkpoint(out / "last.pt", payload)
-    with open(out / "metrics.jsonl", "w") as f:  # rewritten whole: consistent with last.pt after a crash
-        for record in state["history"]:
-            f.write(json.dumps(record) + "\n")
-
-
-def _restore(path: Path, model, optimizer, scheduler, device, scaler) -> dict:
-    data = load_checkpoint(path, map_location=device)
-    try:
-        model.load_state_dict(data["state_dict"])
-        optimizer.load_state_dict(data["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot resume from {path}: it belongs to another model or run "
-                              f"({e.__class__.__name__}); use another --out folder or delete it") from None
-    scheduler.load_state_dict(data["scheduler"])
-    if data.get("scaler"):
-        scaler.load_state_dict(data["scaler"])
-    torch.set_rng_state(data["rng"]["torch"].cpu())
-    if "cuda" in data["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in data["rng"]["cuda"]])
-    return {"epoch": data["epoch"], "history": data["history"], "gammas": data["gammas"], "best": data["best"]}
-
-
-def _plain(value):
-    """Config values as JSON/weights-only friendly primitives."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
