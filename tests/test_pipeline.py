@@ -43,6 +43,22 @@ def test_recalibration_and_distillation_options(tmp_path):
     ({"model": "mlp", "prune": {"percent": 0.5, "ratio": 1}}, "unknown prune option"),
     ({"model": "mlp", "passes": 0}, "passes"),
     ({"model": "mlp", "train": 3}, "must be a mapping"),
+    # issue 15 #7: values are checked when the config is read, not after training
+    ({"model": "mlp", "prune": {"percent": 1.0}}, r"prune: percent must be a fraction in \[0, 1\)"),
+    ({"model": "mlp", "prune": {"percent": 0.5, "min_channels": 0}}, "min_channels must be an integer >= 1"),
+    ({"model": "mlp", "prune": {"percent": 0.5, "aggregate": "mean"}}, "aggregate must be max or sum"),
+    ({"model": "mlp", "prune": {}}, "give exactly one of percent"),
+    ({"model": "mlp", "recalibrate": -1}, "recalibrate must be an integer >= 0"),
+    ({"model": "mlp", "train": {"sparsity_kind": "bogus"}}, "sparsity_kind must be l1, smooth_l1 or polarization"),
+    ({"model": "mlp", "train": {"momentum": "abc"}}, "momentum must be a number"),
+    ({"model": "mlp", "train": {"grad_clip": -1}}, "grad_clip must be a number > 0"),
+    ({"model": "mlp", "finetune": {"lr": ".1"}}, "lr must be a number > 0"),
+    ({"model": "mlp", "train": {"bn_init": float("nan")}}, "bn_init must be a number > 0"),
+    ({"model": "mlp", "train": {"epochs": True}}, "epochs must be an integer"),
+    ({"model": "mlp", "distill": 5}, r"distill must be a weight in \[0, 1\]"),
+    ({"model": "mlp", "train_subset": -10}, "train_subset must be an integer >= 0"),
+    ({"model": "mlp", "val_size": 1.5}, "val_size must be an integer >= 0"),
+    ({"model": "", "dataset": "digits"}, "model must be a model name"),
 ])
 def test_bad_configs(raw, message):
     with pytest.raises(ValueError, match=message):
@@ -60,3 +76,33 @@ def test_yaml_file_config(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": "vgg11", "dataset": "cifar10", "prune": {"percent": 0.3}}))
     assert load_config(str(path)).prune == {"percent": 0.3}
+
+
+@pytest.mark.parametrize("text, message", [("", "is empty"), ("# only a comment\n", "is empty"),
+                                           ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+                                           ("model: mlp\ntrain_subset: -10\n", "train_subset")])
+def test_config_files_that_cannot_be_a_config(text, message, tmp_path):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ValueError, match=message) as e:
+        load_config(str(tmp_path / "c.yaml"))
+    assert "validation" not in str(e.value)
+
+
+def test_every_preset_loads():
+    from netslim.pipeline import list_presets
+
+    for name in list_presets():
+        load_config(name)
+
+
+def test_a_run_folder_of_another_config_is_refused_before_anything_is_written(tmp_path):
+    run_experiment(_config(), tmp_path, log=lambda *a: None)
+    written = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    changed = _config(prune={"percent": 0.3, "max_layer_fraction": 0.5})
+    with pytest.raises(ValueError, match=r"prune .*0.5.* \(now .*0.3.*\).*another --out"):
+        run_experiment(changed, tmp_path, log=lambda *a: None)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == written  # pruned.pt, plan, config.yaml
+    moved = _config(data_dir=str(tmp_path / "elsewhere"), train={**_config().train, "progress": True})
+    said = []
+    run_experiment(moved, tmp_path, log=said.append)  # where the data is and how it shows: free to change
+    assert any(s.startswith(f"{tmp_path / 'pass1' / 'sparse'} already holds all 2 epochs") for s in said)

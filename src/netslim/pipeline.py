@@ -7,6 +7,7 @@ the paper's (test error, parameters, FLOPs and the pruned fractions), as Markdow
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +22,8 @@ from . import distributed, models
 from .checkpoint import describe, load_checkpoint, save_checkpoint
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
+from .runfolder import locked, write_atomic
+from .runstate import HOW_IT_RUNS, TrainingDiverged
 from .surgery import apply_plan
 from .train import TrainConfig, evaluate, recalibrate_bn, resolve_device, train
 
@@ -53,11 +56,10 @@ class ExperimentConfig:
     distill: float = 0.0  # fine-tune with the unpruned model as teacher, with this weight (0: off)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.passes, int) or self.passes < 1:
-            raise ValueError(f"passes must be an integer >= 1, got {self.passes!r}")
-        unknown = sorted(set(self.prune) - set(PRUNE_KEYS))
-        if unknown:
-            raise ValueError(f"unknown prune option(s) {unknown}; valid: {', '.join(PRUNE_KEYS)}")
+        """Every value is checked here, when the config is read, not after hours of training."""
+        problems = _experiment_problems(self)
+        if problems:
+            raise ValueError(problems[0])
         self.train_config()  # validates early
         self.finetune_config()
 
@@ -80,6 +82,63 @@ class ExperimentConfig:
             if key in d and not isinstance(d[key], dict):
                 raise ValueError(f"config key '{key}' must be a mapping, got {type(d[key]).__name__}")
         return cls(**d)
+
+
+def _experiment_problems(c: ExperimentConfig) -> list[str]:
+    def count(v, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def text(v, optional: bool = False) -> bool:
+        return (optional and v is None) or (isinstance(v, str) and v.strip() != "")
+
+    checks = [
+        (text(c.model), f"model must be a model name, got {c.model!r}"),
+        (text(c.dataset), f"dataset must be a dataset name, got {c.dataset!r}"),
+        (isinstance(c.description, str), f"description must be text, got {c.description!r}"),
+        (text(c.data_dir, optional=True), f"data_dir must be a folder, got {c.data_dir!r}"),
+        (isinstance(c.download, bool), f"download must be true or false, got {c.download!r}"),
+        (count(c.val_size, 0), f"val_size must be an integer >= 0 (images held out for validation), "
+                               f"got {c.val_size!r}"),
+        (count(c.train_subset, 0), f"train_subset must be an integer >= 0 (train on that many images; 0: all), "
+                                   f"got {c.train_subset!r}"),
+        (text(c.augment, optional=True), f"augment must be a name such as cifar or none, got {c.augment!r}"),
+        (c.stream is None or isinstance(c.stream, bool), f"stream must be true or false, got {c.stream!r}"),
+        (count(c.image_size, 1), f"image_size must be an integer >= 1, got {c.image_size!r}"),
+        (isinstance(c.baseline, bool), f"baseline must be true or false, got {c.baseline!r}"),
+        (count(c.passes, 1), f"passes must be an integer >= 1, got {c.passes!r}"),
+        (isinstance(c.fold_bias, bool), f"fold_bias must be true or false, got {c.fold_bias!r}"),
+        (count(c.recalibrate, 0), f"recalibrate must be an integer >= 0 (BN re-estimation batches; 0: off), "
+                                  f"got {c.recalibrate!r}"),
+        (isinstance(c.distill, int | float) and not isinstance(c.distill, bool) and 0 <= c.distill <= 1,
+         f"distill must be a weight in [0, 1] (0: off), got {c.distill!r}"),
+    ]
+    problems = [message for ok, message in checks if not ok]
+    unknown = sorted(set(c.prune) - set(PRUNE_KEYS))
+    if unknown:
+        problems.append(f"unknown prune option(s) {unknown}; valid: {', '.join(PRUNE_KEYS)}")
+    return problems or _prune_problems(c.prune)
+
+
+def _prune_problems(prune: dict) -> list[str]:
+    """The pruning options as :func:`netslim.plan.plan_pruning` checks them, with ``round_to: auto`` allowed."""
+    from .plan import _check_args
+
+    options = {"min_channels": 1, "round_to": "auto", "aggregate": "max", "exclude": [], **prune}
+    if options["round_to"] == "auto":
+        options["round_to"] = 1
+    if options["aggregate"] not in ("max", "sum"):
+        return [f"prune.aggregate must be max or sum, got {options['aggregate']!r}"]
+    if not (isinstance(options["exclude"], list) and all(isinstance(p, str) for p in options["exclude"])):
+        return [f"prune.exclude must be a list of BN path patterns, got {options['exclude']!r}"]
+    for key in ("min_channels", "round_to"):
+        if isinstance(options[key], bool):
+            return [f"prune.{key} must be an integer >= 1, got {options[key]!r}"]
+    try:
+        _check_args(options.get("percent"), options.get("layer_percent"), options.get("max_layer_fraction"),
+                    options["min_channels"], options["round_to"])
+    except ValueError as e:
+        return [f"prune: {e}"]
+    return []
 
 
 def _train_config(values: dict, where: str) -> TrainConfig:
@@ -110,7 +169,14 @@ def load_config(name_or_path: str) -> ExperimentConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return ExperimentConfig.from_dict(raw or {})
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a config") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text (YAML) file") from None
+    if raw is None:
+        raise ValueError(f"{path} is empty: a config names at least the model and the dataset (see netslim run "
+                         "--list for presets to start from)")
+    return ExperimentConfig.from_dict(raw)
 
 
 # -- data --
@@ -168,19 +234,88 @@ def build_model_for(config: ExperimentConfig, train_set) -> tuple[nn.Module, dic
         kwargs.setdefault("input_size", shape if config.model == "mlp" else shape[-1])
     if "in_channels" in accepted:
         kwargs.setdefault("in_channels", shape[0])
-    return models.create_model(config.model, kwargs), kwargs
+    try:
+        model = models.create_model(config.model, kwargs)
+    except (TypeError, IndexError, KeyError, AttributeError, RuntimeError, OverflowError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model_kwargs {config.model_kwargs} do not build {config.model}: {why}") from None
+    if getattr(model, "input_size", None) is None:  # a factory's model: its checkpoints record the data's size
+        model.input_size = shape
+    check_model_fits(model, train_set, config.model, config.dataset)
+    return model, kwargs
+
+
+def check_model_fits(model: nn.Module, train_set, name: str, dataset: str) -> None:
+    """A :class:`ValueError` before training when ``model`` cannot take the dataset's images or predicts
+    fewer classes than it has (one forward pass of two blank images, in eval mode)."""
+    shape = tuple(train_set.sample_shape)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *shape, device=next(model.parameters(), torch.zeros(())).device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{name} cannot take the {'x'.join(map(str, shape))} images of {dataset}: {why}") from None
+    finally:
+        model.train(was_training)
+    classes = out.shape[-1] if torch.is_tensor(out) and out.dim() == 2 else None
+    if classes is not None and classes < train_set.num_classes:
+        raise ValueError(f"{name} predicts {classes} classes but {dataset} has {train_set.num_classes} (labels 0.."
+                         f"{train_set.num_classes - 1}); give --num-classes {train_set.num_classes} or more")
 
 
 # -- the job --
 
+# What a run folder may be resumed with that differs from its config.yaml: where and how, not what.
+RUN_ONLY = {"description", "data_dir", "download"}
+
+
 def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> dict:
-    """Run (or resume) the experiment into ``out_dir``; returns the results table as rows."""
+    """Run (or resume) the experiment into ``out_dir``; returns the results table as rows.
+
+    The folder is locked while the run lasts. A folder that holds a run of another config is refused
+    before anything is written (its stages would no longer fit each other): only where the data is,
+    the device and similar may change on resume.
+    """
     out = Path(out_dir)
     main = distributed.current().is_main  # under torchrun, rank 0 alone logs and writes
     log = log if main else (lambda *a, **k: None)
-    out.mkdir(parents=True, exist_ok=True)
-    if main:
-        (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    with locked(out) if main else contextlib.nullcontext():
+        if main:
+            check_resumable(config, out)
+            write_atomic(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
+        try:
+            return _run_stages(config, out, progress, log, main)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{str(e).split(';')[0]}; lower lr or sparsity in the config and run it into "
+                                   "another --out (this folder's stages were trained with the old values)",
+                                   e.epoch) from None
+
+
+def check_resumable(config: ExperimentConfig, out: Path) -> None:
+    """A :class:`ValueError` naming the options when ``out`` holds a run of a config that trains otherwise."""
+    try:
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, RecursionError, UnicodeDecodeError):
+        return  # nothing readable to compare with: the stages' own checks still hold
+    if not isinstance(saved, dict):
+        return
+    now = yaml.safe_load(yaml.safe_dump(asdict(config)))  # the same plain types the file holds
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if key in ("train", "finetune") and isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{key}.{k} {old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new))
+                        if k not in HOW_IT_RUNS and old.get(k) != new.get(k)]
+        elif key not in RUN_ONLY and old != new:
+            changed.append(f"{key} {old!r} (now {new!r})")
+    if changed:
+        raise ValueError(f"{out} holds a run of another config: {', '.join(changed)}; its stages were trained with "
+                         "the old values. Run the new config into another --out (or delete this folder)")
+
+
+def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: bool) -> dict:
     sparse_cfg, tune_cfg = config.train_config(), config.finetune_config()
     sparse_cfg.progress = tune_cfg.progress = progress
     device = resolve_device(sparse_cfg.device)
@@ -208,7 +343,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         plain = copy.deepcopy(sparse_cfg)
         plain.sparsity, plain.bn_init = 0.0, None
         train(baseline, train_loader, plain, val_loader=val_loader, out_dir=out / "baseline",
-              arch=describe(baseline, config.model, kwargs))
+              arch=describe(baseline, config.model, kwargs), log=log)
         row("baseline", _selected(baseline, out / "baseline", val_loader), _test_error(baseline, test_loader),
             original)
 
@@ -220,7 +355,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         if k > 1:
             pass_cfg.bn_init = None  # later passes continue from the fine-tuned weights
         train(current, train_loader, pass_cfg, val_loader=val_loader, out_dir=stage / "sparse",
-              arch=describe(current, config.model, kwargs))
+              arch=describe(current, config.model, kwargs), log=log)
         current = _selected(current, stage / "sparse", val_loader)
         row(f"pass {k} trained with sparsity", current, _test_error(current, test_loader), original)
 
@@ -241,7 +376,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
         tune = copy.deepcopy(tune_cfg)
         tune.distill = config.distill
         train(compact, train_loader, tune, val_loader=val_loader, out_dir=stage / "finetune",
-              arch=describe(compact, config.model, kwargs), teacher=current if config.distill else None)
+              arch=describe(compact, config.model, kwargs), teacher=current if config.distill else None, log=log)
         current = _selected(compact, stage / "finetune", val_loader)
         row(f"pass {k} fine-tuned", current, _test_error(current, test_loader), original)
 
