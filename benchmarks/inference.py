@@ -21,6 +21,7 @@ Usage: python benchmarks/inference.py [--full | --quick | --smoke] [--threads N]
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import re
@@ -175,10 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
                       "conv_widths": [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]}
     notes = []
     availability = {"eager": None, "torchscript": None, "onnxruntime": None}
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        availability["onnxruntime"] = "onnxruntime is not installed (pip install onnxruntime)"
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:  # torch's ONNX exporter needs onnx, the runtime onnxruntime
+        availability["onnxruntime"] = f"{' and '.join(missing)} not installed (pip install {' '.join(missing)})"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         artifacts: dict[str, dict[str, object]] = {"eager": {}, "torchscript": {}, "onnxruntime": {}}

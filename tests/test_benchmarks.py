@@ -30,7 +30,7 @@ def smoke(tmp_path_factory):
     try:
         data, modules = {}, {}
         for name in NAMES:
-            if name == "inference" and importlib.util.find_spec("onnxruntime") is None:
+            if name == "inference" and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
                 continue
             modules[name] = importlib.import_module(name)
             rec = modules[name].main(["--quick", "--smoke", "--threads", "1", "--out", str(out)])
@@ -125,6 +125,7 @@ def test_pipeline_overhead(smoke):
 
 
 def test_inference(smoke):
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     data = smoke["inference"]
     r = data["results"]

@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import pytest
@@ -118,3 +119,68 @@ def test_nan_weights_are_refused(tmp_path):
     save_checkpoint(tmp_path / "c.pt", {"arch": describe(mlp, "mlp"), "state_dict": state})
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         load_model(tmp_path / "c.pt")
+
+
+def test_a_full_disk_is_the_disk_is_full_error_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
+    """ENOSPC from the kernel (/dev/full), which torch's zip writer used to report as an inline_container
+    RuntimeError; no temporary file is left behind."""
+    import netslim.checkpoint as checkpoint
+
+    save_checkpoint(tmp_path / "c.pt", {"state_dict": {"w": torch.ones(3)}})
+    before = (tmp_path / "c.pt").read_bytes()
+    real = checkpoint.tempfile.mkstemp
+
+    def on_a_full_disk(**kw):
+        fd, path = real(**kw)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, fd)
+        os.close(full)
+        return fd, path
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", on_a_full_disk)
+    with pytest.raises(CheckpointError, match="the disk is full; the previous checkpoint is kept"):
+        save_checkpoint(tmp_path / "c.pt", {"state_dict": {"w": torch.zeros(100_000)}})
+    assert (tmp_path / "c.pt").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_a_long_checkpoint_name_still_fits_its_temporary_file(tmp_path):
+    path = tmp_path / ("n" * 250 + ".pt")
+    save_checkpoint(path, {"state_dict": {}})
+    assert load_checkpoint(path)["state_dict"] == {}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"hello\n", "not a PyTorch checkpoint (a text file starting 'hello')"),
+    (b"model: 1\nnot: pickled\n", "not a PyTorch checkpoint (a text file"),
+    (bytes(range(200, 256)) * 4, "not a PyTorch checkpoint (unknown binary data)"),
+    (b"", "not a PyTorch checkpoint (an empty file)"),
+    (b"\x80\x02\x95garbage", "not a readable checkpoint"),
+])
+def test_files_that_are_not_checkpoints_are_named_for_what_they_are(content, message, tmp_path):
+    (tmp_path / "x.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        load_checkpoint(tmp_path / "x.pt")
+    assert "pickled code" not in str(e.value)
+
+
+@pytest.mark.parametrize("payload", [{"state_dict": [1, 2]}, {"state_dict": {"w": "not a tensor"}},
+                                     {"state_dict": {1: torch.zeros(1)}}])
+def test_a_malformed_state_dict_is_refused_when_read(payload, tmp_path):
+    save_checkpoint(tmp_path / "c.pt", payload)
+    with pytest.raises(CheckpointError, match="malformed state_dict"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_the_input_size_a_factory_model_lacks_is_kept_in_its_checkpoint(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 3))
+    model.input_size = (1, 8, 8)
+    save_checkpoint(tmp_path / "c.pt", {"arch": describe(model, "tests.test_checkpoint:_factory"),
+                                        "state_dict": model.state_dict()})
+    rebuilt, _ = load_model(tmp_path / "c.pt", factory=_factory)
+    assert rebuilt.input_size == (1, 8, 8)
+
+
+def _factory():
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 3))

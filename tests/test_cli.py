@@ -172,3 +172,54 @@ def test_gpu_requests_without_a_gpu(tmp_path, capsys):
     assert code == 0 and "done: test accuracy" in out
     lines = [x for x in err.strip().splitlines() if "cuda" in x.lower()]
     assert lines == ["netslim: warning: --cuda-graph needs a CUDA device; training on cpu runs eagerly"]
+
+
+def test_fuzzed_config_files_and_checkpoint_headers_never_escape_as_tracebacks(tmp_path, capsys):
+    """Issue 15: the fuzzing reaches what files say, not only flags: one key of a small config, or one
+    field of a checkpoint's header, replaced by a hostile value; the answer is done or one line, exit 2."""
+    import yaml
+
+    from netslim import models
+    from netslim.checkpoint import describe, save_checkpoint
+
+    rng = random.Random(1)
+    junk = [None, -1, 0, 10 ** 12, 1.5, float("nan"), "x", "", True, [], {}, [1, 2], {"a": 1}, "../../etc/passwd",
+            "subprocess:getoutput"]
+    nested = 1
+    for _ in range(200):
+        nested = [nested]
+    junk.append(nested)
+    base = {"model": "mlp", "dataset": "digits", "model_kwargs": {"widths": [16, 8]}, "baseline": False,
+            "train": {"epochs": 1, "sparsity": 1e-3, "progress": False}, "finetune": {"epochs": 1},
+            "prune": {"percent": 0.5}}
+    for k in range(25):
+        config = json.loads(json.dumps(base))
+        section = rng.choice([None, "train", "finetune", "prune", "model_kwargs"])
+        target = config if section is None else config[section]
+        key = rng.choice(sorted(set(target) | {"lr", "momentum", "grad_clip", "min_channels", "recalibrate", "extra"}))
+        target[key] = rng.choice(junk)
+        path = tmp_path / f"c{k}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        code, _, err = run(capsys, "run", str(path), "--out", str(tmp_path / f"r{k}"), "--no-progress")
+        assert code in (0, 2) and "Traceback" not in err and len(err.strip().splitlines()) <= 1, (config, err)
+
+    model = models.create("mlp", widths=[16, 8], input_size=(1, 8, 8))
+    header = {"arch": describe(model, "mlp", {"widths": [16, 8], "input_size": (1, 8, 8)}),
+              "state_dict": model.state_dict(), "epoch": 1, "history": [], "plan": {}}
+    fields = [("arch",), ("arch", "name"), ("arch", "kwargs"), ("arch", "kwargs", "widths"), ("arch", "shapes"),
+              ("arch", "shapes", "hidden.0"), ("arch", "input_size"), ("state_dict",),
+              ("state_dict", "hidden.0.weight"), ("format",)]
+    for k in range(30):
+        data = {"arch": dict(header["arch"], kwargs=dict(header["arch"]["kwargs"]),
+                             shapes=dict(header["arch"]["shapes"])), **{f: header[f] for f in header if f != "arch"}}
+        data["state_dict"] = dict(data["state_dict"])
+        *parents, leaf = rng.choice(fields)
+        target = data
+        for name in parents:
+            target = target[name]
+        target[leaf] = rng.choice(junk)
+        path = tmp_path / f"h{k}.pt"
+        save_checkpoint(path, data)
+        for argv in (["info", str(path)], ["prune", str(path), "--out", str(tmp_path / "s.pt")]):
+            code, _, err = run(capsys, *argv)
+            assert code in (0, 2) and "Traceback" not in err and len(err.strip().splitlines()) <= 1, (argv, data, err)

@@ -129,6 +129,7 @@ def test_onnx_round_trip(tmp_path, name, pruned):
 
 
 def test_onnx_mismatch_is_a_clear_error(tmp_path):
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     model = _model("mlp", False)
     path = export_onnx(model, tmp_path / "mlp.onnx", fold=False)
@@ -138,8 +139,18 @@ def test_onnx_mismatch_is_a_clear_error(tmp_path):
 
 
 def test_export_does_not_need_onnxruntime(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     model = _model("vgg11", True)
     path = export_onnx(model, tmp_path / "m.onnx")
     assert path.exists() and path.stat().st_size > 0
     assert check_onnx(model, path, model.input_size) is None
+
+
+def test_export_without_onnx_says_what_to_install(tmp_path, monkeypatch):
+    """torch's ONNX exporters need the onnx package (torch 2.13 and 2.14 alike): an ImportError naming it."""
+    monkeypatch.setitem(sys.modules, "onnx", None)  # find_spec("onnx") -> None, import onnx -> ImportError
+    with pytest.raises(ImportError, match="pip install onnx"):
+        export_onnx(netslim.models.create("mlp", widths=[8, 4], input_size=(1, 4, 4), num_classes=3),
+                    tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

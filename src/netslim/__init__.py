@@ -7,7 +7,7 @@
     fast = netslim.deploy(small, device="cuda", dtype=torch.bfloat16, channels_last=True)  # BN folded
 """
 
-from . import models
+from . import models, train  # train: the training loop's module (netslim.train.recalibrate_bn, ...)
 from .budget import plan_for_budget
 from .deployment import deploy, export_aoti, export_program
 from .export import export_onnx, fold_batchnorm
@@ -23,4 +23,5 @@ __all__ = [
     "ChannelGraph", "GraphError", "PruningPlan", "SelectBatchNorm", "Sparsity", "SparsityRegularizer", "apply_plan",
     "count_flops", "count_params", "deploy", "export_aoti", "export_onnx", "export_program", "fold_batchnorm",
     "init_bn_scales", "masked_model", "models", "plan_for_budget", "plan_pruning", "sparsify", "trace_channels",
+    "train",
 ]

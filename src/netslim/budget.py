@@ -62,8 +62,8 @@ def plan_for_budget(model: nn.Module, *, target_flops: float | None = None, targ
         real = apply_plan(model, best, graph=graph)
         achieved = (count_flops(real, size) / count_flops(model, size) if target_flops is not None
                     else count_params(real) / count_params(model))
-        raise ValueError(f"target of {100 * target:.1f}% {what} cannot be reached: pruning as much as the guards "
-                         f"allow leaves {100 * achieved:.1f}%; relax min_channels, max_layer_fraction or round_to")
+        raise ValueError(f"target of {_percent(target)} {what} cannot be reached: pruning as much as the guards "
+                         f"allow leaves {_percent(achieved)}; relax min_channels, max_layer_fraction or round_to")
     if cost(plan_at(0)) <= limit:
         return plan_at(0)
     while high - low > 1:  # invariant: plan_at(high) fits, plan_at(low) does not
@@ -97,3 +97,8 @@ def _kept_fraction(graph, use, pruned: set[int]) -> tuple[float, float]:
         return sum(graph.root(i) not in pruned for i in ids) / max(len(ids), 1)
 
     return frac(use.in_ids), frac(use.out_ids)
+
+
+def _percent(fraction: float) -> str:
+    """A fraction as a percentage with the digits that tell small ones apart (0.01%, not 0.0%)."""
+    return f"{100 * fraction:.3g}%"

@@ -221,7 +221,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a netslim checkpoint (no '{FORMAT}' header); netslim saves "
                               "its own with `netslim train`")
     weights = data.get("state_dict", {})
-    if not (isinstance(weights, Mapping) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items())):
+    if not isinstance(weights, Mapping) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                                    for k, v in weights.items()):
         raise CheckpointError(f"{path} has a malformed state_dict (it must map parameter names to tensors)")
     return data
 

@@ -7,6 +7,8 @@ anything else is an internal error: one line, exit 3 (set NETSLIM_DEBUG=1 for th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import math
 import os
@@ -15,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from . import distributed
+from .runfolder import locked, refuse_overwriting_inputs
 
 EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -98,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=_positive_int)
     p.add_argument("--sparsity", type=_non_negative, default=0.0, help="λ of the L1 penalty on BN scales")
     p.add_argument("--sparsity-kind", default="l1", choices=["l1", "smooth_l1", "polarization"])
-    p.add_argument("--bn-init", type=float, help="initial BN scale (the paper uses 0.5 with sparsity)")
+    p.add_argument("--bn-init", type=_positive, help="initial BN scale (the paper uses 0.5 with sparsity)")
     p.add_argument("--sparsity-schedule", default="constant", choices=["constant", "warmup", "step", "linear"])
     p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN",
                    help="module-path pattern of BNs left out of the penalty (repeatable), e.g. 'head.*'")
@@ -179,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torchscript", metavar="FILE", help="write a traced TorchScript file (deprecated by PyTorch)")
     p.add_argument("--no-fold", action="store_true", help="keep the BatchNorm layers")
     p.add_argument("--opset", type=_positive_int, default=17)
+    p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for a model that does not declare "
+                   "one (stored in checkpoints netslim writes once known)")
     factory_option(p)
 
     p = sub.add_parser("report", help="plots of a run folder (γ distribution, widths, γ along training)")
@@ -203,23 +208,45 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args) or 0
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help
+            return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+        try:
+            code = COMMANDS[args.command](args) or 0
+            sys.stdout.flush()
+            return code
+        except SystemExit as e:  # code the user named (a model factory) tried to end the process
+            raise UsageError(f"{args.command} was stopped by code it ran calling sys.exit({e.code!r}) (a model "
+                             "factory?); nothing was finished") from None
     except KeyboardInterrupt:
         print("netslim: interrupted; the last epoch's checkpoint is kept: run the same command again to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
+    except BrokenPipeError:  # the reader went away (`| head`): stop writing, say it once on stderr
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("netslim: error: the output pipe was closed before everything was written", file=sys.stderr)
+        return EXIT_USAGE
     except (UsageError, ValueError, FileNotFoundError, PermissionError, ImportError) as e:
         print(f"netslim: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as e:  # an internal error: say so in one line, keep the traceback for debugging
-        if os.environ.get("NETSLIM_DEBUG"):
-            raise
-        print(f"netslim: internal error: {type(e).__name__}: {_one_line(e)} (set NETSLIM_DEBUG=1 for details)",
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EROFS):
+            return _internal(e)
+        print(f"netslim: error: {_one_line(e) if e.errno != errno.ENOSPC else 'the disk is full: ' + _one_line(e)}",
               file=sys.stderr)
-        return EXIT_INTERNAL
+        return EXIT_USAGE
+    except Exception as e:  # an internal error: say so in one line, keep the traceback for debugging
+        return _internal(e)
+
+
+def _internal(e: BaseException) -> int:
+    if os.environ.get("NETSLIM_DEBUG"):
+        raise e
+    print(f"netslim: internal error: {type(e).__name__}: {_one_line(e)} (set NETSLIM_DEBUG=1 for details)",
+          file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def _one_line(e: BaseException) -> str:
@@ -227,22 +254,40 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _writable_dir(path: str) -> Path:
-    out = Path(path)
+def _named(path: str | None, option: str) -> str:
+    if path is None or not path.strip():
+        raise UsageError(f"{option} is empty: give a {'folder' if option == '--out' else 'file'} name")
+    return path
+
+
+def _writable_dir(path: str, option: str = "--out") -> Path:
+    out = Path(_named(path, option))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"cannot create output folder {out}: {e.strerror}") from None
+        raise UsageError(f"cannot create output folder {out} ({option}): {e.strerror}") from None
+    if not out.is_dir():
+        raise UsageError(f"{option} {out} is a file, not a folder")
     if not os.access(out, os.W_OK):
         raise UsageError(f"output folder {out} is not writable")
     return out
 
 
-def _writable_file(path: str) -> Path:
-    out = Path(path)
-    _writable_dir(str(out.parent) if str(out.parent) else ".")
+def _writable_file(path: str, option: str = "--out") -> Path:
+    """An output file that can be written: its folder exists (or is made), its name fits, it is not a folder."""
+    out = Path(_named(path, option))
+    folder = _writable_dir(str(out.parent), option)
+    try:
+        longest = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    if len(out.name.encode()) > longest:
+        raise UsageError(f"{option}: the file name is {len(out.name.encode())} bytes long, more than the {longest} "
+                         "this file system allows")
     if out.is_dir():
-        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'pruned.pt'}")
+        raise UsageError(f"{option} {out} is a folder; give a file name such as {out / 'pruned.pt'}")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise UsageError(f"{option} {out} exists and is not writable")
     return out
 
 
@@ -252,11 +297,13 @@ def cmd_train(args) -> int:
     import torch
 
     from .checkpoint import describe, load_model
-    from .pipeline import ExperimentConfig, build_model_for, make_loaders
+    from .pipeline import ExperimentConfig, build_model_for, check_model_fits, make_loaders
     from .train import TrainConfig, resolve_device, train
 
     info = distributed.init_from_env(args.device)
     out = _writable_dir(args.out)
+    if args.from_checkpoint:
+        _refuse_reading_what_training_writes(args.from_checkpoint, "--from", out)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          sparsity=args.sparsity, sparsity_kind=args.sparsity_kind, bn_init=args.bn_init,
                          sparsity_schedule=args.sparsity_schedule, bn_exclude=tuple(args.bn_exclude),
@@ -268,17 +315,19 @@ def cmd_train(args) -> int:
         model_kwargs["pretrained"] = True
     experiment = ExperimentConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                                   download=not args.no_download, val_size=args.val_size, model_kwargs=model_kwargs)
-    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
-    torch.manual_seed(args.seed)  # the same initial weights on every run, rank and resume
-    if args.from_checkpoint:
-        model, data = load_model(args.from_checkpoint, factory=args.factory)
-        arch = data["arch"]
-    else:
-        model, kwargs = build_model_for(experiment, train_set)
-        arch = describe(model, args.model, kwargs)
-    result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=arch,
-                   resume=not args.no_resume,
-                   on_epoch=lambda r: print(_epoch_line(r)))
+    with _owning(out, info):  # a second run into the same folder stops here, before loading anything
+        loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device),
+                                                    args.seed)
+        torch.manual_seed(args.seed)  # the same initial weights on every run, rank and resume
+        if args.from_checkpoint:
+            model, data = load_model(args.from_checkpoint, factory=args.factory)
+            check_model_fits(model, train_set, args.from_checkpoint, args.dataset)
+            arch = describe(model, data["arch"]["name"], data["arch"].get("kwargs", {}))
+        else:
+            model, kwargs = build_model_for(experiment, train_set)
+            arch = describe(model, args.model, kwargs)
+        result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=arch,
+                       resume=not args.no_resume, on_epoch=lambda r: print(_epoch_line(r)), log=print)
     final = result["final"]
     if info.is_main:
         print(f"done: test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% after {final.get('epoch')} "
@@ -286,6 +335,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _owning(out: Path, info) -> contextlib.AbstractContextManager:
+    """The run folder's lock (rank 0 alone writes, so it alone locks under torchrun)."""
+    return locked(out) if info.is_main else contextlib.nullcontext()
+
+
+def _refuse_reading_what_training_writes(path: str, option: str, out: Path) -> None:
+    """Training rewrites last.pt, best.pt and metrics.jsonl in its folder: an input there would be lost."""
+    written = {f"--out ({name})": out / name for name in ("last.pt", "best.pt", "metrics.jsonl")}
+    refuse_overwriting_inputs(written, {option: path}, advice="give another --out, or copy the checkpoint out of it")
 def _epoch_line(r: dict) -> str:
     parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.4f}", f"train {100 * r['train_accuracy']:.2f}%"]
     if "val_accuracy" in r:
@@ -312,6 +370,9 @@ def cmd_prune(args) -> int:
     if sum(ways) > 1:
         raise UsageError("give one of --percent, --layer-percent, --target-flops, --target-params")
     out = _writable_file(args.out)
+    plan_out = _writable_file(args.plan_out, "--plan-out") if args.plan_out is not None else None
+    refuse_overwriting_inputs({"--out": out, "--plan-out": plan_out},
+                              {"checkpoint": args.checkpoint if Path(args.checkpoint).exists() else None})
     if Path(args.checkpoint).is_file() or ":" not in args.checkpoint:
         model, data = load_model(args.checkpoint, factory=args.factory)
         arch = dict(data["arch"])
@@ -319,10 +380,7 @@ def cmd_prune(args) -> int:
         kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
         model = create_model(args.checkpoint, kwargs)
         arch = describe(model, args.checkpoint, kwargs)
-    if args.input_size is not None:
-        model.input_size = args.input_size if len(args.input_size) > 1 else (3, *args.input_size * 2)
-    if getattr(model, "input_size", None) is None:
-        raise UsageError(f"{args.checkpoint} does not declare its input size: pass --input-size C,H,W")
+    model.input_size = _input_of(model, _full_size(model, args.input_size), args.checkpoint)
     model.eval()
     example = torch.zeros(2, *model.input_size)
     target = args.target if args.target != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
@@ -367,39 +425,38 @@ def cmd_prune(args) -> int:
             print(f"test accuracy after re-estimating BN statistics on {args.recalibrate} batches: "
                   f"{100 * evaluate(compact, test)['accuracy']:.2f}%")
     from .checkpoint import layer_shapes
-    arch["shapes"] = layer_shapes(compact)
+    arch["shapes"], arch["input_size"] = layer_shapes(compact), list(model.input_size)
+    if plan_out is not None:  # first: a plan without its model harms less than a model without its plan
+        plan.save(plan_out)
     save_checkpoint(out, {"arch": arch, "state_dict": compact.state_dict(), "plan": plan.to_dict()})
-    if args.plan_out:
-        plan.save(_writable_file(args.plan_out))
-    print(f"compact model saved to {out}")
+    print(f"compact model saved to {out}" + (f", plan to {plan_out}" if plan_out is not None else ""))
     return 0
 
 
 def cmd_finetune(args) -> int:
     from .checkpoint import load_model
-    from .pipeline import ExperimentConfig, make_loaders
+    from .pipeline import ExperimentConfig, check_model_fits, make_loaders
     from .train import TrainConfig, resolve_device, train
 
     info = distributed.init_from_env(args.device)
     out = _writable_dir(args.out)
-    model, data = load_model(args.checkpoint, factory=args.factory)
+    _refuse_reading_what_training_writes(args.checkpoint, "checkpoint", out)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn,
                          amp=args.amp, compile=args.compile, cuda_graph=args.cuda_graph)
-    experiment = ExperimentConfig(model=data["arch"]["name"], dataset=args.dataset, data_dir=args.data_dir,
-                                  download=not args.no_download, val_size=args.val_size)
-    loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device), args.seed)
-    classes = data["arch"].get("kwargs", {}).get("num_classes")
-    if classes not in (None, train_set.num_classes):
-        raise UsageError(f"the checkpoint predicts {classes} classes but {args.dataset} has {train_set.num_classes}")
-    result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=data["arch"],
-                   resume=not args.no_resume, on_epoch=lambda r: print(_epoch_line(r)))
+    with _owning(out, info):
+        model, data = load_model(args.checkpoint, factory=args.factory)
+        experiment = ExperimentConfig(model=data["arch"]["name"], dataset=args.dataset, data_dir=args.data_dir,
+                                      download=not args.no_download, val_size=args.val_size)
+        loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device),
+                                                    args.seed)
+        check_model_fits(model, train_set, args.checkpoint, args.dataset)
+        result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=data["arch"],
+                       resume=not args.no_resume, on_epoch=lambda r: print(_epoch_line(r)), log=print)
     if info.is_main:
         print(f"done: test accuracy {100 * result['final'].get('test_accuracy', float('nan')):.2f}%; "
               f"checkpoints in {out}")
     return 0
-
-
 def cmd_run(args) -> int:
     from .pipeline import list_presets, load_config, run_experiment
 
@@ -423,7 +480,9 @@ def cmd_run(args) -> int:
         config.train["cuda_graph"] = True
     config.__post_init__()
     distributed.init_from_env(config.train.get("device", "auto"))
-    out = _writable_dir(args.out or f"runs/{Path(args.config).stem}")
+    out = _writable_dir(args.out if args.out is not None else f"runs/{Path(args.config).stem}")
+    refuse_overwriting_inputs({"--out (results.md)": out / "results.md", "--out (results.json)": out / "results.json"},
+                              {"config": args.config}, advice="give another --out")
     run_experiment(config, out, progress=not args.no_progress)
     if not distributed.current().is_main:
         return 0
@@ -451,14 +510,11 @@ def cmd_info(args) -> int:
     else:
         kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
         model = create_model(args.model, kwargs)
-    size = args.input_size
-    if size is not None and len(size) == 1:
-        base = getattr(model, "input_size", (3, size[0], size[0]))
-        size = (base[0], *([size[0]] * (len(base) - 1)))
+    size = _input_of(model, _full_size(model, args.input_size), args.model)
     from torch.nn.modules.batchnorm import _BatchNorm
     widths = {n: m.num_features for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
     info = {"model": args.model, "params": count_params(model), "flops": count_flops(model, size),
-            "input_size": list(size or model.input_size), "widths": widths}
+            "input_size": list(size), "widths": widths}
     if args.json:
         print(json.dumps(info))
     else:
@@ -468,6 +524,34 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _full_size(model, size: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """``--input-size 32`` means the model's channels at 32x32 (3 channels when it declares nothing)."""
+    if size is None or len(size) > 1:
+        return size
+    base = getattr(model, "input_size", None) or (3, size[0], size[0])
+    return (base[0], *([size[0]] * (len(base) - 1)))
+
+
+def _input_of(model, size: tuple[int, ...] | None, what: str) -> tuple[int, ...]:
+    """The input size to use for ``model`` (``size`` if given, else the one it declares), checked by running it."""
+    import torch
+
+    declared = getattr(model, "input_size", None)
+    size = tuple(size) if size is not None else (tuple(declared) if declared is not None else None)
+    if size is None:
+        raise UsageError(f"{what} does not declare its input size: pass --input-size C,H,W")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *size, device=next(model.parameters(), torch.zeros(())).device))
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        built = f" (it was built for {tuple(declared)})" if declared is not None and tuple(declared) != size else ""
+        raise UsageError(f"{what} cannot take an input of size {','.join(map(str, size))}{built}: "
+                         f"{_one_line(e)}") from None
+    finally:
+        model.train(was_training)
+    return size
 def cmd_export(args) -> int:
     import torch
 
@@ -475,8 +559,17 @@ def cmd_export(args) -> int:
     from .deployment import DTYPES, deploy, export_aoti, export_program, misaligned_widths, target_defaults
     from .export import export_onnx
 
-    if not (args.onnx or args.program or args.aoti or args.torchscript):
+    if all(x is None for x in (args.onnx, args.program, args.aoti, args.torchscript)):
         raise UsageError("give at least one of --onnx FILE, --program FILE, --aoti FILE, --torchscript FILE")
+    outputs = {f"--{k}": _writable_file(v, f"--{k}") if v is not None else None
+               for k, v in (("onnx", args.onnx), ("program", args.program), ("aoti", args.aoti),
+                            ("torchscript", args.torchscript))}
+    refuse_overwriting_inputs(outputs, {"checkpoint": args.checkpoint})
+    if args.onnx is not None:
+        import importlib.util
+        if importlib.util.find_spec("onnx") is None:
+            raise UsageError("--onnx needs the onnx package: pip install onnx onnxruntime (or pip install "
+                             "'netslim[export]'); onnxruntime checks the file against PyTorch")
     target = args.target if args.target != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     defaults = target_defaults(target)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else defaults["dtype"]
@@ -486,8 +579,8 @@ def cmd_export(args) -> int:
         raise UsageError("--aoti for a gpu target compiles CUDA kernels and needs a CUDA GPU on this machine; "
                          "run the export there, or write --program instead")
     model, _ = load_model(args.checkpoint, factory=args.factory)
+    model.input_size = size = _input_of(model, _full_size(model, args.input_size), args.checkpoint)
     model.eval()
-    size = model.input_size
     round_to = args.round_to or defaults["round_to"]
     odd = misaligned_widths(model, round_to, torch.zeros(2, *size))
     if odd:
@@ -499,16 +592,16 @@ def cmd_export(args) -> int:
           f"{'channels_last' if channels_last else 'contiguous'}")
     options = dict(device=device, dtype=dtype, channels_last=channels_last, fold=not args.no_fold)
     if args.onnx:
-        path = export_onnx(model, _writable_file(args.onnx), size, fold=not args.no_fold, opset=args.opset)
+        path = export_onnx(model, outputs["--onnx"], size, fold=not args.no_fold, opset=args.opset)
         print(f"ONNX model (fp32) written to {path}")
     if args.program:
-        path = export_program(model, _writable_file(args.program), **options)
+        path = export_program(model, outputs["--program"], **options)
         print(f"torch.export program written to {path} (load: torch.export.load(path).module())")
     if args.aoti:
-        path = export_aoti(model, _writable_file(args.aoti), **options)
+        path = export_aoti(model, outputs["--aoti"], **options)
         print(f"AOTInductor package written to {path} (load: torch._inductor.aoti_load_package(path))")
     if args.torchscript:
-        out = _writable_file(args.torchscript)
+        out = outputs["--torchscript"]
         deployed = deploy(model, **options)
         with torch.no_grad():
             traced = torch.jit.trace(deployed, torch.zeros(1, *size, device=device))

@@ -163,7 +163,10 @@ def export_program(model: nn.Module, path: str | Path, *, input_size: Sequence[i
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _check(deployed, program.module(), size, device, dtype, path)
-    torch.export.save(program, str(path))
+    with warnings.catch_warnings():
+        # torch's archive writer notes weights it stores whole (no tensor shares their storage): not a problem
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group")
+        torch.export.save(program, str(path))
     return path
 
 

@@ -15,6 +15,7 @@ pre-activation ResNet, a DenseNet's concatenation) have no such layer and stay.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,12 +116,17 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] | 
     """Export ``model`` (eval mode) to ONNX at ``path``, with a dynamic batch axis.
 
     ``input_size``: (C, H, W) of one sample (default: ``model.input_size``). ``fold``: fold the BNs
-    first (:func:`fold_batchnorm`). Uses the TorchScript-based exporter (``dynamo=False``), which
-    needs neither onnx nor onnxscript; ``dynamo=True`` selects the torch.export-based one (needs
-    onnxscript). If onnxruntime is installed and ``check`` is set, the file is run at another
-    batch size and its output must match the PyTorch model within 1e-4 (relative to the output's
-    largest magnitude); an :class:`ExportError` says by how much it does not.
+    first (:func:`fold_batchnorm`). Uses the TorchScript-based exporter (``dynamo=False``); it needs
+    the ``onnx`` package, as the torch.export-based one (``dynamo=True``) does, which needs
+    ``onnxscript`` too (an ImportError says what to install). If onnxruntime is installed and
+    ``check`` is set, the file is run at another batch size and its output must match the PyTorch
+    model within 1e-4 (relative to the output's largest magnitude); an :class:`ExportError` says by
+    how much it does not.
     """
+    missing = [m for m in ("onnx",) + (("onnxscript",) if dynamo else ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"ONNX export needs {' and '.join(missing)}: pip install {' '.join(missing)} "
+                          "(or pip install 'netslim[export]', which adds onnxruntime to check the file)")
     size = input_size_of(model, input_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

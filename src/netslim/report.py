@@ -29,11 +29,15 @@ def write_report(run_dir: Path) -> list[Path]:
     stages = sorted(p.parent for p in run_dir.glob("**/last.pt"))
     if not stages:
         raise ValueError(f"{run_dir} holds no training stage (no last.pt): run `netslim run` or `netslim train` first")
+    histories = {str(s.relative_to(run_dir)): _history(s / "last.pt") for s in stages}
+    histories = {name: h for name, h in histories.items() if h["history"]}
+    if not histories:
+        raise ValueError(f"{run_dir} holds no training history (its last.pt files record no epoch)")
+    plans = {path: _plan(path) for path in sorted(run_dir.glob("pass*/plan.json"))}
     plt = _pyplot()
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     written = []
-    histories = {str(s.relative_to(run_dir)): load_checkpoint(s / "last.pt") for s in stages}
 
     # Fig. 4: distribution of |γ| at the end of each training stage.
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -66,8 +70,7 @@ def write_report(run_dir: Path) -> list[Path]:
     written.append(_save(fig, out / "sparsity_progress.png"))
 
     # Channels per layer before/after pruning, for each pass.
-    for plan_path in sorted(run_dir.glob("pass*/plan.json")):
-        plan = json.loads(plan_path.read_text())
+    for plan_path, plan in plans.items():
         names = list(plan["layers"])
         fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.25), 4))
         x = range(len(names))
@@ -81,7 +84,7 @@ def write_report(run_dir: Path) -> list[Path]:
     # Fig. 3: parameter and FLOP savings of each result row.
     results = run_dir / "results.json"
     if results.exists():
-        rows = [r for r in json.loads(results.read_text())["rows"] if r["params_pruned"] or r["flops_pruned"]]
+        rows = [r for r in _rows(results) if r["params_pruned"] or r["flops_pruned"]]
         if rows:
             fig, ax = plt.subplots(figsize=(7, 4))
             x = torch.arange(len(rows)).numpy()
@@ -92,6 +95,40 @@ def write_report(run_dir: Path) -> list[Path]:
             ax.legend()
             written.append(_save(fig, out / "savings.png"))
     return written
+
+
+def _history(path: Path) -> dict:
+    """The epochs and γ history of a ``last.pt`` (empty for a checkpoint that records none)."""
+    ckpt = load_checkpoint(path)
+    history, gammas = ckpt.get("history"), ckpt.get("gammas")
+    if not isinstance(history, list) or not all(isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                                                for r in history):
+        history = []
+    if not isinstance(gammas, dict) or not all(torch.is_tensor(g) and g.dim() == 2 for g in gammas.values()):
+        gammas = {}
+    return {"history": history, "gammas": gammas}
+
+
+def _plan(path: Path) -> dict:
+    """A plan.json as plain data, checked to be a pruning plan."""
+    from .plan import PruningPlan
+
+    try:
+        plan = PruningPlan.from_dict(json.loads(path.read_text())).to_dict()
+    except (OSError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not a pruning plan: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    return plan
+
+
+def _rows(path: Path) -> list[dict]:
+    keys = ("model", "params_pruned", "flops_pruned")
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        if isinstance(rows, list) and all(isinstance(r, dict) and all(k in r for k in keys) for r in rows):
+            return rows
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        pass
+    raise ValueError(f"{path} is not a netslim results file (rows of model, params_pruned, flops_pruned)")
 
 
 def _save(fig, path: Path) -> Path:

@@ -35,9 +35,13 @@ def pruned_channels(graph: ChannelGraph, plan: PruningPlan) -> set[int]:
         if path not in plan.kept:
             raise ValueError(f"plan does not fit the model: no entry for BN layer '{path}'")
         width = plan.layers[path].width if path in plan.layers else len(use.out_ids)
-        if width != len(use.out_ids) or any(not 0 <= k < width for k in plan.kept[path]):
+        if width != len(use.out_ids):
             raise ValueError(f"plan does not fit the model: layer '{path}' has {len(use.out_ids)} channels, "
                              f"the plan was made for {width}")
+        outside = [k for k in plan.kept[path] if not 0 <= k < width]
+        if outside:
+            raise ValueError(f"plan is corrupt: it keeps channel {outside[0]} of layer '{path}', which has channels "
+                             f"0..{width - 1}")
         keep = set(plan.kept[path])
         for pos, i in enumerate(use.out_ids):
             (kept_roots if pos in keep else pruned).add(graph.root(i))

@@ -39,11 +39,29 @@ def create_model(name: str, kwargs: Mapping | None = None) -> nn.Module:
     source, _, attr = name.partition(":")
     if source in ZOO_SOURCES:
         return _zoo_model(source, attr, kwargs)
+    if not source or not attr.isidentifier():
+        raise ValueError(f"model factory {name!r} is not of the form 'package.module:function'")
     try:
-        factory = getattr(importlib.import_module(source), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import model factory {name!r}: {e}; it must be 'package.module:function'") from None
-    return _checked(factory(**kwargs), name)
+        module = importlib.import_module(source)
+    except ImportError as e:
+        raise ValueError(f"cannot import module {source!r} of model factory {name!r}: {e}") from None
+    except Exception as e:  # importing runs the module's own code; any failure is the user's
+        raise ValueError(f"importing {source!r} for model factory {name!r} failed: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"module {source!r} has no function {attr!r} (model factory {name!r})")
+    return _checked(_call_factory(factory, kwargs, name), name)
+
+
+def _call_factory(factory: Callable[..., nn.Module], kwargs: dict, name: str) -> nn.Module:
+    """Call a user's factory: whatever it raises (sys.exit included) is one error naming it, not a crash."""
+    try:
+        return factory(**kwargs)
+    except (Exception, SystemExit) as e:
+        what = f"called sys.exit({e.code!r})" if isinstance(e, SystemExit) else \
+            f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ValueError(f"model factory {name!r} {what}") from None
 
 
 def rebuildable(name: str, kwargs: Mapping, factory: str | Callable[..., nn.Module] | None,
@@ -58,7 +76,8 @@ def rebuildable(name: str, kwargs: Mapping, factory: str | Callable[..., nn.Modu
     if not isinstance(name, str) or not name:
         raise ValueError(f"{origin} does not name its architecture")
     if callable(factory):
-        return lambda: _checked(factory(**kwargs), getattr(factory, "__name__", "factory"))
+        return lambda: _checked(_call_factory(factory, kwargs, getattr(factory, "__name__", "factory")),
+                                getattr(factory, "__name__", "factory"))
     if is_factory_path(name):
         if factory is None:
             raise ValueError(f"{origin} was built by the model factory {name!r}; netslim runs a factory named in a "
