@@ -1,23 +1,26 @@
 # Quick start: `make demo` runs the whole slimming pipeline on embedded data; `make test` runs the tests.
+# Both make the project's own environment first (.venv, with the system python3; see tools/setup-venv).
 PYTHON ?= python3
-STAMP := .venv-installed
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m pip install -q -e ".[dev]"
+$(STAMP): pyproject.toml tools/setup-venv
+	sh tools/setup-venv "$(PYTHON)" "$(VENV)"
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	netslim run demo --out runs/demo
+	$(VENV)/bin/netslim run demo --out runs/demo
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -q
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	ruff check .
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PYTHON) benchmarks/run_all.py --quick
+	$(PY) benchmarks/run_all.py --quick
