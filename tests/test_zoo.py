@@ -1,0 +1,227 @@
+"""netslim on model definitions nobody here wrote: timm, torchvision, Ultralytics, segmentation-models-pytorch.
+
+Random weights (nothing is downloaded), BN scales, shifts and statistics randomized from a seeded
+generator so that pruning half of the channels removes something real. For every model: fewer
+parameters, the compact model equal to the masked one (pruned γ zeroed) in eval mode on the example
+input *and* on another input size and batch (the compact model is a model, not a replay of one
+input), every BN still of its own class, the original left as it was. Each model is skipped where its
+package is not installed. Ultralytics keeps its own console and network out (YOLO_OFFLINE).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils import _pytree as pytree
+
+import netslim
+from netslim.layers import SelectBatchNorm, selection_of
+
+from .conftest import randomize_bn
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+TOLERANCE = 1e-4  # relative: max |compact - masked| / max |masked|, per output tensor
+PERCENT = 0.5
+
+
+@dataclass(frozen=True)
+class Case:
+    package: str  # importorskip'ed
+    size: int  # example input: batch 1, 3 x size x size
+    other: int  # a second input size (batch 2): shape-dependent code (padding, anchors) runs anew
+
+
+# Second sizes: multiples of 32 where the model concatenates upsampled features (U-Net, FPN, YOLO);
+# odd for tf_efficientnet_b0, whose Conv2dSame pads by the input size (asymmetric at odd sizes).
+CASES = {
+    "timm/efficientnet_b0": Case("timm", 128, 96),
+    "timm/mobilenetv2_100": Case("timm", 128, 96),
+    "timm/densenet121": Case("timm", 96, 128),
+    "timm/regnety_008": Case("timm", 128, 96),
+    "timm/dpn68": Case("timm", 96, 128),
+    "timm/cspdarknet53": Case("timm", 96, 128),
+    "timm/repvgg_a0": Case("timm", 128, 96),
+    "timm/tf_efficientnet_b0": Case("timm", 128, 113),
+    "torchvision/resnet18": Case("torchvision", 128, 96),
+    "torchvision/mobilenet_v3_small": Case("torchvision", 128, 96),
+    "ultralytics/yolov8n.yaml": Case("ultralytics", 128, 96),
+    "ultralytics/yolo11n.yaml": Case("ultralytics", 128, 96),
+    "ultralytics/yolov8n-seg.yaml": Case("ultralytics", 128, 96),
+    "smp/FPN/efficientnet-b0": Case("segmentation_models_pytorch", 128, 96),
+    "smp/Unet/resnet34": Case("segmentation_models_pytorch", 96, 128),
+}
+TIMM = [n for n in CASES if n.startswith("timm/")]
+ULTRALYTICS = [n for n in CASES if n.startswith("ultralytics/")]
+
+
+def build(name: str) -> nn.Module:
+    """A model with random weights from its library's own constructor, never downloading weights."""
+    source, _, rest = name.partition("/")
+    if source == "timm":
+        import timm
+
+        return timm.create_model(rest, pretrained=False)
+    if source == "torchvision":
+        import torchvision
+
+        return torchvision.models.get_model(rest, weights=None)
+    if source == "ultralytics":
+        from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+
+        return (SegmentationModel if "-seg" in rest else DetectionModel)(rest, verbose=False)
+    if source == "smp":
+        import segmentation_models_pytorch as smp
+
+        arch, encoder = rest.split("/")
+        return getattr(smp, arch)(encoder_name=encoder, encoder_weights=None)
+    raise ValueError(name)
+
+
+def leaves(out) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def relative_errors(out, ref) -> list[float]:
+    a, b = leaves(out), leaves(ref)
+    assert len(a) == len(b) and a, f"{len(a)} output tensors against {len(b)}"
+    for x, y in zip(a, b, strict=True):
+        assert x.shape == y.shape, f"output shape {tuple(x.shape)} against {tuple(y.shape)}"
+    return [float((x - y).abs().max() / y.abs().max().clamp_min(1e-12)) for x, y in zip(a, b, strict=True)]
+
+
+def fingerprint(model: nn.Module) -> dict[str, tuple[float, float]]:
+    return {k: (float(v.double().sum()), float(v.double().abs().sum())) for k, v in model.state_dict().items()}
+
+
+@dataclass
+class Pruned:
+    name: str
+    original: nn.Module
+    compact: nn.Module
+    plan: netslim.PruningPlan
+    inputs: dict[str, torch.Tensor]  # "example", "other"
+    errors: dict[str, list[float]]  # per input: relative error of every output tensor against the masked model
+    before: dict[str, tuple[float, float]]  # the original's state before pruning
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def pruned(request) -> Pruned:
+    """One model, pruned once (module scope: pytest runs every test of a model before building the next)."""
+    name, case = request.param, CASES[request.param]
+    pytest.importorskip(case.package)
+    torch.manual_seed(0)
+    model = randomize_bn(build(name), seed=1).eval()
+    g = torch.Generator().manual_seed(2)
+    inputs = {"example": torch.randn(1, 3, case.size, case.size, generator=g),
+              "other": torch.randn(2, 3, case.other, case.other, generator=g)}
+    before = fingerprint(model)
+    graph = netslim.trace_channels(model, inputs["example"])
+    plan = netslim.plan_pruning(model, PERCENT, graph=graph)
+    compact = netslim.apply_plan(model, plan, graph=graph).eval()
+    masked = netslim.masked_model(model, plan, graph=graph).eval()
+    with torch.no_grad():
+        errors = {k: relative_errors(compact(x), masked(x)) for k, x in inputs.items()}
+    return Pruned(name, model, compact, plan, inputs, errors, before)
+
+
+def test_compact_equals_masked_on_two_input_sizes(pruned):
+    assert pruned.plan.pruned_channels > 0
+    for key, errs in pruned.errors.items():
+        shape = tuple(pruned.inputs[key].shape)
+        assert max(errs) <= TOLERANCE, f"{pruned.name} at input {shape}: relative errors {errs}"
+
+
+def test_fewer_parameters(pruned):
+    assert netslim.count_params(pruned.compact) < netslim.count_params(pruned.original)
+
+
+def test_original_left_as_it_was(pruned):
+    assert fingerprint(pruned.original) == pruned.before
+
+
+def test_batchnorms_keep_their_class(pruned):
+    """A BN subclass stays itself (selection by a hook); a plain BN may become a selection BN (its subclass)."""
+    narrowed = 0
+    for path, old in pruned.original.named_modules():
+        if not isinstance(old, _BatchNorm):
+            continue
+        new = pruned.compact.get_submodule(path)
+        if isinstance(new, SelectBatchNorm) and not isinstance(old, SelectBatchNorm):
+            assert type(old) in (nn.BatchNorm2d, nn.BatchNorm1d), f"{path}: {type(old).__name__} became a selection BN"
+        else:
+            assert type(new) is type(old), f"{path}: {type(old).__name__} became {type(new).__name__}"
+        narrowed += new.num_features < old.num_features
+    assert narrowed > 0
+
+
+@pytest.mark.parametrize("pruned", TIMM, indirect=True)
+def test_timm_batchnorm_act_still_applies_its_activation(pruned):
+    """Every narrowed ``BatchNormAct2d`` computes act(drop(BN(x[:, selection]))) with its own act layer."""
+    from timm.layers import BatchNormAct2d
+
+    checked, selecting = 0, 0
+    g = torch.Generator().manual_seed(3)
+    for path, new in pruned.compact.named_modules():
+        old = pruned.original.get_submodule(path)
+        if not isinstance(old, BatchNormAct2d) or new.num_features == old.num_features:
+            continue
+        assert type(new.act) is type(old.act), path
+        index = selection_of(new)
+        width = new.num_features if index is None else new.in_channels
+        x = torch.randn(2, width, 5, 5, generator=g)
+        picked = x if index is None else x.index_select(1, index)
+        expected = new.act(nn.functional.batch_norm(picked, new.running_mean, new.running_var, new.weight,
+                                                    new.bias, False, 0.0, new.eps))
+        with torch.no_grad():
+            torch.testing.assert_close(new.eval()(x), expected, rtol=1e-5, atol=1e-6)
+        checked += 1
+        selecting += index is not None
+    if any(isinstance(m, BatchNormAct2d) for m in pruned.original.modules()):
+        assert checked > 0
+    if pruned.name == "timm/densenet121":  # pre-activation: BNs reading the concatenated features select
+        assert selecting > 0
+
+
+@pytest.mark.parametrize("pruned", ["ultralytics/yolo11n.yaml"], indirect=True)
+def test_yolo11_attention_keeps_its_channels(pruned):
+    """C2PSA's attention views qkv's channels as (heads, dims): qkv, pe and proj keep every channel."""
+    from ultralytics.nn.modules.block import Attention
+
+    found = 0
+    for path, old in pruned.original.named_modules():
+        if isinstance(old, Attention):
+            new = pruned.compact.get_submodule(path)
+            for part in ("qkv", "pe", "proj"):
+                a, b = getattr(old, part).conv, getattr(new, part).conv
+                assert (b.in_channels, b.out_channels) == (a.in_channels, a.out_channels), f"{path}.{part}"
+            found += 1
+    assert found > 0
+
+
+@pytest.mark.parametrize("pruned", ULTRALYTICS, indirect=True)
+def test_ultralytics_fuse_runs_on_the_compact_model(pruned):
+    """Ultralytics' own ``fuse()`` (conv + BN folded, forward_fuse) accepts the compact model, same outputs."""
+    fused = copy.deepcopy(pruned.compact).fuse(verbose=False).eval()
+    assert sum(isinstance(m, _BatchNorm) for m in fused.modules()) < sum(
+        isinstance(m, _BatchNorm) for m in pruned.compact.modules())
+    with torch.no_grad():
+        for x in pruned.inputs.values():
+            errs = relative_errors(fused(x), pruned.compact(x))
+            assert max(errs) <= TOLERANCE, errs
+
+
+def test_timm_convnext_without_batchnorm_is_refused_in_one_line():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("convnext_atto", pretrained=False).eval()
+    with pytest.raises(netslim.GraphError) as info:
+        netslim.plan_pruning(model, PERCENT, example_input=torch.randn(1, 3, 64, 64))
+    message = str(info.value)
+    assert "\n" not in message and "BatchNorm" in message, message
+
