@@ -106,3 +106,21 @@ def test_a_run_folder_of_another_config_is_refused_before_anything_is_written(tm
     said = []
     run_experiment(moved, tmp_path, log=said.append)  # where the data is and how it shows: free to change
     assert any(s.startswith(f"{tmp_path / 'pass1' / 'sparse'} already holds all 2 epochs") for s in said)
+
+
+def test_every_preset_the_readme_names_exists():
+    """Issue 15 #11: the README promised table1-...-{40,50,60,70}, 36 presets of which 15 existed."""
+    import itertools
+    import re
+    from pathlib import Path
+
+    from netslim.pipeline import list_presets
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    named = set()
+    for pattern in re.findall(r"`((?:table\d|fmnist|digits)-[\w{},-]+|demo)`", readme):
+        parts = re.split(r"\{([^}]*)\}", pattern)  # literal, choices, literal, ...
+        choices = [[p] if k % 2 == 0 else p.split(",") for k, p in enumerate(parts)]
+        named.update("".join(c) for c in itertools.product(*choices))
+    assert len(named) >= 20
+    assert named <= set(list_presets()), sorted(named - set(list_presets()))
