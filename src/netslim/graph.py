@@ -33,6 +33,7 @@ channels; they are fixed and named in ``ChannelGraph.notes``.
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -76,6 +77,7 @@ _SPLITS = {"split", "chunk", "tensor_split", "split_with_sizes", "unbind"}
 _METADATA = {"size", "dim", "numel", "len", "ndimension", "nelement", "is_contiguous", "is_floating_point",
              "element_size", "stride", "storage_offset", "data_ptr", "format", "repr", "hash", "reduce_ex",
              "setstate", "deepcopy", "is_complex", "has_names"}
+_DATA_SHAPED = {"nonzero", "masked_select", "unique", "unique_consecutive", "argwhere", "__getitem__", "nonzero_static"}
 _VALUE_ESCAPES = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "__complex__"}
 
 
@@ -104,6 +106,7 @@ class ChannelGraph:
     input_shape: tuple[int, ...] = ()  # of the example input the analysis ran on
     calls: dict[str, int] = field(default_factory=dict)  # layer path -> times it ran
     producers: dict[str, str] = field(default_factory=dict)  # owning BN path -> the layer it follows
+    width_reads: set[int] = field(default_factory=set)  # ids of tensors whose shape Python code read
 
     # -- union-find over channel ids --
     def new_ids(self, n: int, fixed: bool = False) -> Ann:
@@ -115,6 +118,10 @@ class ChannelGraph:
         return ids
 
     def root(self, i: int) -> int:
+        parent = self.parent
+        r = parent[i]
+        if parent[r] == r:  # the common case once the analysis has flattened the trees
+            return r
         while self.parent[i] != i:
             self.parent[i] = self.parent[self.parent[i]]
             i = self.parent[i]
@@ -166,13 +173,53 @@ def trace_channels(model: nn.Module, example_input: torch.Tensor | None = None,
     if example_input is None:
         param = next(model.parameters(), None)
         example_input = torch.zeros(2, *input_size_of(model), device=param.device if param is not None else "cpu")
-    recorder = _Recorder(model, fixed)
+    key = _structure(model, example_input, fixed)
+    cached = _ANALYSED.get(model)
+    if cached is not None and cached[0] == key:  # plan_pruning then apply_plan: analyse once
+        return cached[1]
+    graph = _analyse(model, example_input, fixed)
+    _ANALYSED[model] = (key, graph)
+    return graph
+
+
+_ANALYSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module, example_input, fixed: Sequence[str]) -> tuple:
+    """What the analysis depends on: the module tree, the layers' shapes and selections, the input's shape."""
+    layers = tuple((path, id(m), type(m), tuple(m.weight.shape) if isinstance(getattr(m, "weight", None),
+                                                                              torch.Tensor) else None,
+                    tuple(index.tolist()) if (index := selection_of(m) if isinstance(m, _BatchNorm) else None)
+                    is not None else None)
+                   for path, m in model.named_modules())
+    inputs = tuple((tuple(t.shape), t.dtype, t.device) for t in _tensors(example_input))
+    return layers, inputs, tuple(fixed)
+
+
+def _analyse(model: nn.Module, example_input, fixed: Sequence[str]) -> ChannelGraph:
+    from .surgery import width_sensitive_module  # surgery builds on this module
+
+    fixed, kept = list(fixed), []
     was_training = model.training
     model.eval()
     try:
-        graph = recorder.run(example_input)
+        while True:
+            graph = _Recorder(model, fixed).run(example_input)
+            prunable = graph.prunable_roots() if graph.bns else set()
+            sees_widths = any(graph.root(i) in prunable for i in graph.width_reads)
+            culprit = width_sensitive_module(model, graph, example_input) if sees_widths else None
+            if culprit is None:
+                break
+            if culprit == "" or culprit in fixed:
+                raise GraphError(f"{type(model).__name__} fails once its widths change, in its own forward code "
+                                 f"({culprit or 'the top-level forward'}): it computes sizes from channel counts "
+                                 "that the analysis cannot see; list that module in fixed=[...]")
+            fixed.append(culprit)
+            kept.append(culprit)
     finally:
         model.train(was_training)
+    graph.notes.extend(f"module '{p}' reads channel counts in its Python code (a probe with narrower widths "
+                       "failed there): its channels are kept" for p in kept)
     if not graph.bns:
         raise GraphError(f"{type(model).__name__} has no BatchNorm layer with a learnable scale: there are no "
                          "scaling factors to prune by (if BN was fused into the convs, prune the unfused model)")
@@ -218,16 +265,20 @@ class _Recorder(TorchFunctionMode):
         self.depth = 0  # > 0 while inside a layer: its own ops are not looked at
         self.busy = False  # our own bookkeeping runs torch ops too
         self.stack: list[tuple] = []
+        self.where: list[str] = []  # module paths being run, innermost last
 
     # -- running --
     def run(self, example_input) -> ChannelGraph:
         hooks = []
+        for path, m in self.model.named_modules():  # where we are, to name the module in an error
+            hooks.append(m.register_forward_pre_hook(lambda mod, args, p=path: self._push(p), prepend=True))
+            hooks.append(m.register_forward_hook(lambda mod, args, out: self._pop()))
         layers = {m: path for path, m in self.model.named_modules() if path and self._is_layer(m, path)}
         for m, path in layers.items():
             hooks.append(m.register_forward_pre_hook(
                 lambda mod, args, kwargs, p=path: self._enter(p, mod, args, kwargs), with_kwargs=True, prepend=True))
             hooks.append(m.register_forward_hook(
-                lambda mod, args, kwargs, out, p=path: self._leave(p, mod, out), with_kwargs=True, always_call=True))
+                lambda mod, args, kwargs, out, p=path: self._leave(p, mod, out), with_kwargs=True))
         inputs = example_input if isinstance(example_input, (tuple, list, dict)) else (example_input,)
         for t in _tensors(inputs):
             self.ann[t] = self._fresh(t, fixed=True)
@@ -239,16 +290,28 @@ class _Recorder(TorchFunctionMode):
         except GraphError:
             raise
         except Exception as e:
-            raise GraphError(f"{type(self.model).__name__} failed on the example input of shape "
-                             f"{self.g.input_shape}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                             " (pass example_input= or --input-size that the model accepts)") from None
+            raise GraphError(f"{self._where()} failed on the example input of shape {self.g.input_shape}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (pass example_input= "
+                             "or --input-size that the model accepts)") from None
         finally:
             for h in hooks:
                 h.remove()
         for t in _tensors(out):  # model outputs (classifier, detection heads) keep their width
             self._fix(self._get(t))
         self._settle_batch_norms()
+        for i in range(len(self.g.parent)):  # flatten: every id points at its root
+            self.g.parent[i] = self.g.root(i)
         return self.g
+
+    def _push(self, path: str) -> None:
+        self.where.append(path)
+
+    def _pop(self) -> None:
+        self.where.pop()
+
+    def _where(self) -> str:
+        inner = self.where[-1] if self.where else ""
+        return f"module '{inner}' of {type(self.model).__name__}" if inner else type(self.model).__name__
 
     def _is_layer(self, m: nn.Module, path: str) -> bool:
         return isinstance(m, (_ConvNd, nn.Linear, _BatchNorm)) or _matches(path, self.patterns)
@@ -391,12 +454,20 @@ class _Recorder(TorchFunctionMode):
         raw = getattr(func, "__name__", "")
         if raw in _VALUE_ESCAPES and not self.busy and not self.depth \
                 and any(self.tainted.get(t) for t in _tensors(args)):
-            raise GraphError(f"{type(self.model).__name__} has control flow that depends on the values of its "
+            raise GraphError(f"{self._where()} has control flow that depends on the values of its "
                              f"input ({raw} of a tensor computed from it): the analysis follows one example "
                              "input only. Move that code into a submodule listed in fixed=[...] (it is then "
                              "kept as it is)")
+        if raw in _DATA_SHAPED and not self.busy and not self.depth and self._data_shaped(raw, args):
+            raise GraphError(f"{self._where()} makes a tensor whose shape depends on the values of its input "
+                             f"({raw}): a compact model could not be proven exact for other inputs. Move that code "
+                             "into a submodule listed in fixed=[...] (it is then kept as it is)")
         result = func(*args, **kwargs)
         if self.depth or self.busy:
+            return result
+        if raw in ("__get__", "size", "numel") and (isinstance(result, torch.Size) or raw == "numel"):
+            # Python code sees a width: a later probe checks that narrower widths still run (see _analyse)
+            self.g.width_reads.update(i for t in _tensors(args[:1]) for i in (self.ann.get(t) or ()))
             return result
         self.busy = True
         try:
@@ -404,6 +475,12 @@ class _Recorder(TorchFunctionMode):
         finally:
             self.busy = False
         return result
+
+    def _data_shaped(self, raw: str, args) -> bool:
+        tensors = _tensors(args)
+        if raw == "__getitem__":  # a boolean mask computed from the data
+            tensors = [t for t in _tensors(args[1:]) if t.dtype == torch.bool]
+        return any(self.tainted.get(t) for t in tensors)
 
     def _op(self, func, name: str, args, kwargs, result) -> None:
         outs = _tensors(result)

@@ -108,7 +108,9 @@ def narrowed(old: nn.Module, in_keep: torch.Tensor, out_keep: torch.Tensor, bias
     ``out_keep`` per channel (its selection, if any, is set by :func:`with_selection`). ``bias``
     adds a zero bias (True) where the checkpoint being rebuilt has one, or removes it (False).
     """
-    new = copy.deepcopy(old)
+    # the tensors about to be sliced are not copied first (they can be large)
+    new = copy.deepcopy(old, memo={id(t): t for name in ("weight", "bias", "running_mean", "running_var")
+                                   if (t := getattr(old, name, None)) is not None})
     device = old.weight.device if getattr(old, "weight", None) is not None else None
     out_keep, in_keep = out_keep.to(device), in_keep.to(device)
 
@@ -116,7 +118,7 @@ def narrowed(old: nn.Module, in_keep: torch.Tensor, out_keep: torch.Tensor, bias
         t = getattr(new, name, None)
         if t is None:
             return
-        value = t.detach().index_select(dim, positions).clone()
+        value = t.detach().index_select(dim, positions)
         if isinstance(t, nn.Parameter):
             setattr(new, name, nn.Parameter(value, requires_grad=t.requires_grad))
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from .graph import ChannelGraph, LayerUse, trace_channels
 from .layers import narrowed, with_selection
+from .models.sources import after_narrowing
 from .plan import PruningPlan
 
 _CONSUMERS = ("conv", "conv_t", "linear")
@@ -58,18 +60,84 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, fold_bias: bool = True,
                graph: ChannelGraph | None = None) -> nn.Module:
     """Return a new, physically narrower copy of ``model`` with the channels of ``plan`` removed."""
     graph = graph or trace_channels(model, example_input, fixed)
-    pruned = pruned_channels(graph, plan)
-    constants = _pruned_constants(model, graph, pruned, fold_bias)
-    compact = copy.deepcopy(model)
+    return _compact(model, graph, pruned_channels(graph, plan), fold_bias)
+
+
+def _compact(model: nn.Module, graph: ChannelGraph, pruned: set[int], fold_bias: bool) -> nn.Module:
+    constants = _pruned_constants(model, graph, pruned, fold_bias) if fold_bias else {}
+    narrow = {}
     for path, use in graph.layers.items():
         old = model.get_submodule(path)
         in_keep = _positions(graph, use.in_ids, pruned)
         out_keep = _positions(graph, use.out_ids, pruned)
-        new = _narrow(old, use, in_keep, out_keep)
+        narrow[path] = _narrow(old, use, in_keep, out_keep)
         if path in constants:
-            _fold(new, old, out_keep, *constants[path])
-        compact.set_submodule(path, new)
+            _fold(narrow[path], old, out_keep, *constants[path])
+    # a copy of everything else; the narrowed layers take the old ones' places (their weights not copied)
+    compact = copy.deepcopy(model, memo={id(model.get_submodule(p)): new for p, new in narrow.items()})
+    after_narrowing(compact)
     return compact
+
+
+@torch.no_grad()
+def width_sensitive_module(model: nn.Module, graph: ChannelGraph, example_input) -> str | None:
+    """The module that fails once widths change, or None: a probe for what the analysis cannot see.
+
+    Forward code may read a tensor's channel count as a Python int (``B, C, H, W = x.shape``) and
+    reshape another tensor with it; ints are invisible to the analysis. So one channel of every BN
+    layer that can lose one is removed, the compact model runs on the example input, and the
+    innermost module running when it fails is returned (the caller keeps that module as it is).
+    """
+    prunable, pruned = graph.prunable_roots(), set()
+    counts, left, touching = {}, {}, defaultdict(list)  # per layer side: ids per root, ids left
+    for path, use in graph.layers.items():
+        for side, ids in (("in", use.in_ids), ("out", use.out_ids)):
+            counts[path, side] = Counter(graph.root(i) for i in ids)
+            left[path, side] = len(ids)
+            for r in counts[path, side]:
+                touching[r].append((path, side))
+    readers = defaultdict(set)  # channel -> selection-BN channels reading it (they must go with it)
+    for use in graph.bns.values():
+        if use.kind == "select_bn":
+            for out_id, pos in zip(use.out_ids, use.source, strict=True):
+                readers[graph.root(use.in_ids[pos])].add(graph.root(out_id))
+    for use in graph.bns.values():
+        roots = [graph.root(i) for i in use.out_ids]
+        candidate = next((r for r in roots if r in prunable), None)
+        if candidate is None or any(r in pruned for r in roots):
+            continue
+        group, todo = set(), [candidate]
+        while todo:
+            r = todo.pop()
+            if r not in group and r in prunable:
+                group.add(r)
+                todo.extend(readers[r])
+        keys = {key for r in group for key in touching[r]}
+        if all(left[key] - sum(counts[key][r] for r in group) >= 1 for key in keys):  # never empty a layer
+            pruned |= group
+            for key in keys:
+                left[key] -= sum(counts[key][r] for r in group)
+    pruned = graph.close_selection(pruned)
+    if not pruned:
+        return None
+    compact = _compact(model, graph, pruned, fold_bias=False).eval()
+    where: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, p=path: where.append(p)) for path, m in
+             compact.named_modules()] + [m.register_forward_hook(lambda mod, args, out: _pop(where)) for m in
+                                         compact.modules()]
+    inputs = example_input if isinstance(example_input, tuple | list) else (example_input,)
+    try:
+        compact(**inputs) if isinstance(inputs, dict) else compact(*inputs)
+    except Exception:  # a width written into the forward code: any error means the same
+        return where[-1] if where else ""
+    finally:
+        for h in hooks:
+            h.remove()
+    return None
+
+
+def _pop(stack: list) -> None:
+    stack.pop()
 
 
 def masked_model(model: nn.Module, plan: PruningPlan, *, fold_bias: bool = True,
@@ -109,16 +177,27 @@ def _absorbs_constants(module: nn.Module, use: LayerUse) -> bool:
 
 def _masked(model: nn.Module, graph: ChannelGraph, pruned: set[int], keep_beta: set[int]) -> nn.Module:
     masked = copy.deepcopy(model)
-    with torch.no_grad():
-        for path, use in graph.bns.items():
-            bn = masked.get_submodule(path)
-            for pos, i in enumerate(use.out_ids):
-                r = graph.root(i)
-                if r in pruned:
-                    bn.weight[pos] = 0
-                    if r not in keep_beta:
-                        bn.bias[pos] = 0
+    _switch_off(masked, graph, pruned, keep_beta)
     return masked
+
+
+@torch.no_grad()
+def _switch_off(model: nn.Module, graph: ChannelGraph, pruned: set[int], keep_beta: set[int]) -> list:
+    """Zero the pruned channels' γ (and β unless kept) in place; returns what to put back."""
+    saved = []
+    for path, use in graph.bns.items():
+        roots = [graph.root(i) for i in use.out_ids]
+        positions = [pos for pos, r in enumerate(roots) if r in pruned]
+        if not positions:
+            continue
+        bn = model.get_submodule(path)
+        index = torch.tensor(positions, device=bn.weight.device)
+        saved.append((bn, index, bn.weight[index].clone(), bn.bias[index].clone()))
+        bn.weight[index] = 0
+        zero_beta = [pos for pos in positions if roots[pos] not in keep_beta]
+        if zero_beta:
+            bn.bias[torch.tensor(zero_beta, device=bn.bias.device)] = 0
+    return saved
 
 
 @torch.no_grad()
@@ -131,18 +210,23 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int],
     truly constant and nonzero, at readers that can absorb them, are returned for folding.
     """
     keep_beta = _foldable(model, graph, pruned) if fold_bias else set()
-    masked = _masked(model, graph, pruned, keep_beta).eval()
     readers = {p: u for p, u in graph.layers.items()
                if u.kind in _CONSUMERS and any(graph.root(i) in pruned for i in u.in_ids)}
     seen: dict[str, torch.Tensor] = {}
-    hooks = [masked.get_submodule(p).register_forward_pre_hook(
+    hooks = [model.get_submodule(p).register_forward_pre_hook(
         lambda m, args, p=p: seen.setdefault(p, args[0].detach())) for p in readers]
+    was_training = model.training
+    saved = _switch_off(model.eval(), graph, pruned, keep_beta)  # the masked model, in place and put back
     try:
         generator = torch.Generator().manual_seed(0)
-        masked(torch.randn(2, *graph.input_shape[1:], generator=generator).to(_device(model)))
+        model(torch.randn(1, *graph.input_shape[1:], generator=generator).to(_device(model)))
     finally:
         for h in hooks:
             h.remove()
+        for bn, index, gamma, beta in saved:
+            bn.weight[index] = gamma
+            bn.bias[index] = beta
+        model.train(was_training)
     constants, inexact = {}, []
     for path, use in readers.items():
         positions = torch.tensor([k for k, i in enumerate(use.in_ids) if graph.root(i) in pruned])

@@ -113,19 +113,8 @@ def prune_yolo(model: nn.Module, percent: float = 0.5, imgsz: int | tuple[int, i
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # inexact β folds are reported by the plan's layers
         compact = apply_plan(model, plan, graph=graph)
-    _update_split_widths(compact)
     compact.input_size = (channels, *_pair(imgsz))
     return compact, plan
-
-
-def _update_split_widths(model: nn.Module) -> None:
-    """Ultralytics' exporter swaps C2f-style blocks to ``forward_split``, which splits ``cv1``'s output at
-    ``self.c`` (written at construction) where ``forward`` chunks it in halves: keep ``c`` = the half
-    that the analysis kept (equal halves are unified, so ``cv1`` stays even)."""
-    for module in model.modules():
-        cv1 = getattr(getattr(module, "cv1", None), "conv", None)
-        if hasattr(module, "forward_split") and isinstance(getattr(module, "c", None), int) and cv1 is not None:
-            module.c = cv1.out_channels // 2
 
 
 def save_yolo(model: nn.Module, path: str | Path) -> Path:

@@ -98,4 +98,4 @@ def mlp(num_classes=10, widths=(500, 300), input_size=(1, 28, 28)) -> MLP:
     return MLP(widths, num_classes, input_size)
 
 
-from .sources import create_model, is_factory_path, rebuildable  # noqa: E402, F401  (sources builds on the registry)
+from .sources import after_narrowing, create_model, is_factory_path, rebuildable  # noqa: E402, F401  (sources builds on the registry)

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import create, names
 
-ZOO_SOURCES = ("torchvision", "timm")
+ZOO_SOURCES = ("torchvision", "timm", "ultralytics")
 
 # Builder arguments that make a zoo fetch or unpickle something; a file may not set them.
 _UNSAFE_ZOO_KWARGS = {"pretrained", "weights", "weights_backbone", "checkpoint_path", "pretrained_cfg",
@@ -28,7 +28,8 @@ def is_factory_path(name: str) -> bool:
 
 
 def create_model(name: str, kwargs: Mapping | None = None) -> nn.Module:
-    """A model by name: registered (``vgg19``), ``torchvision:NAME``, ``timm:NAME`` or ``package.module:factory``.
+    """A model by name: registered (``vgg19``), ``torchvision:NAME``, ``timm:NAME``, ``ultralytics:yolov8n.yaml``
+    (an Ultralytics model config, unmodified) or ``package.module:factory``.
 
     ``kwargs`` go to the builder; ``pretrained=True`` asks torchvision/timm for their released weights
     (their ordinary download path, into their own caches). Only call this with a name the user gave.
@@ -88,7 +89,8 @@ def rebuildable(name: str, kwargs: Mapping, factory: str | Callable[..., nn.Modu
         return lambda: create_model(name, kwargs)
     if ":" in name:
         source, _, attr = name.partition(":")
-        if any(c in attr for c in ":/\\") or attr.startswith("."):
+        if any(c in attr for c in ":/\\") or attr.startswith(".") or (source == "ultralytics" and
+                                                                     not attr.endswith((".yaml", ".yml"))):
             raise ValueError(f"{origin} names {name!r}: a {source} model is rebuilt from a file only by its plain "
                              "name (no hub, path or URL)")
         unsafe = sorted(set(kwargs) & _UNSAFE_ZOO_KWARGS)
@@ -107,6 +109,8 @@ def _checked(model, name: str) -> nn.Module:
 
 
 def _zoo_model(source: str, name: str, kwargs: dict) -> nn.Module:
+    if source == "ultralytics":
+        return _ultralytics_model(name, kwargs)
     pretrained = bool(kwargs.pop("pretrained", False))
     kwargs.pop("input_size", None)
     kwargs.pop("in_channels", None)
@@ -124,3 +128,44 @@ def _zoo_model(source: str, name: str, kwargs: dict) -> nn.Module:
         raise ValueError(f"{source} cannot build {name!r}: {str(e).splitlines()[0]}") from None
     model.input_size = (3, 224, 224)
     return model
+
+
+def _ultralytics_model(config: str, kwargs: dict) -> nn.Module:
+    """An Ultralytics model built from its yaml config (``yolov8n.yaml``, ``yolo11n-seg.yaml``), random weights."""
+    if kwargs.pop("pretrained", False):
+        raise ValueError("ultralytics: models are built from their yaml config; for trained weights load the .pt "
+                         "with --trust-pickle (it is a pickle)")
+    channels = int(kwargs.pop("in_channels", kwargs.pop("ch", 3)))
+    side = kwargs.pop("input_size", 640)
+    num_classes = kwargs.pop("num_classes", None)
+    nc = kwargs.pop("nc", num_classes)
+    try:
+        from ultralytics.nn import tasks
+    except ImportError:
+        raise ImportError("ultralytics:NAME needs ultralytics: pip install ultralytics "
+                          "(an optional extra of netslim)") from None
+    if kwargs:
+        raise ValueError(f"ultralytics:{config} takes nc, ch and input_size, not {', '.join(sorted(kwargs))}")
+    builders = {"detect": tasks.DetectionModel, "segment": tasks.SegmentationModel, "pose": tasks.PoseModel,
+                "obb": tasks.OBBModel, "classify": tasks.ClassificationModel}
+    try:
+        task = tasks.guess_model_task(tasks.yaml_model_load(config))
+        model = builders[task](config, ch=channels, nc=nc, verbose=False)
+    except (FileNotFoundError, KeyError, ValueError, TypeError, AttributeError, SyntaxError) as e:
+        raise ValueError(f"ultralytics cannot build {config!r}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    model.input_size = (channels, side, side) if isinstance(side, int) else tuple(side)
+    return model
+
+
+def after_narrowing(model: nn.Module) -> None:
+    """Keep width attributes that third-party blocks read in step with their narrowed layers.
+
+    Ultralytics' exporter swaps C2f-style blocks to ``forward_split``, which splits ``cv1``'s output at
+    ``self.c`` (written at construction) where ``forward`` chunks it in halves; the analysis keeps the
+    halves equal, so ``c`` becomes half of ``cv1``'s new width.
+    """
+    for module in model.modules():
+        cv1 = getattr(getattr(module, "cv1", None), "conv", None)
+        if hasattr(module, "forward_split") and isinstance(getattr(module, "c", None), int) \
+                and isinstance(cv1, nn.Conv2d):
+            module.c = cv1.out_channels // 2
