@@ -115,6 +115,7 @@ def build_model(arch: Mapping, factory: Factory = None, origin: str = "the check
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{origin}: layer '{path}' cannot take the shape it describes: {e}") from None
         model.set_submodule(path, new)
+    models.after_narrowing(model)
     return model
 
 
