@@ -162,3 +162,13 @@ def test_the_progress_bar_moves_with_its_figures(capsys):
     assert len(frames) >= 3
     assert all(" 0%|" not in f for f in frames), frames[:3]
     assert "/128" in frames[-1]  # out of the loader's batches
+
+
+def test_the_training_module_is_reachable_from_the_package():
+    """The README's own-loop snippet calls netslim.train.recalibrate_bn after a plain `import netslim`."""
+    import subprocess
+    import sys
+
+    code = "import netslim; print(netslim.train.recalibrate_bn.__name__)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == \
+        "recalibrate_bn"

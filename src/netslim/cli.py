@@ -220,8 +220,8 @@ def _main(argv: list[str] | None) -> int:
             raise UsageError(f"{args.command} was stopped by code it ran calling sys.exit({e.code!r}) (a model "
                              "factory?); nothing was finished") from None
     except KeyboardInterrupt:
-        print("netslim: interrupted; the last epoch's checkpoint is kept: run the same command again to resume",
-              file=sys.stderr)
+        print("netslim: interrupted; the checkpoint of the last finished epoch (if any) is kept: run the same "
+              "command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`| head`): stop writing, say it once on stderr
         with contextlib.suppress(OSError):
