@@ -110,3 +110,39 @@ def test_yolo11n_prunes_exactly_and_keeps_attention():
     with torch.no_grad():
         a, b = masked(x)[0], compact(x)[0]
     assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+
+
+@pytest.mark.parametrize("config", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_cli_prunes_an_unmodified_yolo_that_ultralytics_then_runs_and_saves(config, tmp_path, capsys):
+    from netslim.checkpoint import load_model
+    from netslim.cli import main
+
+    out = tmp_path / "small.pt"
+    assert main(["prune", f"ultralytics:{config}", "--percent", "0.5", "--input-size", "3,64,64",
+                 "--out", str(out), "--ultralytics-out", str(tmp_path / "small-yolo.pt")]) == 0
+    assert "compact model saved" in capsys.readouterr().out
+    torch.load(out, weights_only=True)  # netslim's own checkpoint: plain data
+    compact, data = load_model(out)  # rebuilt from the packaged yaml name and the stored shapes
+    assert data["arch"]["name"] == f"ultralytics:{config}"
+    full = ultralytics.YOLO(config).model
+    assert sum(p.numel() for p in compact.parameters()) < sum(p.numel() for p in full.parameters())
+    yolo = ultralytics.YOLO(str(tmp_path / "small-yolo.pt"))  # Ultralytics' own loader and predictor
+    results = yolo.predict(torch.rand(1, 3, 64, 64), imgsz=64, device="cpu", verbose=False)
+    assert len(results) == 1
+    yolo.save(tmp_path / "saved.pt")
+    assert (tmp_path / "saved.pt").stat().st_size > 0
+
+
+def test_cli_reads_an_ultralytics_checkpoint_only_with_trust_pickle(tmp_path, capsys):
+    from netslim.cli import main
+
+    yolo = ultralytics.YOLO("yolov8n.yaml")
+    yolo.save(tmp_path / "trained.pt")
+    argv = ["prune", str(tmp_path / "trained.pt"), "--percent", "0.3", "--input-size", "3,64,64",
+            "--out", str(tmp_path / "small.pt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--trust-pickle" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "small.pt").exists()
+    assert main([*argv, "--trust-pickle"]) == 0
+    assert main(["info", str(tmp_path / "small.pt"), "--json"]) == 0  # weights-only from here on

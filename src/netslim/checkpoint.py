@@ -34,6 +34,10 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit: the message says which file and why."""
 
 
+class PickledCheckpoint(CheckpointError):
+    """The file holds pickled objects: loading it would run code from it (see :mod:`netslim.foreign`)."""
+
+
 # -- architecture as data --
 
 def layer_shapes(model: nn.Module) -> dict[str, list]:
@@ -211,8 +215,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e) and "Unsupported operand" not in str(e):
-            raise CheckpointError(f"refusing to load {path}: it holds pickled code or objects, not just tensors "
-                                  "(load it only if you trust it, then re-save its state_dict)") from None
+            raise PickledCheckpoint(f"refusing to load {path}: it holds pickled code or objects, not just tensors "
+                                    "(an Ultralytics or other trainer's checkpoint?): pass --trust-pickle "
+                                    "(trust_pickle=True) only if you trust the file") from None
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
             AttributeError, RecursionError, MemoryError) as e:
@@ -246,12 +251,20 @@ def _file_kind(path: Path) -> str:
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu",
-               factory: Factory = None) -> tuple[nn.Module, dict]:
+               factory: Factory = None, trust_pickle: bool = False) -> tuple[nn.Module, dict]:
     """The model stored in a checkpoint, with its weights, and the checkpoint dict itself.
 
     ``factory``: see :func:`build_model` (needed only for models built by a user's factory).
+    ``trust_pickle``: also accept another tool's pickled checkpoint (an Ultralytics ``.pt``, a pickled
+    module), which runs code from the file: see :func:`netslim.foreign.load_foreign_model`.
     """
-    data = load_checkpoint(path, map_location)
+    try:
+        data = load_checkpoint(path, map_location)
+    except PickledCheckpoint:
+        if not trust_pickle:
+            raise
+        from .foreign import load_foreign_model
+        return load_foreign_model(path, map_location, trust_pickle=True)
     if not isinstance(data.get("arch"), Mapping):
         raise CheckpointError(f"{path} does not describe its architecture (no 'arch' entry)")
     model = restore_input_size(build_model(data["arch"], factory, origin=str(path)), data["arch"])

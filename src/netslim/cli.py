@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--factory", metavar="MODULE:FUNCTION",
                        help="the package.module:function that built the checkpoint's model: a factory named in a "
                             "file runs only when you name it here")
+        p.add_argument("--trust-pickle", action="store_true",
+                       help="also accept another tool's pickled checkpoint (an Ultralytics .pt): loading it runs "
+                            "code from the file, so only for files you trust")
 
     def train_options(p, epochs):
         p.add_argument("--epochs", type=_positive_int, default=epochs)
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fold", action="store_true", help="drop pruned channels' β instead of folding it")
     p.add_argument("--out", required=True, help="file for the compact checkpoint (.pt)")
     p.add_argument("--plan-out", help="also write the plan as JSON here")
+    p.add_argument("--ultralytics-out", metavar="FILE",
+                   help="also write the compact model as an Ultralytics checkpoint (for an Ultralytics model)")
     p.add_argument("--recalibrate", type=_positive_int, metavar="N",
                    help="re-estimate BN statistics of the compact model on N training batches (needs --dataset)")
     factory_option(p)
@@ -320,7 +325,7 @@ def cmd_train(args) -> int:
                                                     args.seed)
         torch.manual_seed(args.seed)  # the same initial weights on every run, rank and resume
         if args.from_checkpoint:
-            model, data = load_model(args.from_checkpoint, factory=args.factory)
+            model, data = load_model(args.from_checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
             check_model_fits(model, train_set, args.from_checkpoint, args.dataset)
             arch = describe(model, data["arch"]["name"], data["arch"].get("kwargs", {}))
         else:
@@ -371,10 +376,11 @@ def cmd_prune(args) -> int:
         raise UsageError("give one of --percent, --layer-percent, --target-flops, --target-params")
     out = _writable_file(args.out)
     plan_out = _writable_file(args.plan_out, "--plan-out") if args.plan_out is not None else None
-    refuse_overwriting_inputs({"--out": out, "--plan-out": plan_out},
+    yolo_out = _writable_file(args.ultralytics_out, "--ultralytics-out") if args.ultralytics_out else None
+    refuse_overwriting_inputs({"--out": out, "--plan-out": plan_out, "--ultralytics-out": yolo_out},
                               {"checkpoint": args.checkpoint if Path(args.checkpoint).exists() else None})
     if Path(args.checkpoint).is_file() or ":" not in args.checkpoint:
-        model, data = load_model(args.checkpoint, factory=args.factory)
+        model, data = load_model(args.checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
         arch = dict(data["arch"])
     else:  # a model factory: its own (e.g. pretrained) weights
         kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
@@ -382,6 +388,8 @@ def cmd_prune(args) -> int:
         arch = describe(model, args.checkpoint, kwargs)
     model.input_size = _input_of(model, _full_size(model, args.input_size), args.checkpoint)
     model.eval()
+    if yolo_out is not None and not type(model).__module__.startswith("ultralytics."):
+        raise UsageError(f"--ultralytics-out: {args.checkpoint} is not an Ultralytics model")
     example = torch.zeros(2, *model.input_size)
     target = args.target if args.target != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     round_to = args.round_to or target_defaults(target)["round_to"]
@@ -429,6 +437,10 @@ def cmd_prune(args) -> int:
     if plan_out is not None:  # first: a plan without its model harms less than a model without its plan
         plan.save(plan_out)
     save_checkpoint(out, {"arch": arch, "state_dict": compact.state_dict(), "plan": plan.to_dict()})
+    if args.ultralytics_out:
+        from .integrations.ultralytics import save_yolo
+        print(f"Ultralytics checkpoint of the compact model: {save_yolo(compact, yolo_out)} "
+              "(fine-tune it with netslim.integrations.ultralytics.finetune_yolo)")
     print(f"compact model saved to {out}" + (f", plan to {plan_out}" if plan_out is not None else ""))
     return 0
 
@@ -445,7 +457,7 @@ def cmd_finetune(args) -> int:
                          seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn,
                          amp=args.amp, compile=args.compile, cuda_graph=args.cuda_graph)
     with _owning(out, info):
-        model, data = load_model(args.checkpoint, factory=args.factory)
+        model, data = load_model(args.checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
         experiment = ExperimentConfig(model=data["arch"]["name"], dataset=args.dataset, data_dir=args.data_dir,
                                       download=not args.no_download, val_size=args.val_size)
         loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device),
@@ -504,7 +516,7 @@ def cmd_info(args) -> int:
 
     path = Path(args.model)
     if path.is_file():
-        model, _ = load_model(path, factory=args.factory)
+        model, _ = load_model(path, factory=args.factory, trust_pickle=args.trust_pickle)
     elif args.model.endswith((".pt", ".pth")):
         raise UsageError(f"checkpoint {path} does not exist")
     else:
@@ -578,7 +590,7 @@ def cmd_export(args) -> int:
     if args.aoti and target == "gpu" and device != "cuda":
         raise UsageError("--aoti for a gpu target compiles CUDA kernels and needs a CUDA GPU on this machine; "
                          "run the export there, or write --program instead")
-    model, _ = load_model(args.checkpoint, factory=args.factory)
+    model, _ = load_model(args.checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
     model.input_size = size = _input_of(model, _full_size(model, args.input_size), args.checkpoint)
     model.eval()
     round_to = args.round_to or defaults["round_to"]

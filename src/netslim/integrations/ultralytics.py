@@ -86,16 +86,9 @@ def load_yolo(path: str | Path, *, trust_pickle: bool = False) -> nn.Module:
     Ultralytics checkpoints are pickled objects: loading one runs code from the file. It is done only
     with ``trust_pickle=True`` (``--trust-pickle`` on the command line), for files you trust.
     """
-    from ..foreign import load_pickled
+    from ..foreign import load_foreign_model
 
-    data = load_pickled(path, trust_pickle=trust_pickle)
-    model = data.get("ema") or data.get("model") if isinstance(data, dict) else data
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"{path} is not an Ultralytics checkpoint (no 'model' or 'ema' module in it)")
-    model = model.float().eval()
-    imgsz = (data.get("train_args") or {}).get("imgsz", 640) if isinstance(data, dict) else 640
-    model.input_size = (int(model.yaml.get("channels", 3)) if hasattr(model, "yaml") else 3, *_pair(imgsz))
-    return model
+    return load_foreign_model(path, trust_pickle=trust_pickle)[0]
 
 
 def prune_yolo(model: nn.Module, percent: float = 0.5, imgsz: int | tuple[int, int] = 640,
