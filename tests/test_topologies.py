@@ -355,3 +355,13 @@ def test_every_fixture_declares_its_input_size():
     for name in NAMES:
         model = _model(name)
         assert netslim.metrics.input_size_of(model) == tuple(model.input_size)
+
+
+def test_apply_plan_reuses_the_plans_fixed_patterns_and_input_shape():
+    model = _model("tiny_yolo")
+    x = torch.randn(1, *model.input_size)
+    plan = plan_pruning(model, percent=0.7, fixed=["head*"], example_input=x)
+    plan = type(plan).from_dict(plan.to_dict())  # as if read from plan.json
+    small = apply_plan(model, plan)  # no fixed=, no example_input= repeated
+    assert small.head3.in_channels == model.head3.in_channels
+    _assert_equivalent(masked_model(model, plan), small, model.input_size)

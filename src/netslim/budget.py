@@ -38,10 +38,11 @@ def plan_for_budget(model: nn.Module, *, target_flops: float | None = None, targ
     size = tuple(graph.input_shape[1:])
     costs = _layer_costs(model, graph, size, flops=target_flops is not None)
     limit = target * sum(costs.values())
-    total = plan_pruning(model, 0.0, graph=graph, **plan_options).total_channels
+    total = plan_pruning(model, 0.0, graph=graph, fixed=fixed, **plan_options).total_channels
 
     def plan_at(k: int) -> PruningPlan:
-        return plan_pruning(model, min(k / total, math.nextafter(1.0, 0.0)), graph=graph, **plan_options)
+        return plan_pruning(model, min(k / total, math.nextafter(1.0, 0.0)), graph=graph, fixed=fixed,
+                            **plan_options)
 
     def cost(plan: PruningPlan) -> float:
         pruned = pruned_channels(graph, plan)

@@ -176,7 +176,8 @@ def plan_pruning(
             guards[path] = "collapsed"
     layers = {p: LayerReport(len(members[p]), len(kept[p]), guards.get(p, "")) for p in members}
     options = dict(percent=percent, layer_percent=layer_percent, max_layer_fraction=max_layer_fraction,
-                   min_channels=min_channels, round_to=round_to, aggregate=aggregate, exclude=list(exclude))
+                   min_channels=min_channels, round_to=round_to, aggregate=aggregate, exclude=list(exclude),
+                   fixed=list(fixed), input_shape=list(graph.input_shape))  # apply_plan needs no repeating
     return PruningPlan(kept, layers, float(threshold), float(percent or 0.0), len(ranked),
                        len(pruned & set(scores)), options)
 

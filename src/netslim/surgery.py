@@ -58,9 +58,20 @@ def pruned_channels(graph: ChannelGraph, plan: PruningPlan) -> set[int]:
 def apply_plan(model: nn.Module, plan: PruningPlan, *, fold_bias: bool = True,
                example_input: torch.Tensor | None = None, fixed: Sequence[str] = (),
                graph: ChannelGraph | None = None) -> nn.Module:
-    """Return a new, physically narrower copy of ``model`` with the channels of ``plan`` removed."""
-    graph = graph or trace_channels(model, example_input, fixed)
+    """Return a new, physically narrower copy of ``model`` with the channels of ``plan`` removed.
+
+    ``example_input`` and ``fixed`` default to those the plan was made with.
+    """
+    graph = graph or _graph_for(model, plan, example_input, fixed)
     return _compact(model, graph, pruned_channels(graph, plan), fold_bias)
+
+
+def _graph_for(model: nn.Module, plan: PruningPlan, example_input, fixed: Sequence[str]) -> ChannelGraph:
+    """The analysis the plan was made on: its example input's shape and fixed patterns unless given."""
+    shape = plan.options.get("input_shape")
+    if example_input is None and shape:
+        example_input = torch.zeros(*shape, device=_device(model))
+    return trace_channels(model, example_input, fixed or plan.options.get("fixed", ()))
 
 
 def _compact(model: nn.Module, graph: ChannelGraph, pruned: set[int], fold_bias: bool) -> nn.Module:
@@ -148,7 +159,7 @@ def masked_model(model: nn.Module, plan: PruningPlan, *, fold_bias: bool = True,
     Pruned channels get γ = 0; their β is zeroed too unless ``fold_bias`` and every layer reading
     the channel can absorb its constant output exactly.
     """
-    graph = graph or trace_channels(model, example_input, fixed)
+    graph = graph or _graph_for(model, plan, example_input, fixed)
     pruned = pruned_channels(graph, plan)
     return _masked(model, graph, pruned, _foldable(model, graph, pruned) if fold_bias else set())
 
