@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ZOO_VENV ?= .venv-zoo
+ZOO_PY := $(ZOO_VENV)/bin/python
+# tests that need the optional third-party packages; they run in $(ZOO_VENV) once `make zoo` made it
+ZOO_TESTS := tests/test_zoo.py tests/test_ultralytics.py tests/test_integrations.py
 
-.PHONY: install demo test lint bench
+.PHONY: install zoo demo test lint bench
 
 $(STAMP): pyproject.toml tools/setup-venv
 	sh tools/setup-venv "$(PYTHON)" "$(VENV)"
@@ -13,11 +17,16 @@ $(STAMP): pyproject.toml tools/setup-venv
 
 install: $(STAMP)
 
+zoo: pyproject.toml tools/setup-venv
+	sh tools/setup-venv "$(PYTHON)" "$(ZOO_VENV)" zoo
+
 demo: $(STAMP)
 	$(VENV)/bin/netslim run demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	@if [ -x "$(ZOO_PY)" ]; then echo "third-party models ($(ZOO_VENV)):"; $(ZOO_PY) -m pytest -q $(ZOO_TESTS); \
+	else echo "third-party model tests skipped: run 'make zoo' first to install timm, Ultralytics, smp..."; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
