@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="auto", choices=["auto", "cpu", "gpu"],
                    help="where the compact model will run (auto: gpu when this machine has CUDA)")
     p.add_argument("--no-fold", action="store_true", help="drop pruned channels' β instead of folding it")
+    p.add_argument("--approximate-fold", action="store_true",
+                   help="also fold pruned channels' β into zero-padded convs: exact in the interior, approximate "
+                        "at the border (the default folds only where it is exact)")
     p.add_argument("--out", required=True, help="file for the compact checkpoint (.pt)")
     p.add_argument("--plan-out", help="also write the plan as JSON here")
     p.add_argument("--ultralytics-out", metavar="FILE",
@@ -369,7 +372,7 @@ def cmd_prune(args) -> int:
     from .metrics import count_flops, count_params
     from .models import create_model
     from .plan import plan_pruning
-    from .surgery import apply_plan
+    from .surgery import apply_plan, fold_report
 
     ways = [x is not None for x in (args.percent, args.layer_percent, args.target_flops, args.target_params)]
     if sum(ways) > 1:
@@ -404,7 +407,14 @@ def cmd_prune(args) -> int:
         percent = args.percent if args.percent is not None or args.layer_percent is not None else 0.7
         plan = plan_pruning(model, None if args.layer_percent is not None else percent,
                             layer_percent=args.layer_percent, **options)
-    compact = apply_plan(model, plan, fold_bias=not args.no_fold, example_input=example)
+    if args.no_fold and args.approximate_fold:
+        raise UsageError("give one of --no-fold and --approximate-fold")
+    fold = False if args.no_fold else "approximate" if args.approximate_fold else "exact"
+    compact = apply_plan(model, plan, fold_bias=fold, example_input=example)
+    folds = list(fold_report(model, plan, fold_bias=fold, example_input=example).values())
+    if folds:
+        print(f"β of pruned channels: folded exactly into {folds.count('exact')} layer(s), approximately (at the "
+              f"border) into {folds.count('approximate')}, dropped at {folds.count('dropped')}")
     print(f"{'layer':<28} {'before':>7} {'after':>7}  guard")
     for path, report in plan.layers.items():
         print(f"{path:<28} {report.width:>7} {report.kept:>7}  {report.guard}")

@@ -51,7 +51,7 @@ class ExperimentConfig:
     train: dict = field(default_factory=dict)  # TrainConfig fields for sparsity training
     finetune: dict = field(default_factory=dict)  # overrides of ``train`` for fine-tuning
     prune: dict = field(default_factory=lambda: {"percent": 0.7})
-    fold_bias: bool = True
+    fold_bias: bool | str = True  # or "approximate" (see surgery.apply_plan)
     recalibrate: int = 0  # re-estimate BN statistics of the compact model on N batches before fine-tuning
     distill: float = 0.0  # fine-tune with the unpruned model as teacher, with this weight (0: off)
 
@@ -106,7 +106,8 @@ def _experiment_problems(c: ExperimentConfig) -> list[str]:
         (count(c.image_size, 1), f"image_size must be an integer >= 1, got {c.image_size!r}"),
         (isinstance(c.baseline, bool), f"baseline must be true or false, got {c.baseline!r}"),
         (count(c.passes, 1), f"passes must be an integer >= 1, got {c.passes!r}"),
-        (isinstance(c.fold_bias, bool), f"fold_bias must be true or false, got {c.fold_bias!r}"),
+        (c.fold_bias in (True, False, "exact", "approximate"),
+         f"fold_bias must be true, false or approximate, got {c.fold_bias!r}"),
         (count(c.recalibrate, 0), f"recalibrate must be an integer >= 0 (BN re-estimation batches; 0: off), "
                                   f"got {c.recalibrate!r}"),
         (isinstance(c.distill, int | float) and not isinstance(c.distill, bool) and 0 <= c.distill <= 1,

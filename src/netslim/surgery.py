@@ -55,12 +55,20 @@ def pruned_channels(graph: ChannelGraph, plan: PruningPlan) -> set[int]:
     return pruned
 
 
-def apply_plan(model: nn.Module, plan: PruningPlan, *, fold_bias: bool = True,
+FoldMode = bool | str  # True or "exact", "approximate", False
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = True,
                example_input: torch.Tensor | None = None, fixed: Sequence[str] = (),
                graph: ChannelGraph | None = None) -> nn.Module:
     """Return a new, physically narrower copy of ``model`` with the channels of ``plan`` removed.
 
     ``example_input`` and ``fixed`` default to those the plan was made with.
+    ``fold_bias``: a pruned channel still outputs a constant (e.g. ReLU(β)); ``True``/``"exact"`` folds it
+    into the readers' biases where that is exact (Linear, unpadded convs) and zeroes it elsewhere, so the
+    compact model equals :func:`masked_model` exactly; ``"approximate"`` also folds it into zero-padded
+    convs, exact in the interior and approximate only at the border positions (the masked model then
+    keeps every β: γ zeroed only); ``False`` drops it (see :func:`fold_report`).
     """
     graph = graph or _graph_for(model, plan, example_input, fixed)
     return _compact(model, graph, pruned_channels(graph, plan), fold_bias)
@@ -74,8 +82,9 @@ def _graph_for(model: nn.Module, plan: PruningPlan, example_input, fixed: Sequen
     return trace_channels(model, example_input, fixed or plan.options.get("fixed", ()))
 
 
-def _compact(model: nn.Module, graph: ChannelGraph, pruned: set[int], fold_bias: bool) -> nn.Module:
-    constants = _pruned_constants(model, graph, pruned, fold_bias) if fold_bias else {}
+def _compact(model: nn.Module, graph: ChannelGraph, pruned: set[int], fold_bias: FoldMode) -> nn.Module:
+    mode = _mode(fold_bias)
+    constants = _pruned_constants(model, graph, pruned, mode) if mode != "none" else {}
     narrow = {}
     for path, use in graph.layers.items():
         old = model.get_submodule(path)
@@ -131,7 +140,7 @@ def width_sensitive_module(model: nn.Module, graph: ChannelGraph, example_input)
     pruned = graph.close_selection(pruned)
     if not pruned:
         return None
-    compact = _compact(model, graph, pruned, fold_bias=False).eval()
+    compact = _compact(model, graph, pruned, "none").eval()
     where: list[str] = []
     hooks = [m.register_forward_pre_hook(lambda mod, args, p=path: where.append(p)) for path, m in
              compact.named_modules()] + [m.register_forward_hook(lambda mod, args, out: _pop(where)) for m in
@@ -151,39 +160,70 @@ def _pop(stack: list) -> None:
     stack.pop()
 
 
-def masked_model(model: nn.Module, plan: PruningPlan, *, fold_bias: bool = True,
+def masked_model(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = True,
                  example_input: torch.Tensor | None = None, fixed: Sequence[str] = (),
                  graph: ChannelGraph | None = None) -> nn.Module:
     """The original model with the plan's channels switched off: what :func:`apply_plan` equals.
 
     Pruned channels get γ = 0; their β is zeroed too unless ``fold_bias`` and every layer reading
-    the channel can absorb its constant output exactly.
+    the channel can absorb its constant output (exactly, or with ``"approximate"`` in a padded conv's
+    interior too).
     """
     graph = graph or _graph_for(model, plan, example_input, fixed)
     pruned = pruned_channels(graph, plan)
-    return _masked(model, graph, pruned, _foldable(model, graph, pruned) if fold_bias else set())
+    return _masked(model, graph, pruned, _foldable(model, graph, pruned, _mode(fold_bias)))
+
+
+def fold_report(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = True,
+                example_input: torch.Tensor | None = None, fixed: Sequence[str] = ()) -> dict[str, str]:
+    """For each layer reading pruned channels: ``"exact"`` (their constant is folded exactly),
+    ``"approximate"`` (folded into a padded conv: exact except at the border) or ``"dropped"``."""
+    graph = _graph_for(model, plan, example_input, fixed)
+    pruned = pruned_channels(graph, plan)
+    mode = _mode(fold_bias)
+    report = {}
+    for path, use in graph.layers.items():
+        if use.kind in _CONSUMERS and any(graph.root(i) in pruned for i in use.in_ids):
+            how = _absorbs_constants(model.get_submodule(path), use, mode)
+            report[path] = how or "dropped"
+    return report
+
+
+def _mode(fold_bias: FoldMode) -> str:
+    modes = {True: "exact", False: "none", "exact": "exact", "approximate": "approximate", "none": "none"}
+    if fold_bias not in modes:
+        raise ValueError(f"fold_bias must be True/'exact', 'approximate' or False, got {fold_bias!r}")
+    return modes[fold_bias]
 
 
 def _positions(graph: ChannelGraph, ids: tuple, pruned: set[int]) -> torch.Tensor:
     return torch.tensor([k for k, i in enumerate(ids) if graph.root(i) not in pruned], dtype=torch.long)
 
 
-def _foldable(model: nn.Module, graph: ChannelGraph, pruned: set[int]) -> set[int]:
-    """Pruned channels whose every reader can take a constant input into its bias exactly."""
+def _foldable(model: nn.Module, graph: ChannelGraph, pruned: set[int], mode: str) -> set[int]:
+    """Pruned channels whose every reader can take a constant input into its bias (per ``mode``)."""
+    if mode == "none":
+        return set()
     # A channel multiplied by an unpruned factor (an SE gate) is f(β) times that factor: not a
     # constant, only zero, and only when β is zeroed too.
     ok = set(pruned) - {graph.root(i) for i in graph.gated}
     for path, use in graph.layers.items():
-        if use.kind in _CONSUMERS and not _absorbs_constants(model.get_submodule(path), use):
+        if use.kind in _CONSUMERS and not _absorbs_constants(model.get_submodule(path), use, mode):
             ok -= {graph.root(i) for i in use.in_ids}
     return ok
 
 
-def _absorbs_constants(module: nn.Module, use: LayerUse) -> bool:
-    if use.kind == "linear":
-        return True
-    # A zero-padded conv sees the constant only inside the image, not at its border: not exact.
-    return use.kind == "conv" and (module.padding == "valid" or not any(module.padding))
+def _absorbs_constants(module: nn.Module, use: LayerUse, mode: str) -> str:
+    """"exact", "approximate" or "" (cannot): how a reader takes a constant input into its bias."""
+    if mode == "none":
+        return ""
+    if use.kind == "linear" or use.kind == "conv" and (module.padding == "valid" or not any(module.padding)):
+        return "exact"
+    # A zero-padded conv sees the constant only inside the image, not at its border: there the bias
+    # is right in the interior and off at the border positions (paper Sec. 3 drops β outright).
+    if use.kind == "conv" and mode == "approximate" and getattr(module, "padding_mode", "zeros") == "zeros":
+        return "approximate"
+    return ""
 
 
 def _masked(model: nn.Module, graph: ChannelGraph, pruned: set[int], keep_beta: set[int]) -> nn.Module:
@@ -213,14 +253,14 @@ def _switch_off(model: nn.Module, graph: ChannelGraph, pruned: set[int], keep_be
 
 @torch.no_grad()
 def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int],
-                      fold_bias: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                      mode: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """For each layer reading pruned channels: their positions and the constant value they carry.
 
     Measured, not derived: the masked model runs once and each reader's input is recorded, so any
     chain of elementwise ops and pooling between BN and reader is handled. Only constants that are
     truly constant and nonzero, at readers that can absorb them, are returned for folding.
     """
-    keep_beta = _foldable(model, graph, pruned) if fold_bias else set()
+    keep_beta = _foldable(model, graph, pruned, mode)
     readers = {p: u for p, u in graph.layers.items()
                if u.kind in _CONSUMERS and any(graph.root(i) in pruned for i in u.in_ids)}
     seen: dict[str, torch.Tensor] = {}
@@ -249,7 +289,7 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int],
         nonzero = (mean.abs() > scale) | (spread > scale)
         if not nonzero.any():
             continue
-        if not _absorbs_constants(model.get_submodule(path), use) or (spread > scale).any():
+        if not _absorbs_constants(model.get_submodule(path), use, mode) or (spread > scale).any():
             inexact.append(path)
             continue
         constants[path] = (positions, mean)
