@@ -7,7 +7,7 @@ is found by bisection over the ranked channels, each candidate measured on the r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -56,21 +56,31 @@ def plan_for_budget(model: nn.Module, *, target_flops: float | None = None, targ
                 total_cost += kept_out * len(use.out_ids)  # an upper bound: the bias a fold may add
         return total_cost
 
-    low, high = 0, total
-    best = plan_at(total)
-    if cost(best) > limit:
+    best = least_pruning(plan_at, total, lambda plan: cost(plan) <= limit)
+    if best is None:
         what = "FLOPs" if target_flops is not None else "parameters"
-        real = apply_plan(model, best, graph=graph)
+        real = apply_plan(model, plan_at(total), graph=graph)
         achieved = (count_flops(real, size) / count_flops(model, size) if target_flops is not None
                     else count_params(real) / count_params(model))
         raise ValueError(f"target of {_percent(target)} {what} cannot be reached: pruning as much as the guards "
                          f"allow leaves {_percent(achieved)}; relax min_channels, max_layer_fraction or round_to")
-    if cost(plan_at(0)) <= limit:
-        return plan_at(0)
+    return best
+
+
+def least_pruning(plan_at: Callable[[int], PruningPlan], total: int,
+                  fits: Callable[[PruningPlan], bool]) -> PruningPlan | None:
+    """The plan pruning the fewest ranked channels that ``fits`` (more pruning never costs more), by
+    bisection over 0..``total``; None when even ``plan_at(total)`` does not fit."""
+    if fits(first := plan_at(0)):
+        return first
+    best = plan_at(total)
+    if not fits(best):
+        return None
+    low, high = 0, total
     while high - low > 1:  # invariant: plan_at(high) fits, plan_at(low) does not
         mid = (low + high) // 2
         plan = plan_at(mid)
-        if cost(plan) <= limit:
+        if fits(plan):
             high, best = mid, plan
         else:
             low = mid

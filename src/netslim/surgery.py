@@ -264,8 +264,11 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int],
     readers = {p: u for p, u in graph.layers.items()
                if u.kind in _CONSUMERS and any(graph.root(i) in pruned for i in u.in_ids)}
     seen: dict[str, torch.Tensor] = {}
-    hooks = [model.get_submodule(p).register_forward_pre_hook(
-        lambda m, args, p=p: seen.setdefault(p, args[0].detach())) for p in readers]
+
+    def record(path: str, args: tuple) -> None:  # a pre-hook returning a value would replace the inputs
+        seen.setdefault(path, args[0].detach())
+
+    hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: record(p, args)) for p in readers]
     was_training = model.training
     saved = _switch_off(model.eval(), graph, pruned, keep_beta)  # the masked model, in place and put back
     try:

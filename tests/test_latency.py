@@ -1,0 +1,83 @@
+"""Pruning for measured speed (issue 17): the latency planner on synthetic tables (exact budgets,
+|γ| order, snapped widths, impossible budgets) and a real table measured here and cached."""
+
+import pytest
+import torch
+
+from netslim import models, plan_pruning
+from netslim.graph import trace_channels
+from netslim.latency import _TIMED, LatencyTable, measure_table, plan_for_latency, predict
+from netslim.surgery import pruned_channels
+
+from .conftest import randomize_bn
+
+
+def _model():
+    return randomize_bn(models.create("vgg11", widths=[16, 32, 48, 48, 64, 64, 64, 64])).eval()
+
+
+def _synthetic(graph, per_mac=1e-6) -> LatencyTable:
+    """t(in, out) = in·out·1e-6 s per layer, sampled at a few widths (bilinear: interpolation is exact)."""
+    table = LatencyTable()
+    for path, use in graph.layers.items():
+        if use.kind in _TIMED:
+            key = table.shapes[path] = path
+            ins = sorted({1, len(use.in_ids) // 2, len(use.in_ids)})
+            outs = sorted({1, len(use.out_ids) // 2, len(use.out_ids)})
+            table.samples[key] = {(i, o): i * o * per_mac for i in ins for o in outs}
+    return table
+
+
+def test_the_plan_meets_the_budget_with_the_least_pruning_in_gamma_order():
+    model = _model()
+    graph = trace_channels(model)
+    table = _synthetic(graph)
+    full = predict(table, graph, set())
+    plan, seconds = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,))
+    assert seconds == pytest.approx(predict(table, graph, pruned_channels(graph, plan)))
+    assert seconds <= full / 2
+    fewer = plan_pruning(model, (plan.pruned_channels - 1) / plan.total_channels)
+    assert predict(table, graph, pruned_channels(graph, fewer)) > full / 2  # one channel less misses it
+    same = plan_pruning(model, plan.pruned_channels / plan.total_channels)
+    assert same.kept == plan.kept  # exactly the channels with the smallest |γ|, as the paper ranks
+
+
+def test_widths_snap_to_multiples_and_the_better_snapping_wins():
+    model = _model()
+    graph = trace_channels(model)
+    table = _synthetic(graph)
+    plan, _ = plan_for_latency(model, target_speedup=1.5, table=table, round_to=(8,))
+    for path, report in plan.layers.items():
+        assert report.kept % 8 == 0 or report.kept == report.width, path
+    both, _ = plan_for_latency(model, target_speedup=1.5, table=table, round_to=(1, 8))
+    exact, _ = plan_for_latency(model, target_speedup=1.5, table=table, round_to=(1,))
+    gamma = {p: model.get_submodule(p).weight.abs() for p in plan.kept}
+
+    def kept_gamma(p):
+        return sum(float(gamma[k][list(v)].sum()) for k, v in p.kept.items())
+
+    assert kept_gamma(both) == pytest.approx(max(kept_gamma(plan), kept_gamma(exact)))
+
+
+def test_an_impossible_budget_is_one_line():
+    model = _model()
+    table = _synthetic(trace_channels(model))
+    with pytest.raises(ValueError, match="cannot be reached") as e:
+        plan_for_latency(model, target_speedup=1e6, table=table)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="exactly one"):
+        plan_for_latency(model, table=table)
+
+
+def test_a_real_table_is_measured_here_cached_and_predicts_the_original(tmp_path):
+    torch.manual_seed(0)
+    model = _model()
+    x = torch.zeros(1, 3, 32, 32)
+    table = measure_table(model, x, repeats=2, cache_dir=tmp_path)
+    assert table.measured > 0 and table.samples and all(t > 0 for s in table.samples.values() for t in s.values())
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    again = measure_table(model, x, repeats=2, cache_dir=tmp_path)
+    assert again.samples == table.samples  # read back, not measured again
+    graph = trace_channels(model, x)
+    assert predict(table, graph, set()) == pytest.approx(max(table.measured, predict(table, graph, set())), rel=1e-6)
