@@ -81,3 +81,16 @@ def test_a_real_table_is_measured_here_cached_and_predicts_the_original(tmp_path
     assert again.samples == table.samples  # read back, not measured again
     graph = trace_channels(model, x)
     assert predict(table, graph, set()) == pytest.approx(max(table.measured, predict(table, graph, set())), rel=1e-6)
+
+
+def test_cli_prunes_to_a_speedup_and_reports_predicted_and_measured(tmp_path, capsys, monkeypatch):
+    from netslim.cli import main
+
+    monkeypatch.setenv("NETSLIM_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    assert main(["prune", "mlp", "--target-speedup", "1.5", "--out", str(tmp_path / "small.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "latency at batch 1: predicted" in out and "measured:" in out and "x faster" in out
+    assert list((tmp_path / "cache").rglob("*.json"))  # the tables are kept for the next call
+    assert main(["prune", "mlp", "--target-speedup", "2", "--target-flops", "0.5", "--out",
+                 str(tmp_path / "x.pt")]) == 2

@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percent", type=_fraction, help="global fraction of channels to prune (default 0.7)")
     p.add_argument("--target-flops", type=_fraction_open, help="prune until FLOPs <= this fraction of the original")
     p.add_argument("--target-params", type=_fraction_open, help="prune until parameters <= this fraction")
+    p.add_argument("--target-latency", type=_positive, metavar="MS",
+                   help="prune (in |γ| order) until the predicted latency on this machine is <= MS milliseconds, "
+                        "from per-layer latency tables measured here (cached)")
+    p.add_argument("--target-speedup", type=_number(float, lambda v: v >= 1, "must be >= 1"), metavar="X",
+                   help="prune until the predicted latency is the original's / X")
+    p.add_argument("--latency-batch", type=_positive_int, default=1,
+                   help="batch size the latency is planned and measured at (default 1)")
     p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for models that do not declare one")
     p.add_argument("--num-classes", type=_positive_int, help="for a model factory")
     p.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
@@ -374,15 +381,18 @@ def cmd_prune(args) -> int:
     from .plan import plan_pruning
     from .surgery import apply_plan, fold_report
 
-    ways = [x is not None for x in (args.percent, args.layer_percent, args.target_flops, args.target_params)]
+    ways = [x is not None for x in (args.percent, args.layer_percent, args.target_flops, args.target_params,
+                                    args.target_latency, args.target_speedup)]
     if sum(ways) > 1:
-        raise UsageError("give one of --percent, --layer-percent, --target-flops, --target-params")
+        raise UsageError("give one of --percent, --layer-percent, --target-flops, --target-params, "
+                         "--target-latency, --target-speedup")
     out = _writable_file(args.out)
     plan_out = _writable_file(args.plan_out, "--plan-out") if args.plan_out is not None else None
     yolo_out = _writable_file(args.ultralytics_out, "--ultralytics-out") if args.ultralytics_out else None
     refuse_overwriting_inputs({"--out": out, "--plan-out": plan_out, "--ultralytics-out": yolo_out},
                               {"checkpoint": args.checkpoint if Path(args.checkpoint).exists() else None})
-    if Path(args.checkpoint).is_file() or ":" not in args.checkpoint:
+    from . import models
+    if Path(args.checkpoint).is_file() or (":" not in args.checkpoint and args.checkpoint not in models.names()):
         model, data = load_model(args.checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
         arch = dict(data["arch"])
     else:  # a model factory: its own (e.g. pretrained) weights
@@ -401,7 +411,16 @@ def cmd_prune(args) -> int:
               "the percent asked)")
     options = dict(max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels, round_to=round_to,
                    example_input=example)
-    if args.target_flops is not None or args.target_params is not None:
+    by_latency = args.target_latency is not None or args.target_speedup is not None
+    if by_latency:
+        from .latency import plan_for_latency
+        timing_input = torch.zeros(args.latency_batch, *model.input_size)
+        plan, predicted = plan_for_latency(
+            model, target_latency=args.target_latency / 1e3 if args.target_latency else None,
+            target_speedup=args.target_speedup, example_input=timing_input,
+            max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels,
+            round_to=(args.round_to,) if args.round_to else (1, 8))
+    elif args.target_flops is not None or args.target_params is not None:
         plan = plan_for_budget(model, target_flops=args.target_flops, target_params=args.target_params, **options)
     else:
         percent = args.percent if args.percent is not None or args.layer_percent is not None else 0.7
@@ -428,6 +447,10 @@ def cmd_prune(args) -> int:
           f"threshold |γ| = {plan.threshold:.4g}")
     print(f"params: {p0:,} -> {p1:,} ({100 * (1 - p1 / p0):.1f}% pruned); "
           f"FLOPs: {f0:.3g} -> {f1:.3g} ({100 * (1 - f1 / f0):.1f}% pruned)")
+    if by_latency:
+        from .latency import speed_check
+        check = speed_check(model, compact, timing_input)
+        print(f"latency at batch {args.latency_batch}: predicted {1e3 * predicted:.3g} ms; {check.line()}")
     if args.recalibrate and not args.dataset:
         raise UsageError("--recalibrate needs --dataset (the training batches to re-estimate BN statistics on)")
     if args.dataset:

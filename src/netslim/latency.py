@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,24 +97,27 @@ def predict(table: LatencyTable, graph: ChannelGraph, pruned: set[int]) -> float
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of one forward pass of ``model`` (eval mode) on ``example_input``."""
+    """Seconds of one forward pass of ``model`` (eval mode) on ``example_input``: the fastest of ``repeats``."""
     was_training = model.training
     model.eval()
     try:
-        return _median_time(lambda: model(example_input), repeats, warmup)
+        return _best_time(lambda: model(example_input), repeats, warmup)
     finally:
         model.train(was_training)
 
 
-def _median_time(run: Callable[[], object], repeats: int, warmup: int) -> float:
+def _best_time(run: Callable[[], object], repeats: int, warmup: int) -> float:
+    """The fastest of ``repeats`` runs (at least 0.02 s of them): what the op costs when nothing else
+    interrupts it; the median would carry the scheduler's noise on a shared machine."""
     for _ in range(warmup):
         run()
-    times = []
-    for _ in range(repeats):
+    times, spent = [], 0.0
+    while len(times) < repeats or (spent < 0.02 and len(times) < 50):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        spent += times[-1]
+    return min(times)
 
 
 @torch.no_grad()
@@ -199,7 +201,7 @@ def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, full_in: i
     for n_in, n_out in pairs:
         probe = _sized(layer, kind, n_in, n_out).to(device=device, dtype=dtype).eval()
         x = torch.randn(input_shape[0], n_in, *input_shape[2:], device=device, dtype=dtype)
-        samples[n_in, n_out] = _median_time(lambda probe=probe, x=x: probe(x), repeats, warmup=1)
+        samples[n_in, n_out] = _best_time(lambda probe=probe, x=x: probe(x), repeats, warmup=1)
     return samples
 
 
@@ -307,3 +309,42 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
         raise ValueError(f"a latency of {1e3 * target:.3g} ms cannot be reached: pruning as much as the guards "
                          f"allow is predicted at {1e3 * fastest:.3g} ms; relax min_channels or max_layer_fraction")
     return best[1], best[2]
+
+
+@dataclass
+class SpeedCheck:
+    """Original and compact model, each deployed (BN folded) and timed end to end on the same input."""
+
+    original: float
+    compact: float
+    reason: str = ""  # why the compact model is not faster, when it is not
+
+    @property
+    def speedup(self) -> float:
+        return self.original / self.compact
+
+    def line(self) -> str:
+        text = (f"measured: {1e3 * self.original:.3g} ms -> {1e3 * self.compact:.3g} ms per batch "
+                f"({self.speedup:.2f}x faster)")
+        if self.speedup < 1:
+            text += f"; warning: the compact model is SLOWER than the original here ({self.reason})"
+        return text
+
+
+def speed_check(original: nn.Module, compact: nn.Module, example_input: torch.Tensor,
+                repeats: int = 20) -> SpeedCheck:
+    """Time both models as deployed and, when the compact one is slower, say the likely reason."""
+    from .deployment import misaligned_widths
+    from .export import fold_batchnorm
+
+    a = measure_latency(fold_batchnorm(original, example_input), example_input, repeats)
+    b = measure_latency(fold_batchnorm(compact, example_input), example_input, repeats)
+    reason = ""
+    if b > a:
+        odd = misaligned_widths(compact, 8, example_input)
+        reasons = [f"{len(odd)} widths are not multiples of 8 (prune with --round-to 8)"] if odd else []
+        if example_input.shape[0] == 1:
+            reasons.append("at batch 1 the time is mostly fixed per-op overhead, not arithmetic")
+        reasons.append(f"backend: eager PyTorch on {example_input.device.type}, {torch.get_num_threads()} threads")
+        reason = "; ".join(reasons)
+    return SpeedCheck(a, b, reason)
