@@ -94,3 +94,11 @@ def test_cli_prunes_to_a_speedup_and_reports_predicted_and_measured(tmp_path, ca
     assert list((tmp_path / "cache").rglob("*.json"))  # the tables are kept for the next call
     assert main(["prune", "mlp", "--target-speedup", "2", "--target-flops", "0.5", "--out",
                  str(tmp_path / "x.pt")]) == 2
+
+
+def test_a_compact_model_slower_than_its_original_is_said_in_one_line():
+    from netslim.latency import SpeedCheck
+
+    line = SpeedCheck(0.010, 0.012, "3 widths are not multiples of 8 (prune with --round-to 8)").line()
+    assert "SLOWER" in line and "multiples of 8" in line and "\n" not in line
+    assert "SLOWER" not in SpeedCheck(0.012, 0.010).line()

@@ -623,9 +623,15 @@ def cmd_export(args) -> int:
     if args.aoti and target == "gpu" and device != "cuda":
         raise UsageError("--aoti for a gpu target compiles CUDA kernels and needs a CUDA GPU on this machine; "
                          "run the export there, or write --program instead")
-    model, _ = load_model(args.checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
+    model, data = load_model(args.checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
     model.input_size = size = _input_of(model, _full_size(model, args.input_size), args.checkpoint)
     model.eval()
+    if target == "cpu" and data["arch"].get("shapes"):  # never slower: the compact model against the original
+        from .latency import original_of, speed_check
+        original = original_of(data["arch"], factory=args.factory)
+        if original is not None:
+            check = speed_check(original, model, torch.zeros(1, *size))
+            print(f"on this machine (cpu, batch 1, eager): {check.line()}")
     round_to = args.round_to or defaults["round_to"]
     odd = misaligned_widths(model, round_to, torch.zeros(2, *size))
     if odd:

@@ -348,3 +348,14 @@ def speed_check(original: nn.Module, compact: nn.Module, example_input: torch.Te
         reasons.append(f"backend: eager PyTorch on {example_input.device.type}, {torch.get_num_threads()} threads")
         reason = "; ".join(reasons)
     return SpeedCheck(a, b, reason)
+
+
+def original_of(arch: dict, factory=None) -> nn.Module | None:
+    """The unpruned model a checkpoint's architecture was cut from (untrained weights: enough for timing),
+    or None when it cannot be rebuilt without running code the user did not name."""
+    from .checkpoint import CheckpointError, build_model
+
+    try:
+        return build_model({**arch, "shapes": {}}, factory).eval()
+    except (CheckpointError, ImportError):
+        return None
