@@ -185,6 +185,15 @@ def trace_channels(model: nn.Module, example_input: torch.Tensor | None = None,
 _ANALYSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def clear_cache() -> None:
+    """Forget every analysis: the next :func:`trace_channels` call runs the model again.
+
+    The cache is keyed by the module tree, the layers' shapes and the input's shape; a change of
+    behaviour those do not show (a flag read in ``forward``) between two calls needs this.
+    """
+    _ANALYSED.clear()
+
+
 def _structure(model: nn.Module, example_input, fixed: Sequence[str]) -> tuple:
     """What the analysis depends on: the module tree, the layers' shapes and selections, the input's shape."""
     layers = tuple((path, id(m), type(m), tuple(m.weight.shape) if isinstance(getattr(m, "weight", None),
