@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 DOC = ROOT / "BENCHMARKS.md"
-ORDER = ("regularizer_overhead", "surgery_time", "pipeline_overhead", "inference", "export_speed", "jpeg_stream")
+ORDER = ("regularizer_overhead", "surgery_time", "pipeline_overhead", "inference", "export_speed", "jpeg_stream",
+         "latency")
 
 
 def run(mode: str, threads: int, only: list[str]) -> None:
@@ -340,7 +341,36 @@ def render_jpeg_stream(rec: dict) -> str:
     return "\n".join(lines)
 
 
-RENDER = {"regularizer_overhead": render_regularizer, "surgery_time": render_surgery,
+def render_latency(rec: dict) -> str:
+    lines = ["## Pruning for measured speed (latency tables)\n",
+             "`plan_for_latency` (`netslim prune --target-speedup X`) with latency tables measured here; the "
+             "compact model and the original are both BN-folded and timed end to end (wall clock, fastest of the "
+             "repeats) in the same run. *Plan by FLOPs* is `plan_for_budget` at the FLOPs the latency plan "
+             "reached. Σ|γ| kept: the share of the BN scales' sum that the plan keeps (BN scales from a seeded "
+             "generator).\n",
+             "| model | batch | original | target | predicted | measured | error | within 10% | FLOPs left | "
+             "Σ\\|γ\\| kept | plan by FLOPs: measured, Σ\\|γ\\| kept | tables built / cached |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in rec["results"]["models"]:
+        if "skipped" in m:
+            lines.append(f"| {m['model']} | {m['batch']} | skipped: {m['skipped']} |" + " |" * 9)
+            continue
+        for r in m["rows"]:
+            if "error" in r and isinstance(r["error"], str):
+                lines.append(f"| {m['model']} | {m['batch']} | {m['original_ms']:.3g} ms | {r['target_speedup']}x | "
+                             f"{r['error']} |" + " |" * 7)
+                continue
+            lines.append(
+                f"| {m['model']} | {m['batch']} | {m['original_ms']:.3g} ms | {r['target_speedup']}x | "
+                f"{r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x | {100 * r['prediction_error']:+.0f}% | "
+                f"{'yes' if r['within_10_percent'] else 'no'} | {100 * r['flops_fraction']:.1f}% | "
+                f"{100 * r['gamma_kept']:.1f}% | {r['flops_plan_measured_speedup']:.2f}x, "
+                f"{100 * r['flops_plan_gamma_kept']:.1f}% | {m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s |")
+    lines += ["", _notes(rec), _provenance(rec)]
+    return "\n".join(lines)
+
+
+RENDER = {"latency": render_latency, "regularizer_overhead": render_regularizer, "surgery_time": render_surgery,
           "pipeline_overhead": render_pipeline, "inference": render_inference, "export_speed": render_export_speed,
           "jpeg_stream": render_jpeg_stream}
 
@@ -362,8 +392,8 @@ tiny training step about 200-fold (0.84 s instead of 0.004 s), so one thread giv
 figures; run with `--threads N` on a dedicated machine.
 
 The sections after the six performance benchmarks (accuracy experiments, the Torch-Pruning
-comparison, the GPU figures) are rendered by their own scripts' helpers (`render_more.py`,
-`gpu.py`) from their results, when present.
+comparison, real models from timm/torchvision/Ultralytics/smp, the GPU figures) are rendered by their
+own scripts' helpers (`render_more.py`, `zoo.py`, `gpu.py`) from their results, when present.
 """
 
 
@@ -384,6 +414,15 @@ def other_sections(results: Path = RESULTS) -> list[str]:
                 text = f"(render_more.{fn} failed: {type(e).__name__}: {e})\n"
             if text:
                 parts.append(text)
+    zoo_rec = next((json.loads(p.read_text()) for p in (results / "zoo_full.json", results / "zoo_quick.json")
+                    if p.exists()), None)
+    if zoo_rec is not None:  # benchmarks/zoo.py (real models beside Torch-Pruning; needs timm, ultralytics, ...)
+        try:
+            import zoo
+
+            parts.append(zoo.markdown(zoo_rec) + "\n" + _notes(zoo_rec) + "\n" + _provenance(zoo_rec))
+        except Exception as e:  # another script's renderer must not stop this one
+            parts.append(f"(zoo.markdown failed: {type(e).__name__}: {e})\n")
     path = results / "gpu.json"
     if path.exists():
         rec = json.loads(path.read_text())

@@ -15,7 +15,8 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-NAMES = ("regularizer_overhead", "surgery_time", "pipeline_overhead", "inference", "export_speed", "jpeg_stream")
+NAMES = ("regularizer_overhead", "surgery_time", "pipeline_overhead", "inference", "export_speed", "jpeg_stream",
+         "latency")
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,11 @@ def test_render_markdown(smoke, tmp_path):
             assert f"python benchmarks/{name}.py --quick --smoke --threads 1" in text
     assert "torch.set_num_threads(1)" in text and "Date:" in text
     assert text.count("No result yet") == sum(name not in smoke for name in NAMES)
+
+
+def test_latency(smoke):
+    data = smoke["latency"]
+    (model,) = data["results"]["models"]
+    row = model["rows"][0]
+    assert model["table_build_s"] > 0 and model["original_ms"] > 0
+    assert row["measured_speedup"] > 0 and 0 < row["gamma_kept"] <= 1 and 0 < row["flops_fraction"] <= 1
