@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +227,23 @@ def test_timm_convnext_without_batchnorm_is_refused_in_one_line():
     message = str(info.value)
     assert "\n" not in message and "BatchNorm" in message, message
 
+
+def test_zoo_benchmark_smoke(tmp_path):
+    """benchmarks/zoo.py in smoke mode: one torchvision model, netslim beside Torch-Pruning."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("torch_pruning")
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import zoo
+    finally:
+        sys.path.remove(str(bench))
+    rec = zoo.main(["--smoke", "--out", str(tmp_path)])
+    assert (tmp_path / "zoo_smoke.json").exists()
+    rows = rec["results"]["models"]
+    assert rows and all(set(r) >= {"model", "netslim", "torch_pruning"} for r in rows)
+    ours = rows[0]["netslim"]
+    assert ours["status"] == "ok", ours
+    assert ours["max_relative_error"] <= TOLERANCE and ours["params_ratio"] < 1
+    assert rows[0]["torch_pruning"]["status"] in {"ok", "failed", "timeout", "crashed"}
+    assert "| torchvision/resnet18 | ok |" in zoo.markdown(rec)
