@@ -160,6 +160,9 @@ def run_netslim(name: str, model: nn.Module, inputs: dict, cfg: dict, stage: lis
     for r in range(cfg["warmup"] + cfg["repeats"]):
         timed = stages if r >= cfg["warmup"] else {}
         signal.alarm(cfg["limit_s"])  # the limit is per run
+        forget = getattr(netslim.graph, "clear_cache", None)
+        if forget is not None:  # every run analyses the model anew, not from netslim's per-model cache
+            forget()
         t = start = clock()
         stage.append("analysis")
         graph = netslim.trace_channels(model, inputs["example"])
