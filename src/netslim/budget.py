@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import trace_channels
+from .layers import device_of, evaluating
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
 from .surgery import apply_plan, pruned_channels
@@ -92,12 +93,8 @@ def _layer_costs(model: nn.Module, graph, size: tuple[int, ...], flops: bool) ->
     if not flops:
         return {p: float(sum(t.numel() for t in model.get_submodule(p).parameters(recurse=False)))
                 for p in graph.layers}
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *size, device=device))
-    model.train(was_training)
+    with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *size, device=device_of(model)))
     root = type(model).__name__
     per_module = counter.get_flop_counts()
     return {p: float(sum(per_module.get(f"{root}.{p}", {}).values())) for p in graph.layers}

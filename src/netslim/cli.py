@@ -312,7 +312,8 @@ def cmd_train(args) -> int:
     import torch
 
     from .checkpoint import describe, load_model
-    from .pipeline import ExperimentConfig, build_model_for, check_model_fits, make_loaders
+    from .data import make_loaders
+    from .pipeline import ExperimentConfig, build_model_for, check_model_fits
     from .train import TrainConfig, resolve_device, train
 
     info = distributed.init_from_env(args.device)
@@ -480,7 +481,8 @@ def cmd_prune(args) -> int:
 
 def cmd_finetune(args) -> int:
     from .checkpoint import load_model
-    from .pipeline import ExperimentConfig, check_model_fits, make_loaders
+    from .data import make_loaders
+    from .pipeline import ExperimentConfig, check_model_fits
     from .train import TrainConfig, resolve_device, train
 
     info = distributed.init_from_env(args.device)
@@ -544,6 +546,7 @@ def cmd_run(args) -> int:
 
 def cmd_info(args) -> int:
     from .checkpoint import load_model
+    from .layers import batch_norms
     from .metrics import count_flops, count_params
     from .models import create_model
 
@@ -556,8 +559,7 @@ def cmd_info(args) -> int:
         kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
         model = create_model(args.model, kwargs)
     size = _input_of(model, _full_size(model, args.input_size), args.model)
-    from torch.nn.modules.batchnorm import _BatchNorm
-    widths = {n: m.num_features for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    widths = {n: m.num_features for n, m in batch_norms(model).items()}
     info = {"model": args.model, "params": count_params(model), "flops": count_flops(model, size),
             "input_size": list(size), "widths": widths}
     if args.json:
@@ -581,21 +583,19 @@ def _input_of(model, size: tuple[int, ...] | None, what: str) -> tuple[int, ...]
     """The input size to use for ``model`` (``size`` if given, else the one it declares), checked by running it."""
     import torch
 
+    from .layers import device_of, evaluating
+
     declared = getattr(model, "input_size", None)
     size = tuple(size) if size is not None else (tuple(declared) if declared is not None else None)
     if size is None:
         raise UsageError(f"{what} does not declare its input size: pass --input-size C,H,W")
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(torch.zeros(2, *size, device=next(model.parameters(), torch.zeros(())).device))
+        with evaluating(model), torch.no_grad():
+            model(torch.zeros(2, *size, device=device_of(model)))
     except (RuntimeError, ValueError, IndexError, TypeError) as e:
         built = f" (it was built for {tuple(declared)})" if declared is not None and tuple(declared) != size else ""
         raise UsageError(f"{what} cannot take an input of size {','.join(map(str, size))}{built}: "
                          f"{_one_line(e)}") from None
-    finally:
-        model.train(was_training)
     return size
 def cmd_export(args) -> int:
     import torch

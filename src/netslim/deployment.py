@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from .export import ExportError, fold_batchnorm, relative_error
+from .export import TOLERANCE, ExportError, fold_batchnorm, relative_error
 from .graph import trace_channels
+from .layers import device_of
 from .metrics import input_size_of
 
 __all__ = ["GraphedInference", "InferenceModel", "TARGETS", "deploy", "export_aoti", "export_program",
@@ -79,7 +80,7 @@ def deploy(model: nn.Module, *, device: str | torch.device | None = None, dtype:
     """
     if dtype not in DTYPES.values():
         raise ValueError(f"deploy dtype must be one of float32, bfloat16, float16, got {dtype}")
-    device = torch.device(device) if device is not None else _device(model)
+    device = torch.device(device) if device is not None else device_of(model)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("deploying for CUDA but no CUDA GPU is available; use device='cpu'")
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -115,11 +116,6 @@ class GraphedInference(nn.Module):
         return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, self.compiled(x))
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _export(model: nn.Module, size: Sequence[int], device: torch.device, max_batch: int):
     example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0)).to(device)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
@@ -136,12 +132,12 @@ def _check(reference: nn.Module, run, size: Sequence[int], device: torch.device,
            path: Path) -> float:
     """Compare ``run`` (the exported artifact) with ``reference`` at batch 3; an ExportError if they differ.
 
-    fp32 must agree to 1e-4 (relative to the largest output); bf16/fp16 to 5e-2, since a compiler may
+    fp32 must agree to TOLERANCE (relative to the largest output); bf16/fp16 to 5e-2, since a compiler may
     fuse and round differently at 8 or 11 mantissa bits."""
     x = torch.randn(3, *size, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         error = relative_error(run(x), reference(x))
-    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    tolerance = TOLERANCE if dtype == torch.float32 else 5e-2
     if not error <= tolerance:
         raise ExportError(f"{path}: the exported model differs from PyTorch by {error:.3g} (relative to the "
                           f"largest output), more than {tolerance:g}")
@@ -158,7 +154,7 @@ def export_program(model: nn.Module, path: str | Path, *, input_size: Sequence[i
     """
     size = input_size_of(model, input_size)
     deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
-    device = _device(deployed)
+    device = device_of(deployed)
     program = _export(deployed, size, device, max_batch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +179,7 @@ def export_aoti(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
         raise ValueError(f"an AOTInductor package must be a .pt2 file, got {path.name}")
     size = input_size_of(model, input_size)
     deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
-    device = _device(deployed)
+    device = device_of(deployed)
     program = _export(deployed, size, device, max_batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .graph import ChannelGraph, trace_channels
+from .layers import device_of, evaluating
 from .metrics import input_size_of
 
 __all__ = ["ExportError", "check_onnx", "export_onnx", "fold_batchnorm", "foldable_pairs", "relative_error"]
@@ -130,8 +131,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] | 
     size = input_size_of(model, input_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = device_of(model)
     reference = copy.deepcopy(model).eval()
     to_export = fold_batchnorm(model, torch.zeros(2, *size, device=device)) if fold else reference
     example = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -162,16 +162,9 @@ def check_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], ba
         import onnxruntime as ort
     except ImportError:
         return None
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(1))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            expected = model(x.to(device)).float().cpu()
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        expected = model(x.to(device_of(model))).float().cpu()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])

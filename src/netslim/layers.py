@@ -1,13 +1,41 @@
-"""Layers that compact models are made of (beyond torch.nn)."""
+"""Layers that compact models are made of (beyond torch.nn), and the helpers that walk any model's layers."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+
+
+def batch_norms(model: nn.Module, affine_only: bool = False) -> dict[str, _BatchNorm]:
+    """Every BN layer of ``model`` (any ``_BatchNorm`` subclass, timm's ``BatchNormAct2d`` included) by
+    module path; ``affine_only``: only those with a learnable scale γ (the ones Eq. 1 can act on)."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, _BatchNorm) and (m.affine or not affine_only)}
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters (else its buffers) live; the CPU for a model with neither."""
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode inside the block, its own mode (train or eval) restored after, even on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class SelectBatchNorm(nn.BatchNorm2d):

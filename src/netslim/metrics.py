@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layers import device_of, evaluating
+
 
 def count_params(model: nn.Module) -> int:
     """Number of parameters (weights, biases, BN scales and shifts; buffers excluded)."""
@@ -32,13 +34,6 @@ def count_flops(model: nn.Module, input_size: Sequence[int] | None = None) -> in
     and pooling are not counted (they add < 1% on the paper's models).
     """
     size = input_size_of(model, input_size)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *size, device=device))
-    finally:
-        model.train(was_training)
+    with evaluating(model), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *size, device=device_of(model)))
     return int(counter.get_total_flops())

@@ -17,9 +17,10 @@ import torch
 import yaml
 from torch import nn
 
-from . import data as datasets
 from . import distributed, models
 from .checkpoint import describe, load_checkpoint, save_checkpoint
+from .data.experiment import make_loaders
+from .layers import device_of, evaluating
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
 from .runfolder import locked, write_atomic
@@ -180,51 +181,6 @@ def load_config(name_or_path: str) -> ExperimentConfig:
     return ExperimentConfig.from_dict(raw)
 
 
-# -- data --
-
-def make_loaders(config: ExperimentConfig, batch_size: int, device, seed: int):
-    """Train, validation (or None) and test loaders of the experiment's dataset.
-
-    Under torchrun each rank reads its own shard of every epoch with ``batch_size / world_size``
-    samples per step, so the global batch is ``batch_size`` whatever the number of processes.
-    ImageNet is streamed (decoded batch by batch, :class:`netslim.data.StreamLoader`): it does not fit
-    in memory decoded.
-    """
-    info = distributed.current()
-    if batch_size % info.world_size:
-        raise ValueError(f"batch size {batch_size} is not divisible by the {info.world_size} processes")
-    stream = streams(config)
-    if stream:
-        train_set = datasets.list_imagenet(config.data_dir, "train", image_size=config.image_size)
-        test_set = datasets.list_imagenet(config.data_dir, "test", image_size=config.image_size)
-    else:
-        train_set = datasets.load_dataset(config.dataset, config.data_dir, "train", config.download)
-        test_set = datasets.load_dataset(config.dataset, config.data_dir, "test", config.download)
-    val_set = None
-    if config.val_size:
-        train_set, val_set = datasets.validation_split(train_set, config.val_size, seed)
-    if config.train_subset and config.train_subset < len(train_set):
-        train_set, _ = datasets.validation_split(train_set, len(train_set) - config.train_subset, seed + 1)
-    shard = dict(seed=seed, device=device, rank=info.rank, world_size=info.world_size)
-    if stream:
-        loader = datasets.StreamLoader(train_set, batch_size // info.world_size, train=True, **shard)
-        val = datasets.StreamLoader(val_set, 250, train=False, device=device) if val_set is not None else None
-        return loader, val, datasets.StreamLoader(test_set, 250, train=False, device=device), train_set
-    augment = config.augment or datasets.DEFAULT_AUGMENT.get(config.dataset.lower().replace("_", "-"), "none")
-    loader = datasets.Loader(train_set, batch_size // info.world_size, train=True, augment=augment, **shard)
-    val = datasets.Loader(val_set, 1000, train=False, device=device) if val_set is not None else None
-    test = datasets.Loader(test_set, 1000, train=False, device=device)
-    return loader, val, test, train_set
-
-
-def streams(config: ExperimentConfig) -> bool:
-    """Whether the experiment's images are decoded batch by batch: ImageNet unless ``stream: false``."""
-    imagenet = config.dataset.lower() == "imagenet"
-    if config.stream and not imagenet:
-        raise ValueError(f"stream: true applies to image-file datasets (imagenet), not {config.dataset}")
-    return imagenet if config.stream is None else config.stream
-
-
 def build_model_for(config: ExperimentConfig, train_set) -> tuple[nn.Module, dict]:
     """The experiment's model, sized for the dataset (classes, input channels and size)."""
     kwargs = dict(config.model_kwargs)
@@ -250,16 +206,12 @@ def check_model_fits(model: nn.Module, train_set, name: str, dataset: str) -> No
     """A :class:`ValueError` before training when ``model`` cannot take the dataset's images or predicts
     fewer classes than it has (one forward pass of two blank images, in eval mode)."""
     shape = tuple(train_set.sample_shape)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            out = model(torch.zeros(2, *shape, device=next(model.parameters(), torch.zeros(())).device))
+        with evaluating(model), torch.no_grad():
+            out = model(torch.zeros(2, *shape, device=device_of(model)))
     except (RuntimeError, ValueError, IndexError, TypeError) as e:
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{name} cannot take the {'x'.join(map(str, shape))} images of {dataset}: {why}") from None
-    finally:
-        model.train(was_training)
     classes = out.shape[-1] if torch.is_tensor(out) and out.dim() == 2 else None
     if classes is not None and classes < train_set.num_classes:
         raise ValueError(f"{name} predicts {classes} classes but {dataset} has {train_set.num_classes} (labels 0.."
@@ -402,7 +354,7 @@ def _selected(model: nn.Module, stage: Path, val_loader) -> nn.Module:
     if val_loader is None or not (stage / "best.pt").exists():
         return model
     best = copy.deepcopy(model)  # same architecture: only the weights come from the file
-    best.load_state_dict(load_checkpoint(stage / "best.pt", map_location=next(model.parameters()).device)["state_dict"])
+    best.load_state_dict(load_checkpoint(stage / "best.pt", map_location=device_of(model))["state_dict"])
     return best
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .layers import batch_norms
 from .stats import scale_stats
 
 KINDS = ("l1", "smooth_l1", "polarization")
@@ -26,12 +27,12 @@ KINDS = ("l1", "smooth_l1", "polarization")
 def prunable_bns(model: nn.Module, include: Sequence[str] = ("*",),
                  exclude: Sequence[str] = ()) -> dict[str, _BatchNorm]:
     """BN layers with a learnable scale, selected by module-path patterns (fnmatch)."""
-    found = {name: m for name, m in model.named_modules()
-             if isinstance(m, _BatchNorm) and m.affine
-             and any(fnmatch.fnmatch(name, p) for p in include)
+    found = {name: m for name, m in batch_norms(model, affine_only=True).items()
+             if any(fnmatch.fnmatch(name, p) for p in include)
              and not any(fnmatch.fnmatch(name, p) for p in exclude)}
+    every = batch_norms(model)
     for pattern in list(exclude) + [p for p in include if p != "*"]:
-        if not any(fnmatch.fnmatch(name, pattern) for name, m in model.named_modules() if isinstance(m, _BatchNorm)):
+        if not any(fnmatch.fnmatch(name, pattern) for name in every):
             raise ValueError(f"BN pattern {pattern!r} matches no BatchNorm layer of {type(model).__name__}")
     return found
 

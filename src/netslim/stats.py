@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+from .layers import batch_norms
 
 
 def bn_scales(model: nn.Module) -> dict[str, torch.Tensor]:
     """|γ| of every affine BN layer, by module path."""
-    return {n: m.weight.detach().abs().float().cpu() for n, m in model.named_modules()
-            if isinstance(m, _BatchNorm) and m.affine}
+    return {n: m.weight.detach().abs().float().cpu() for n, m in batch_norms(model, affine_only=True).items()}
 
 
 def gamma_stats(model: nn.Module) -> dict[str, float]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGraph, LayerUse, trace_channels
-from .layers import narrowed, with_selection
+from .layers import device_of, evaluating, narrowed, with_selection
 from .models.sources import after_narrowing
 from .plan import PruningPlan
 
@@ -78,7 +78,7 @@ def _graph_for(model: nn.Module, plan: PruningPlan, example_input, fixed: Sequen
     """The analysis the plan was made on: its example input's shape and fixed patterns unless given."""
     shape = plan.options.get("input_shape")
     if example_input is None and shape:
-        example_input = torch.zeros(*shape, device=_device(model))
+        example_input = torch.zeros(*shape, device=device_of(model))
     return trace_channels(model, example_input, fixed or plan.options.get("fixed", ()))
 
 
@@ -269,18 +269,17 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int],
         seen.setdefault(path, args[0].detach())
 
     hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: record(p, args)) for p in readers]
-    was_training = model.training
-    saved = _switch_off(model.eval(), graph, pruned, keep_beta)  # the masked model, in place and put back
-    try:
-        generator = torch.Generator().manual_seed(0)
-        model(torch.randn(1, *graph.input_shape[1:], generator=generator).to(_device(model)))
-    finally:
-        for h in hooks:
-            h.remove()
-        for bn, index, gamma, beta in saved:
-            bn.weight[index] = gamma
-            bn.bias[index] = beta
-        model.train(was_training)
+    with evaluating(model):
+        saved = _switch_off(model, graph, pruned, keep_beta)  # the masked model, in place and put back
+        try:
+            generator = torch.Generator().manual_seed(0)
+            model(torch.randn(1, *graph.input_shape[1:], generator=generator).to(device_of(model)))
+        finally:
+            for h in hooks:
+                h.remove()
+            for bn, index, gamma, beta in saved:
+                bn.weight[index] = gamma
+                bn.bias[index] = beta
     constants, inexact = {}, []
     for path, use in readers.items():
         positions = torch.tensor([k for k, i in enumerate(use.in_ids) if graph.root(i) in pruned])
@@ -300,11 +299,6 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int],
         warnings.warn(f"pruned channels read by {inexact[:3]} carry a nonzero value these layers cannot absorb; "
                       "the compact model differs slightly from the masked one there", stacklevel=3)
     return constants
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 # -- narrowing (layers.narrowed keeps each module's class and behaviour) --

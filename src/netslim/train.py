@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import describe
+from .layers import batch_norms, device_of, evaluating
 from .runstate import TrainingDiverged, check_weights, owning_out_dir, persist, start
 from .sparsity import Sparsity, SparsityRegularizer, init_bn_scales, lambda_at
 from .stats import gamma_stats
@@ -142,20 +143,18 @@ def resolve_device(name: str = "auto") -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | None = None) -> dict:
     """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader`` (eval mode)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = device or device_of(model)
     loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
-    for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(device, autocast_dtype("auto", device)):
-            logits = model(images)
-        loss += F.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
-        count += len(labels)
-    model.train(was_training)
+    with evaluating(model):
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device, autocast_dtype("auto", device)):
+                logits = model(images)
+            loss += F.cross_entropy(logits.float(), labels, reduction="sum")
+            correct += (logits.argmax(1) == labels).sum()
+            count += len(labels)
     return {"loss": loss.item() / max(count, 1), "accuracy": correct.item() / max(count, 1)}
 
 
@@ -386,29 +385,27 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 50) -> nn.
     """
     if batches < 1:
         raise ValueError(f"batches must be >= 1, got {batches}")
-    device = next(model.parameters()).device
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in bns]
-    was_training = model.training
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches seen
-        m.train()
-    for k, (images, _) in enumerate(loader):
-        if k >= batches:
-            break
-        model(images.to(device))
-    for m, (momentum, training) in zip(bns, saved, strict=True):
-        m.momentum = momentum
-        m.train(training)
-    model.train(was_training)
+    device = device_of(model)
+    bns = list(batch_norms(model).values())
+    saved = [m.momentum for m in bns]
+    with evaluating(model):
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches seen
+            m.train()
+        try:
+            for k, (images, _) in enumerate(loader):
+                if k >= batches:
+                    break
+                model(images.to(device))
+        finally:
+            for m, momentum in zip(bns, saved, strict=True):
+                m.momentum = momentum
     return model
 
 
 def _append_gammas(history: dict, model: nn.Module) -> None:
     """Record |γ| of every BN for this epoch (paper Fig. 6 plots one layer along training)."""
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-            row = m.weight.detach().abs().float().cpu()[None]
-            history[name] = torch.cat([history[name], row]) if name in history else row
+    for name, m in batch_norms(model, affine_only=True).items():
+        row = m.weight.detach().abs().float().cpu()[None]
+        history[name] = torch.cat([history[name], row]) if name in history else row
