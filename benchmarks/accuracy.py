@@ -29,7 +29,8 @@ import torch
 from netslim import apply_plan, count_flops, count_params, plan_pruning
 from netslim.budget import plan_for_budget
 from netslim.checkpoint import build_model, describe, load_model
-from netslim.pipeline import ExperimentConfig, make_loaders, run_experiment
+from netslim.data import make_loaders
+from netslim.pipeline import ExperimentConfig, run_experiment
 from netslim.train import evaluate, recalibrate_bn, train
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -158,7 +158,7 @@ def test_gpu_path_routing_with_a_stand_in_decoder(files, tmp_path, monkeypatch):
 
     monkeypatch.setattr(jpeg, "_torchvision_decoder", lambda: (fake_decode_jpeg, Mode))
     monkeypatch.setattr(jpeg, "GPU_BATCH", 16)
-    out = jpeg._decode_gpu(files, 16, 16, torch.device("cpu"), 2, lambda n: None)
+    out = jpeg.decode_on_gpu(files, 16, 16, torch.device("cpu"), 2, lambda n: None)
     assert out.shape == (len(files), 3, 16, 16) and out.dtype == torch.uint8
     pil = jpeg.decode_jpegs(files, 16, workers=1)
     for k in (4, 6):  # CMYK and PNG: decoded by PIL, identical to the CPU path
@@ -168,4 +168,4 @@ def test_gpu_path_routing_with_a_stand_in_decoder(files, tmp_path, monkeypatch):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(files[5].read_bytes()[:200])
     with pytest.raises(DatasetError, match="broken.jpg: unreadable"):
-        jpeg._decode_gpu([files[0], bad], 8, 8, torch.device("cpu"), 1, lambda n: None)
+        jpeg.decode_on_gpu([files[0], bad], 8, 8, torch.device("cpu"), 1, lambda n: None)

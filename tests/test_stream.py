@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from netslim.data import ImageFiles, Loader, StreamLoader, jpeg, list_image_folder, stream
-from netslim.pipeline import ExperimentConfig, build_model_for, make_loaders
+from netslim.data import ImageFiles, Loader, StreamLoader, jpeg, list_image_folder, make_loaders, stream
+from netslim.pipeline import ExperimentConfig, build_model_for
 from netslim.train import TrainConfig
 from netslim.train import train as train_model
 

@@ -39,7 +39,8 @@ CHUNK = 32  # files per task given to a worker thread
 GPU_BATCH = 256  # JPEGs per torchvision.io.decode_jpeg call on CUDA
 
 
-def _pil():
+def pil_image():
+    """PIL's ``Image`` module, or an ImportError saying how to install it."""
     try:
         from PIL import Image
     except ImportError as e:
@@ -47,7 +48,8 @@ def _pil():
     return Image
 
 
-def _name(source: Source, index: int) -> str:
+def source_name(source: Source, index: int) -> str:
+    """How an error names an image: its path, or ``<bytes #index>``."""
     return f"<bytes #{index}>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
 
 
@@ -61,7 +63,7 @@ def decode_one(source: Source, resize_size: int, crop_size: int, name: str | Non
     """One image with PIL: RGB uint8 (3, crop, crop), shorter side resized to ``resize_size``, center crop.
 
     ``name``: how an error names the image (default: its path, or ``<bytes #0>``)."""
-    image_mod = _pil()
+    image_mod = pil_image()
     fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         with image_mod.open(fp) as img:
@@ -73,12 +75,12 @@ def decode_one(source: Source, resize_size: int, crop_size: int, name: str | Non
             img = img.crop((left, top, left + crop_size, top + crop_size))
             return np.array(img, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, ValueError, SyntaxError, image_mod.DecompressionBombError) as e:
-        raise DatasetError(f"{name or _name(source, 0)}: unreadable image ({type(e).__name__}: {e})") from e
+        raise DatasetError(f"{name or source_name(source, 0)}: unreadable image ({type(e).__name__}: {e})") from e
 
 
-def _decode_chunk(chunk: list[tuple[int, Source]], resize_size: int, crop_size: int) -> np.ndarray:
+def decode_chunk(chunk: list[tuple[int, Source]], resize_size: int, crop_size: int) -> np.ndarray:
     """Worker task: a stacked (n, 3, crop, crop) array for one chunk."""
-    return np.stack([decode_one(source, resize_size, crop_size, _name(source, i)) for i, source in chunk])
+    return np.stack([decode_one(source, resize_size, crop_size, source_name(source, i)) for i, source in chunk])
 
 
 def _decode_cpu(sources: Sequence[Source], resize_size: int, crop_size: int, workers: int,
@@ -88,11 +90,11 @@ def _decode_cpu(sources: Sequence[Source], resize_size: int, crop_size: int, wor
     chunks = [indexed[k:k + CHUNK] for k in range(0, len(indexed), CHUNK)]
     workers = max(1, min(workers, len(chunks)))
     if workers == 1:
-        results = (_decode_chunk(c, resize_size, crop_size) for c in chunks)
+        results = (decode_chunk(c, resize_size, crop_size) for c in chunks)
         _fill(out, chunks, results, progress)
         return out
     with ThreadPoolExecutor(workers, thread_name_prefix="netslim-decode") as pool:
-        results = pool.map(_decode_chunk, chunks, [resize_size] * len(chunks), [crop_size] * len(chunks))
+        results = pool.map(decode_chunk, chunks, [resize_size] * len(chunks), [crop_size] * len(chunks))
         _fill(out, chunks, results, progress)
     return out
 
@@ -167,12 +169,12 @@ def gpu_decode_available(device: str | torch.device) -> bool:
 
 
 # UNVERIFIED on the machine this was written on (no GPU, no torchvision): see the docstring.
-def _decode_cuda_batch(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+def decode_cuda_batch(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
     """Decode JPEG bytes on the GPU with nvJPEG: (3, H, W) uint8 CUDA tensors, None where the decoder failed.
 
     UNVERIFIED: written against torchvision's documented API (batched list input since 0.19) but never
     run: the machine this was written on has no GPU and no torchvision. The CPU path is the tested one;
-    the batching and routing around this call (:func:`_decode_gpu`) are tested with a PIL stand-in for it.
+    the batching and routing around this call (:func:`decode_on_gpu`) are tested with a PIL stand-in for it.
     """
     decode_jpeg, read_mode = _torchvision_decoder()
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
@@ -188,7 +190,8 @@ def _decode_cuda_batch(datas: list[bytes], device: torch.device) -> list[torch.T
         return decoded
 
 
-def _read(source: Source) -> bytes:
+def read_source(source: Source) -> bytes:
+    """The encoded bytes of an image (a path is read; a DatasetError names it if it cannot be)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     try:
@@ -197,15 +200,16 @@ def _read(source: Source) -> bytes:
         raise DatasetError(f"{source}: unreadable image ({type(e).__name__}: {e})") from e
 
 
-def _decode_gpu(sources: Sequence[Source], resize_size: int, crop_size: int, device: torch.device, workers: int,
+def decode_on_gpu(sources: Sequence[Source], resize_size: int, crop_size: int, device: torch.device, workers: int,
                 progress: Callable[[int], None]) -> torch.Tensor:
+    """:func:`decode_jpegs` on a CUDA device: nvJPEG in batches of GPU_BATCH, PIL for what it refuses."""
     out = torch.empty(len(sources), 3, crop_size, crop_size, dtype=torch.uint8, device=device)
     with ThreadPoolExecutor(max(1, min(workers, 16))) as io_pool:
         for start in range(0, len(sources), GPU_BATCH):
             batch = list(sources[start:start + GPU_BATCH])
-            datas = list(io_pool.map(_read, batch))
+            datas = list(io_pool.map(read_source, batch))
             gpu = [k for k, d in enumerate(datas) if jpeg_components(d) in (1, 3)]
-            decoded = _decode_cuda_batch([datas[k] for k in gpu], device) if gpu else []
+            decoded = decode_cuda_batch([datas[k] for k in gpu], device) if gpu else []
             done = {k: img for k, img in zip(gpu, decoded, strict=True) if img is not None}
             if done:
                 keys = sorted(done)
@@ -213,7 +217,7 @@ def _decode_gpu(sources: Sequence[Source], resize_size: int, crop_size: int, dev
                                                                                     resize_size, crop_size)
             rest = [k for k in range(len(batch)) if k not in done]  # PNG, CMYK, or what nvJPEG refused
             for k in rest:
-                image = decode_one(datas[k], resize_size, crop_size, _name(batch[k], start + k))
+                image = decode_one(datas[k], resize_size, crop_size, source_name(batch[k], start + k))
                 out[start + k] = torch.from_numpy(image).to(device)
             progress(len(batch))
     return out
@@ -241,5 +245,5 @@ def decode_jpegs(sources: Sequence[Source], image_size: int, device: str | torch
         return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8, device=device)
     with tqdm(total=len(sources), desc=desc, disable=not progress, unit="img") as bar:
         if gpu_decode_available(device):
-            return _decode_gpu(sources, resize_size, image_size, device, workers, bar.update)
+            return decode_on_gpu(sources, resize_size, image_size, device, workers, bar.update)
         return _decode_cpu(sources, resize_size, image_size, workers, bar.update).to(device)

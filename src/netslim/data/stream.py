@@ -59,7 +59,7 @@ def crop_box(width: int, height: int, draw: Sequence[float], scale: tuple[float,
 
 def decode_crop(source: jpeg.Source, draw: Sequence[float], size: int, name: str | None = None) -> np.ndarray:
     """One training image with PIL: RGB uint8 (3, size, size) of its :func:`crop_box`, bilinear, antialiased."""
-    image_mod = jpeg._pil()
+    image_mod = jpeg.pil_image()
     fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         with image_mod.open(fp) as img:
@@ -72,7 +72,8 @@ def decode_crop(source: jpeg.Source, draw: Sequence[float], size: int, name: str
                                             box=(left * fx, top * fy, (left + w) * fx, (top + h) * fy))
             return np.array(img, dtype=np.uint8).transpose(2, 0, 1)
     except (OSError, ValueError, SyntaxError, image_mod.DecompressionBombError) as e:
-        raise jpeg.DatasetError(f"{name or jpeg._name(source, 0)}: unreadable image ({type(e).__name__}: {e})") from e
+        name = name or jpeg.source_name(source, 0)
+        raise jpeg.DatasetError(f"{name}: unreadable image ({type(e).__name__}: {e})") from e
 
 
 def _decode_crops_chunk(chunk: list[tuple[str, list[float]]], size: int) -> np.ndarray:
@@ -197,7 +198,7 @@ class StreamLoader(EpochOrder):
             fn, extra = _decode_crops_chunk, (self.image_size,)
         else:  # the in-memory decoder's task: resized center crops
             items = list(enumerate(paths))
-            fn, extra = jpeg._decode_chunk, (self.resize_size, self.image_size)
+            fn, extra = jpeg.decode_chunk, (self.resize_size, self.image_size)
         tasks = [items[k:k + CHUNK] for k in range(0, len(items), CHUNK)]
         if self.workers == 1:
             arrays = [fn(t, *extra) for t in tasks]
@@ -207,11 +208,11 @@ class StreamLoader(EpochOrder):
 
     def _decode_gpu(self, paths: list, draws: torch.Tensor | None) -> torch.Tensor:
         if draws is None:  # evaluation: nvJPEG, batched resize and center crop
-            return jpeg._decode_gpu(paths, self.resize_size, self.image_size, self.device, 8, lambda n: None)
-        datas = [jpeg._read(p) for p in paths]
+            return jpeg.decode_on_gpu(paths, self.resize_size, self.image_size, self.device, 8, lambda n: None)
+        datas = [jpeg.read_source(p) for p in paths]
         out = torch.empty(len(paths), 3, self.image_size, self.image_size, dtype=torch.uint8, device=self.device)
         on_gpu = [k for k, d in enumerate(datas) if jpeg.jpeg_components(d) in (1, 3)]
-        decoded = jpeg._decode_cuda_batch([datas[k] for k in on_gpu], self.device) if on_gpu else []
+        decoded = jpeg.decode_cuda_batch([datas[k] for k in on_gpu], self.device) if on_gpu else []
         done = {k: img for k, img in zip(on_gpu, decoded, strict=True) if img is not None}
         if done:
             keys = sorted(done)
