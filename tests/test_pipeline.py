@@ -72,6 +72,10 @@ def test_presets_load(name):
     assert config.train_config().epochs >= 1
 
 
+def test_the_old_mnist_augmentation_name_reads_as_none():
+    assert ExperimentConfig.from_dict({"model": "mlp", "dataset": "mnist", "augment": "mnist"}).augment == "none"
+
+
 def test_yaml_file_config(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"model": "vgg11", "dataset": "cifar10", "prune": {"percent": 0.3}}))

@@ -22,7 +22,7 @@ from .checkpoint import describe, load_checkpoint, save_checkpoint
 from .data.experiment import make_loaders
 from .layers import device_of, evaluating
 from .metrics import count_flops, count_params
-from .plan import PruningPlan, plan_pruning
+from .plan import plan_pruning
 from .runfolder import locked, write_atomic
 from .runstate import HOW_IT_RUNS, TrainingDiverged
 from .surgery import apply_plan
@@ -58,6 +58,8 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         """Every value is checked here, when the config is read, not after hours of training."""
+        if self.augment == "mnist":  # older configs: "mnist" was a second name for the identity
+            self.augment = "none"
         problems = _experiment_problems(self)
         if problems:
             raise ValueError(problems[0])
@@ -375,7 +377,3 @@ def results_markdown(rows: list[dict], config: ExperimentConfig) -> str:
 
 def _si(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
-
-
-def load_plan(path: str | Path) -> PruningPlan:
-    return PruningPlan.load(path)

@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,7 +61,6 @@ class TrainConfig:
     cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its algorithms for the (fixed) shapes once
     progress: bool = True
     sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only, as in PyTorch)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # older configs: amp: true/false
@@ -119,7 +118,6 @@ def _config_problems(c: TrainConfig):
         (isinstance(c.device, str) and c.device.strip() != "",
          f"device must be auto, cpu or cuda[:N], got {c.device!r}"),
         (c.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {c.amp!r}"),
-        (isinstance(c.extra, dict), f"extra must be a mapping, got {c.extra!r}"),
     ]
     for name in ("compile", "cuda_graph", "channels_last", "cudnn_benchmark", "progress", "sync_bn"):
         checks.append((isinstance(getattr(c, name), bool), f"{name} must be true or false, got {getattr(c, name)!r}"))

@@ -9,7 +9,7 @@
         for images, labels in loader: ...
 """
 
-from .augment import apply_augmentation, augment_batch, draw_augmentation, normalize, random_crop, random_flip
+from .augment import apply_augmentation, draw_augmentation, normalize, random_crop, random_flip
 from .base import Dataset, DatasetError, validation_split
 from .cifar import load_cifar10, load_cifar100
 from .digits import load_digits
@@ -24,7 +24,7 @@ from .svhn import load_svhn
 
 __all__ = [
     "DATASETS", "DEFAULT_AUGMENT", "Dataset", "DatasetError", "ImageFiles", "Loader", "StreamLoader",
-    "apply_augmentation", "augment_batch", "list_image_folder", "list_imagenet",
+    "apply_augmentation", "list_image_folder", "list_imagenet",
     "cache_dir", "check_md5", "draw_augmentation", "load_cifar10", "load_cifar100", "load_dataset", "load_digits",
     "load_fashion_mnist", "load_image_folder", "load_imagenet", "load_mnist", "load_svhn", "make_loaders", "md5sum",
     "normalize",

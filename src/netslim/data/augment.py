@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("cifar", "mnist", "none")
+AUGMENTATIONS = ("cifar", "none")
 CIFAR_PADDING = 4
 
 
@@ -81,14 +81,9 @@ def draw_augmentation(preset: str, n: int, generator: torch.Generator | None = N
 
 def apply_augmentation(batch: torch.Tensor, preset: str, draws: dict[str, torch.Tensor]) -> torch.Tensor:
     """Apply ``preset`` with the given draws (one per sample of ``batch``): the paper's CIFAR augmentation
-    is a pad-4 random crop and a horizontal flip (Sec. 4.1); ``"mnist"``/``"none"`` are the identity."""
+    is a pad-4 random crop and a horizontal flip (Sec. 4.1); ``"none"`` is the identity."""
     if preset == "cifar":
         return flip_where(crop_at(batch, CIFAR_PADDING, draws["offsets"]), draws["flip"])
-    if preset in ("mnist", "none"):
+    if preset == "none":
         return batch
     raise ValueError(f"unknown augmentation {preset!r}; valid: {', '.join(AUGMENTATIONS)}")
-
-
-def augment_batch(batch: torch.Tensor, preset: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw and apply ``preset`` for one batch (see :func:`draw_augmentation`)."""
-    return apply_augmentation(batch, preset, draw_augmentation(preset, batch.shape[0], generator))

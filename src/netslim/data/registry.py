@@ -25,7 +25,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 
 # The paper's training augmentation per dataset (SVHN and MNIST-like sets: none).
 DEFAULT_AUGMENT: dict[str, str] = {
-    "cifar10": "cifar", "cifar100": "cifar", "svhn": "none", "mnist": "mnist", "fashion-mnist": "mnist",
+    "cifar10": "cifar", "cifar100": "cifar", "svhn": "none", "mnist": "none", "fashion-mnist": "none",
     "imagenet": "cifar", "digits": "none",
 }
 
