@@ -73,6 +73,29 @@ def test_run_list_shows_presets(capsys):
     assert code == 0 and "demo" in out and "table1-cifar10-vgg19-70" in out and "table4-cifar10-vgg19-multipass" in out
 
 
+def test_help_shows_the_library_defaults(capsys):
+    from netslim.sparsity import KINDS, SCHEDULES
+    from netslim.train import TrainConfig
+
+    code, out, _ = run(capsys, "train", "--help")
+    defaults = TrainConfig()
+    assert code == 0 and f"(default: {defaults.epochs})" in out and f"(default: {defaults.weight_decay})" in out
+    assert "{" + ",".join(KINDS) + "}" in out and "{" + ",".join(SCHEDULES) + "}" in out
+    assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_run_overrides_give_a_checked_copy():
+    from netslim.pipeline import load_config, overridden
+
+    config = load_config("demo")
+    changed = overridden(config, passes=2, epochs=3, device="cpu", cuda_graph=True)
+    assert changed.passes == 2 and changed.train["epochs"] == changed.finetune["epochs"] == 3
+    assert changed.train["device"] == "cpu" and changed.train["cuda_graph"] is True
+    assert config.passes == 1 and config.train.get("epochs") != 3  # the original is left as it was
+    with pytest.raises(ValueError, match="epochs"):
+        overridden(config, epochs=-1)
+
+
 def _bad_cases(tmp_path):
     truncated = tmp_path / "trunc.pt"
     truncated.write_bytes(b"PK\x03\x04garbage")

@@ -7,7 +7,16 @@ import torch
 
 import netslim
 from netslim.cli import main
-from netslim.deployment import InferenceModel, deploy, export_aoti, export_program, misaligned_widths, target_defaults
+from netslim.deployment import (
+    InferenceModel,
+    deploy,
+    export_aoti,
+    export_program,
+    export_torchscript,
+    misaligned_widths,
+    resolve_target,
+    target_defaults,
+)
 from netslim.export import ExportError, relative_error
 
 from .conftest import randomize_bn
@@ -27,6 +36,10 @@ def test_target_defaults():
     assert target_defaults("cpu") == {"dtype": torch.float32, "channels_last": False, "round_to": 1}
     with pytest.raises(ValueError, match="choose cpu or gpu"):
         target_defaults("tpu")
+    assert resolve_target("auto") == ("gpu" if torch.cuda.is_available() else "cpu")
+    assert resolve_target("cpu") == "cpu"
+    with pytest.raises(ValueError, match="choose auto, cpu or gpu"):
+        resolve_target("tpu")
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
@@ -93,6 +106,15 @@ def test_torch_export_program_round_trip_with_a_dynamic_batch(tmp_path, dtype):
         x = torch.randn(batch, 3, 32, 32)
         with torch.no_grad():
             assert relative_error(program(x), small(x)) <= (1e-5 if dtype == torch.float32 else 3e-2)
+
+
+def test_torchscript_is_traced_from_the_deployed_model(tmp_path):
+    small = _compact()
+    path = export_torchscript(small, tmp_path / "sub" / "small.ts")
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert relative_error(loaded(x), small(x)) <= 1e-5
 
 
 def test_aoti_package_is_compiled_and_checked(tmp_path):

@@ -57,12 +57,41 @@ def _input_size(text: str) -> tuple[int, ...]:
     return size
 
 
+def _has_default(action: argparse.Action) -> bool:
+    """Whether ``--help`` shows the option's default: not for the empty ones (None, False, [])."""
+    empty = action.default is None or action.default is False or action.default == []
+    return bool(action.option_strings) and not empty and action.default is not argparse.SUPPRESS
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text + " (default: %(default)s)" if _has_default(action) and "%(default)" not in text else text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None and _has_default(action):  # argparse shows no line for an option without help
+            action.help = "(default: %(default)s)"
+        return action
+
     def error(self, message: str) -> None:  # one line, exit 2
         raise UsageError(f"{self.prog}: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .deployment import DTYPES, TARGETS, target_defaults
+    from .plan import DEFAULT_PERCENT
+    from .sparsity import KINDS, SCHEDULES
+    from .train import AMP_MODES, OPTIMIZERS, TrainConfig
+
+    defaults = TrainConfig()  # the defaults argparse shows and uses are TrainConfig's own
+    gpu_round, cpu_round = target_defaults("gpu")["round_to"], target_defaults("cpu")["round_to"]
     parser = _Parser(prog="netslim", description="Network slimming: sparsity training, pruning, fine-tuning.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -81,18 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also accept another tool's pickled checkpoint (an Ultralytics .pt): loading it runs "
                             "code from the file, so only for files you trust")
 
-    def train_options(p, epochs):
-        p.add_argument("--epochs", type=_positive_int, default=epochs)
-        p.add_argument("--batch-size", type=_positive_int, default=64)
-        p.add_argument("--lr", type=_positive, default=0.1)
-        p.add_argument("--weight-decay", type=_non_negative, default=1e-4)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    def train_options(p):
+        p.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+        p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+        p.add_argument("--lr", type=_positive, default=defaults.lr)
+        p.add_argument("--weight-decay", type=_non_negative, default=defaults.weight_decay)
+        p.add_argument("--seed", type=int, default=defaults.seed)
+        p.add_argument("--device", default=defaults.device, help="auto (CUDA if present), cpu, cuda")
         p.add_argument("--out", required=True, help="run folder (created; an existing run there is resumed)")
         p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
         p.add_argument("--no-progress", action="store_true")
         p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (CUDA)")
-        p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+        p.add_argument("--amp", default=defaults.amp, choices=AMP_MODES,
                        help="mixed precision (auto: bf16 on CUDA, off on CPU)")
         p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA graphs on GPU)")
         p.add_argument("--cuda-graph", action="store_true",
@@ -102,25 +131,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (with --sparsity: the paper's L1 on BN scales)")
     p.add_argument("--model", required=True, help="a registered model name or package.module:factory")
     p.add_argument("--num-classes", type=_positive_int)
-    p.add_argument("--sparsity", type=_non_negative, default=0.0, help="λ of the L1 penalty on BN scales")
-    p.add_argument("--sparsity-kind", default="l1", choices=["l1", "smooth_l1", "polarization"])
-    p.add_argument("--bn-init", type=_positive, help="initial BN scale (the paper uses 0.5 with sparsity)")
-    p.add_argument("--sparsity-schedule", default="constant", choices=["constant", "warmup", "step", "linear"])
+    p.add_argument("--sparsity", type=_non_negative, default=defaults.sparsity,
+                   help="λ of the L1 penalty on BN scales (paper Eq. 1)")
+    p.add_argument("--sparsity-kind", default=defaults.sparsity_kind, choices=KINDS)
+    p.add_argument("--bn-init", type=_positive, default=defaults.bn_init,
+                   help="initial BN scale (the paper uses 0.5 with sparsity)")
+    p.add_argument("--sparsity-schedule", default=defaults.sparsity_schedule, choices=SCHEDULES)
     p.add_argument("--bn-exclude", action="append", default=[], metavar="PATTERN",
                    help="module-path pattern of BNs left out of the penalty (repeatable), e.g. 'head.*'")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
+    p.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS,
                    help="adam/adamw use a proximal L1 step on γ after the optimizer step")
-    p.add_argument("--grad-clip", type=_positive, help="clip the gradient norm (after the sparsity term)")
+    p.add_argument("--grad-clip", type=_positive, default=defaults.grad_clip,
+                   help="clip the gradient norm (after the sparsity term)")
     p.add_argument("--pretrained", action="store_true", help="start from torchvision/timm released weights")
     p.add_argument("--from", dest="from_checkpoint", metavar="CKPT",
                    help="start from the weights of a trained netslim checkpoint")
     factory_option(p)
     data_options(p, required=True)
-    train_options(p, 160)
+    train_options(p)
 
     p = sub.add_parser("prune", help="prune a trained checkpoint (or a model factory) into a compact model")
     p.add_argument("checkpoint", help="a netslim checkpoint, or package.module:factory / torchvision:NAME")
-    p.add_argument("--percent", type=_fraction, help="global fraction of channels to prune (default 0.7)")
+    p.add_argument("--percent", type=_fraction,
+                   help=f"global fraction of channels to prune (default {DEFAULT_PERCENT} when no other amount "
+                        "is given)")
     p.add_argument("--target-flops", type=_fraction_open, help="prune until FLOPs <= this fraction of the original")
     p.add_argument("--target-params", type=_fraction_open, help="prune until parameters <= this fraction")
     p.add_argument("--target-latency", type=_positive, metavar="MS",
@@ -129,16 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-speedup", type=_number(float, lambda v: v >= 1, "must be >= 1"), metavar="X",
                    help="prune until the predicted latency is the original's / X")
     p.add_argument("--latency-batch", type=_positive_int, default=1,
-                   help="batch size the latency is planned and measured at (default 1)")
+                   help="batch size the latency is planned and measured at")
     p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for models that do not declare one")
     p.add_argument("--num-classes", type=_positive_int, help="for a model factory")
     p.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
     p.add_argument("--max-layer-fraction", type=_fraction, help="prune at most this fraction of any layer")
     p.add_argument("--min-channels", type=_positive_int, default=1)
     p.add_argument("--round-to", type=_positive_int,
-                   help="keep channel counts multiples of N, keeping the next-largest |γ| (default: 8 for a gpu "
-                        "target, for tensor cores; 1 for cpu: exactly the percent asked)")
-    p.add_argument("--target", default="auto", choices=["auto", "cpu", "gpu"],
+                   help=f"keep channel counts multiples of N, keeping the next-largest |γ| (default: {gpu_round} for "
+                        f"a gpu target, for tensor cores; {cpu_round} for cpu: exactly the percent asked)")
+    p.add_argument("--target", default="auto", choices=("auto", *TARGETS),
                    help="where the compact model will run (auto: gpu when this machine has CUDA)")
     p.add_argument("--no-fold", action="store_true", help="drop pruned channels' β instead of folding it")
     p.add_argument("--approximate-fold", action="store_true",
@@ -157,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     factory_option(p)
     data_options(p, required=True)
-    train_options(p, 160)
+    train_options(p)
 
     p = sub.add_parser("run", help="train with sparsity -> prune -> fine-tune (N passes) from a preset or YAML")
     p.add_argument("config", nargs="?", help="preset name (see --list) or a YAML file")
@@ -180,14 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="deployment export: BN folded, target precision and layout; ONNX (checked), "
                        "torch.export program, AOTInductor package, TorchScript")
     p.add_argument("checkpoint")
-    p.add_argument("--target", default="auto", choices=["auto", "cpu", "gpu"],
+    p.add_argument("--target", default="auto", choices=("auto", *TARGETS),
                    help="where the model will run (auto: gpu when this machine has CUDA); sets the defaults below")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES),
                    help="weights and compute (auto: bf16 for gpu, fp32 for cpu; ONNX is always written in fp32)")
     p.add_argument("--memory-format", default="auto", choices=["auto", "contiguous", "channels_last"],
                    help="activation layout (auto: channels_last for gpu)")
     p.add_argument("--round-to", type=_positive_int,
-                   help="check that pruned widths are multiples of N (default 8 for gpu, 1 for cpu); rounding "
+                   help=f"check that pruned widths are multiples of N (default {gpu_round} for gpu, {cpu_round} for "
+                        "cpu); rounding "
                         "itself happens when pruning (netslim prune --round-to)")
     p.add_argument("--onnx", metavar="FILE", help="write an ONNX file (checked against PyTorch when onnxruntime is "
                    "installed)")
@@ -376,10 +411,10 @@ def cmd_prune(args) -> int:
 
     from .budget import plan_for_budget
     from .checkpoint import describe, load_model, save_checkpoint
-    from .deployment import target_defaults
+    from .deployment import resolve_target, target_defaults
     from .metrics import count_flops, count_params
     from .models import create_model
-    from .plan import plan_pruning
+    from .plan import DEFAULT_PERCENT, plan_pruning
     from .surgery import apply_plan, fold_report
 
     ways = [x is not None for x in (args.percent, args.layer_percent, args.target_flops, args.target_params,
@@ -405,7 +440,7 @@ def cmd_prune(args) -> int:
     if yolo_out is not None and not type(model).__module__.startswith("ultralytics."):
         raise UsageError(f"--ultralytics-out: {args.checkpoint} is not an Ultralytics model")
     example = torch.zeros(2, *model.input_size)
-    target = args.target if args.target != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    target = resolve_target(args.target)
     round_to = args.round_to or target_defaults(target)["round_to"]
     if round_to > 1:
         print(f"channel counts rounded to multiples of {round_to} (target {target}; --round-to 1 prunes exactly "
@@ -424,7 +459,7 @@ def cmd_prune(args) -> int:
     elif args.target_flops is not None or args.target_params is not None:
         plan = plan_for_budget(model, target_flops=args.target_flops, target_params=args.target_params, **options)
     else:
-        percent = args.percent if args.percent is not None or args.layer_percent is not None else 0.7
+        percent = args.percent if args.percent is not None else DEFAULT_PERCENT
         plan = plan_pruning(model, None if args.layer_percent is not None else percent,
                             layer_percent=args.layer_percent, **options)
     if args.no_fold and args.approximate_fold:
@@ -505,7 +540,7 @@ def cmd_finetune(args) -> int:
               f"checkpoints in {out}")
     return 0
 def cmd_run(args) -> int:
-    from .pipeline import list_presets, load_config, run_experiment
+    from .pipeline import list_presets, load_config, overridden, run_experiment
 
     if args.list:
         for name, description in list_presets().items():
@@ -513,19 +548,8 @@ def cmd_run(args) -> int:
         return 0
     if not args.config:
         raise UsageError("netslim run: give a preset name or a YAML config (netslim run --list shows the presets)")
-    config = load_config(args.config)
-    if args.passes:
-        config.passes = args.passes
-    if args.data_dir:
-        config.data_dir = args.data_dir
-    if args.epochs:
-        config.train["epochs"] = args.epochs
-        config.finetune["epochs"] = args.epochs
-    if args.device:
-        config.train["device"] = args.device
-    if args.cuda_graph:
-        config.train["cuda_graph"] = True
-    config.__post_init__()
+    config = overridden(load_config(args.config), passes=args.passes, data_dir=args.data_dir, epochs=args.epochs,
+                        device=args.device, cuda_graph=args.cuda_graph)
     distributed.init_from_env(config.train.get("device", "auto"))
     out = _writable_dir(args.out if args.out is not None else f"runs/{Path(args.config).stem}")
     refuse_overwriting_inputs({"--out (results.md)": out / "results.md", "--out (results.json)": out / "results.json"},
@@ -597,11 +621,21 @@ def _input_of(model, size: tuple[int, ...] | None, what: str) -> tuple[int, ...]
         raise UsageError(f"{what} cannot take an input of size {','.join(map(str, size))}{built}: "
                          f"{_one_line(e)}") from None
     return size
+
+
 def cmd_export(args) -> int:
     import torch
 
     from .checkpoint import load_model
-    from .deployment import DTYPES, deploy, export_aoti, export_program, misaligned_widths, target_defaults
+    from .deployment import (
+        DTYPES,
+        export_aoti,
+        export_program,
+        export_torchscript,
+        misaligned_widths,
+        resolve_target,
+        target_defaults,
+    )
     from .export import export_onnx
 
     if all(x is None for x in (args.onnx, args.program, args.aoti, args.torchscript)):
@@ -615,7 +649,7 @@ def cmd_export(args) -> int:
         if importlib.util.find_spec("onnx") is None:
             raise UsageError("--onnx needs the onnx package: pip install onnx onnxruntime (or pip install "
                              "'netslim[export]'); onnxruntime checks the file against PyTorch")
-    target = args.target if args.target != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    target = resolve_target(args.target)
     defaults = target_defaults(target)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else defaults["dtype"]
     channels_last = defaults["channels_last"] if args.memory_format == "auto" else args.memory_format == "channels_last"
@@ -652,12 +686,8 @@ def cmd_export(args) -> int:
         path = export_aoti(model, outputs["--aoti"], **options)
         print(f"AOTInductor package written to {path} (load: torch._inductor.aoti_load_package(path))")
     if args.torchscript:
-        out = outputs["--torchscript"]
-        deployed = deploy(model, **options)
-        with torch.no_grad():
-            traced = torch.jit.trace(deployed, torch.zeros(1, *size, device=device))
-        traced.save(str(out))
-        print(f"TorchScript model written to {out}")
+        path = export_torchscript(model, outputs["--torchscript"], **options)
+        print(f"TorchScript model written to {path}")
     return 0
 
 

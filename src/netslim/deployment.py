@@ -28,10 +28,19 @@ from .layers import device_of
 from .metrics import input_size_of
 
 __all__ = ["GraphedInference", "InferenceModel", "TARGETS", "deploy", "export_aoti", "export_program",
-           "misaligned_widths", "target_defaults"]
+           "export_torchscript", "misaligned_widths", "resolve_target", "target_defaults"]
 
 TARGETS = ("cpu", "gpu")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_target(target: str = "auto") -> str:
+    """``"auto"``: ``"gpu"`` when this machine has CUDA, else ``"cpu"``; a named target is returned as is."""
+    if target == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if target not in TARGETS:
+        raise ValueError(f"unknown deployment target {target!r}; choose auto, cpu or gpu")
+    return target
 
 
 def target_defaults(target: str) -> dict:
@@ -192,3 +201,21 @@ def export_aoti(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
                           f"{(str(e).splitlines() or [''])[0][:300]}); is a C++ compiler installed?") from e
     _check(deployed, compiled, size, device, dtype, path)
     return Path(written)
+
+
+def export_torchscript(model: nn.Module, path: str | Path, *, input_size: Sequence[int] | None = None,
+                       device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                       channels_last: bool = False, fold: bool = True) -> Path:
+    """Write the deployed model (:func:`deploy`) traced to TorchScript (``torch.jit.load``; deprecated by
+    PyTorch, kept for runtimes that still read it). Checked against the deployed PyTorch model."""
+    size = input_size_of(model, input_size)
+    deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
+    device = device_of(deployed)
+    path = Path(path)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        traced = torch.jit.trace(deployed, torch.zeros(1, *size, device=device))
+    _check(deployed, traced, size, device, dtype, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(path))
+    return path

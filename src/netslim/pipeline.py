@@ -20,9 +20,10 @@ from torch import nn
 from . import distributed, models
 from .checkpoint import describe, load_checkpoint, save_checkpoint
 from .data.experiment import make_loaders
+from .deployment import target_defaults
 from .layers import device_of, evaluating
 from .metrics import count_flops, count_params
-from .plan import plan_pruning
+from .plan import DEFAULT_PERCENT, plan_pruning
 from .runfolder import locked, write_atomic
 from .runstate import HOW_IT_RUNS, TrainingDiverged
 from .surgery import apply_plan
@@ -51,7 +52,7 @@ class ExperimentConfig:
     passes: int = 1  # the multi-pass scheme (paper Sec. 4.5, Table 4)
     train: dict = field(default_factory=dict)  # TrainConfig fields for sparsity training
     finetune: dict = field(default_factory=dict)  # overrides of ``train`` for fine-tuning
-    prune: dict = field(default_factory=lambda: {"percent": 0.7})
+    prune: dict = field(default_factory=lambda: {"percent": DEFAULT_PERCENT})
     fold_bias: bool | str = True  # or "approximate" (see surgery.apply_plan)
     recalibrate: int = 0  # re-estimate BN statistics of the compact model on N batches before fine-tuning
     distill: float = 0.0  # fine-tune with the unpruned model as teacher, with this weight (0: off)
@@ -85,6 +86,24 @@ class ExperimentConfig:
             if key in d and not isinstance(d[key], dict):
                 raise ValueError(f"config key '{key}' must be a mapping, got {type(d[key]).__name__}")
         return cls(**d)
+
+
+def overridden(config: ExperimentConfig, *, passes: int | None = None, data_dir: str | None = None,
+               epochs: int | None = None, device: str | None = None, cuda_graph: bool = False) -> ExperimentConfig:
+    """A checked copy of ``config`` with what a command line overrides (None/False: kept as it is);
+    ``epochs`` applies to every stage (sparse training and fine-tuning)."""
+    raw = asdict(config)
+    if passes:
+        raw["passes"] = passes
+    if data_dir:
+        raw["data_dir"] = data_dir
+    if epochs:
+        raw["train"]["epochs"] = raw["finetune"]["epochs"] = epochs
+    if device:
+        raw["train"]["device"] = device
+    if cuda_graph:
+        raw["train"]["cuda_graph"] = True
+    return ExperimentConfig.from_dict(raw)
 
 
 def _experiment_problems(c: ExperimentConfig) -> list[str]:
@@ -343,11 +362,12 @@ def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: 
 
 
 def prune_options_for(config: ExperimentConfig, device: torch.device) -> dict:
-    """The experiment's pruning options, ``round_to: auto`` (the default) resolved: on a GPU, channel counts
-    are rounded up to multiples of 8 for tensor cores (issue 9); elsewhere the exact percent is pruned."""
+    """The experiment's pruning options, ``round_to: auto`` (the default) resolved by the device's deployment
+    target (:func:`netslim.deployment.target_defaults`): on a GPU, channel counts are rounded up to multiples
+    of 8 for tensor cores (issue 9); elsewhere the exact percent is pruned."""
     options = dict(config.prune)
     if options.get("round_to", "auto") == "auto":
-        options["round_to"] = 8 if device.type == "cuda" else 1
+        options["round_to"] = target_defaults("gpu" if device.type == "cuda" else "cpu")["round_to"]
     return options
 
 

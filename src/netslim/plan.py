@@ -19,6 +19,7 @@ from torch import nn
 
 from .graph import ChannelGraph, trace_channels
 
+DEFAULT_PERCENT = 0.7  # what the CLI and a config prune when told no amount (the paper's VGG/CIFAR-10 70%)
 COLLAPSED = 1e-6  # |γ| below this is numerically zero: the channel contributes only its shift β
 
 

@@ -25,9 +25,16 @@ from . import distributed
 from .checkpoint import describe
 from .layers import batch_norms, device_of, evaluating
 from .runstate import TrainingDiverged, check_weights, owning_out_dir, persist, start
-from .sparsity import Sparsity, SparsityRegularizer, init_bn_scales, lambda_at
+from .sparsity import KINDS, Sparsity, SparsityRegularizer, init_bn_scales, lambda_at
 from .stats import gamma_stats
 from .steps import CompiledForward, EagerStep, GraphedStep, autocast, make_step
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
 
 
 @dataclass
@@ -101,13 +108,12 @@ def _config_problems(c: TrainConfig):
         (isinstance(c.milestones, list | tuple) and all(_is_real(m) and 0 < m <= 1 for m in c.milestones),
          f"milestones are fractions of the epochs in (0, 1], got {c.milestones!r}"),
         (_is_real(c.sparsity) and c.sparsity >= 0, f"sparsity λ must be a number >= 0, got {c.sparsity!r}"),
-        (c.sparsity_kind in ("l1", "smooth_l1", "polarization"),
-         f"sparsity_kind must be l1, smooth_l1 or polarization, got {c.sparsity_kind!r}"),
+        (c.sparsity_kind in KINDS, f"sparsity_kind must be {_one_of(KINDS)}, got {c.sparsity_kind!r}"),
         (_is_real(c.sparsity_warmup) and 0 <= c.sparsity_warmup <= 1,
          f"sparsity_warmup must be a fraction in [0, 1], got {c.sparsity_warmup!r}"),
         (strings(c.bn_include) and strings(c.bn_exclude),
          "bn_include and bn_exclude are lists of module-path patterns"),
-        (c.optimizer in ("sgd", "adam", "adamw"), f"optimizer must be sgd, adam or adamw, got {c.optimizer!r}"),
+        (c.optimizer in OPTIMIZERS, f"optimizer must be {_one_of(OPTIMIZERS)}, got {c.optimizer!r}"),
         (_is_real(c.distill) and 0 <= c.distill <= 1, f"distill weight must be in [0, 1], got {c.distill!r}"),
         (_is_real(c.temperature) and c.temperature > 0, f"temperature must be > 0, got {c.temperature!r}"),
         (c.bn_init is None or (_is_real(c.bn_init) and c.bn_init > 0),
@@ -117,7 +123,7 @@ def _config_problems(c: TrainConfig):
         (_is_int(c.seed), f"seed must be an integer, got {c.seed!r}"),
         (isinstance(c.device, str) and c.device.strip() != "",
          f"device must be auto, cpu or cuda[:N], got {c.device!r}"),
-        (c.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto, bf16, fp16 or off, got {c.amp!r}"),
+        (c.amp in AMP_MODES, f"amp must be {_one_of(AMP_MODES)}, got {c.amp!r}"),
     ]
     for name in ("compile", "cuda_graph", "channels_last", "cudnn_benchmark", "progress", "sync_bn"):
         checks.append((isinstance(getattr(c, name), bool), f"{name} must be true or false, got {getattr(c, name)!r}"))
