@@ -5,6 +5,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -14,27 +15,32 @@ pytest.importorskip("sklearn")  # the embedded digits dataset
 
 ARGS = ["-m", "netslim.cli", "train", "--model", "mlp", "--dataset", "digits", "--sparsity", "1e-2", "--bn-init",
         "0.5", "--epochs", "60", "--no-progress"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _epochs_done(out) -> int:
-    log = out / "metrics.jsonl"
-    return len(log.read_text().splitlines()) if log.exists() else 0
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # each epoch line reaches us as printed
 
 
 def _train(out, kill_at=None, jitter=0.0):
-    """Run training; with ``kill_at``, SIGKILL it once it has finished that many epochs (plus ``jitter`` s)."""
-    proc = subprocess.Popen([sys.executable, *ARGS, "--out", str(out)], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    """Run training; with ``kill_at``, SIGKILL it once it has finished that many epochs (plus ``jitter`` s).
+
+    The child signals each finished epoch itself: it prints ``epoch N, ...`` after that epoch's checkpoint
+    is written, and we block on its output until that line comes (no polling of the run folder)."""
+    proc = subprocess.Popen([sys.executable, *ARGS, "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     if kill_at is None:
-        assert proc.wait(timeout=300) == 0
+        proc.communicate(timeout=300)
+        assert proc.returncode == 0
         return
-    deadline = time.monotonic() + 240
-    while _epochs_done(out) < kill_at and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(jitter)  # anywhere in the next epoch: mid-step, mid-evaluation or mid-checkpoint-write
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    watchdog = threading.Timer(240, proc.kill)  # a child that hangs cannot hang the test
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith(f"epoch {kill_at},"):
+                break
+        time.sleep(jitter)  # anywhere in the next epoch: mid-step, mid-evaluation or mid-checkpoint-write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.stdout.close()
 
 
 def test_sigkill_at_random_points_then_resume_gives_bitwise_identical_weights(tmp_path):

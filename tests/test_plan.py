@@ -23,12 +23,22 @@ def test_prunes_exactly_floor_n_times_p_smallest_scales(percent):
     n = sum(len(g) for g in _gammas(model).values())
     assert plan.total_channels == n
     assert plan.pruned_channels == math.floor(n * percent) or plan.guarded
-    if not plan.guarded:
-        pruned = torch.cat([g[[i for i in range(len(g)) if i not in plan.kept[p]]] for p, g in _gammas(model).items()])
-        kept = torch.cat([g[list(plan.kept[p])] for p, g in _gammas(model).items()])
-        if len(pruned) and len(kept):
-            assert pruned.max() <= kept.min()
-            assert plan.threshold == pytest.approx(kept.min().item())
+    gammas = _gammas(model)
+    dropped = {p: g[[i for i in range(len(g)) if i not in plan.kept[p]]] for p, g in gammas.items()}
+    kept = {p: g[list(plan.kept[p])] for p, g in gammas.items()}
+    pruned = torch.cat(list(dropped.values()))
+    free = [p for p in gammas if p not in plan.guarded]  # layers where only the global threshold decided
+    free_kept = torch.cat([kept[p] for p in free]) if free else torch.empty(0)
+    if len(pruned) and len(free_kept):  # the smallest |γ| went, wherever no guard stepped in
+        assert pruned.max() <= free_kept.min()
+    if not plan.guarded and len(pruned) and len(free_kept):
+        assert plan.threshold == pytest.approx(free_kept.min().item())
+    if plan.guarded:  # guards only keep more: fewer pruned than asked, and a guarded layer keeps its largest
+        assert percent >= 0.7 and plan.pruned_channels < math.floor(n * percent)
+        for path in plan.guarded:
+            assert plan.layers[path].guard == "min_channels" and len(plan.kept[path]) == 1, path
+            assert len(dropped[path]) == 0 or dropped[path].max() <= kept[path].min(), path
+    assert all(len(k) >= 1 for k in plan.kept.values())
 
 
 def test_ties_are_broken_deterministically_without_over_pruning():

@@ -11,10 +11,10 @@ from netslim import (
     models,
     plan_pruning,
 )
+from netslim.export import TOLERANCE
 
 from .conftest import randomize_bn
 
-PAPER_MODELS = ["vgg19", "resnet164", "densenet40", "mlp", "vgg11a"]
 _cache: dict[str, torch.nn.Module] = {}
 
 
@@ -32,7 +32,7 @@ def _assert_equivalent(ref, small, input_size):
     with torch.no_grad():
         expected, got = ref.eval()(x), small.eval()(x)
     assert got.shape == expected.shape
-    assert (expected - got).abs().max() <= 1e-4 * expected.abs().max() + 1e-6
+    assert (expected - got).abs().max() <= TOLERANCE * expected.abs().max() + 1e-6
 
 
 def _guard_plan(model):
@@ -48,7 +48,7 @@ def _guard_plan(model):
     return plan
 
 
-@pytest.mark.parametrize("name", PAPER_MODELS)
+@pytest.mark.parametrize("name", models.names())  # registering a model puts it under this test
 @pytest.mark.parametrize("percent", [0.0, 0.3, 0.7, "guard"])
 def test_compact_model_equals_masked_model(name, percent):
     model = _model(name)
@@ -56,10 +56,11 @@ def test_compact_model_equals_masked_model(name, percent):
     for fold in (True, False):
         small = apply_plan(model, plan, fold_bias=fold)
         _assert_equivalent(masked_model(model, plan, fold_bias=fold), small, model.input_size)
+        assert type(small) is type(model)  # the same class with narrower widths
         if percent != 0.0:
             assert count_params(small) < count_params(model)
-    assert not any(isinstance(m, torch.nn.Module) and getattr(m, "weight", None) is not None
-                   and m.weight.numel() == 0 for m in small.modules())
+        empty = [n for n, t in [*small.named_parameters(), *small.named_buffers()] if t.numel() == 0]
+        assert not empty, f"{name} at {percent} ({'folded' if fold else 'not folded'}) has empty tensors: {empty}"
 
 
 def test_no_masks_remain_and_widths_are_physical():
