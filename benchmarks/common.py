@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from netslim.testing import randomize_bn  # noqa: F401  (the benchmarks import it from here)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("smoke", "quick", "full")
 
@@ -223,20 +225,6 @@ def _finite(value):
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BN scales, shifts and statistics from a seeded generator, like a trained model's
-    (γ ~ U(0, 1), β ~ N(0, 0.1), mean ~ N(0, 0.1), var ~ U(0.5, 1.5)): a stand-in for sparsity training."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return model
 
 
 def synthetic_jpegs(folder: Path | str, n: int, classes: int = 10, seed: int = 0) -> dict:

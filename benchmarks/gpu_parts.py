@@ -26,6 +26,7 @@ from netslim.data.jpeg import gpu_decode_available
 from netslim.deployment import deploy, target_defaults
 from netslim.metrics import count_flops, count_params
 from netslim.steps import autocast
+from netslim.testing import official_update_bn
 from netslim.train import TrainConfig, train
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -140,12 +141,6 @@ def epoch_seconds(model: nn.Module, loader, cfg: TrainConfig, **kw) -> list[floa
         train(model, loader, cfg, on_epoch=lambda r: seconds.append(r["seconds"]), **kw)
     return seconds
 
-
-def official_update_bn(model: nn.Module, s: float) -> None:
-    """The official PyTorch port's ``updateBN``: a Python loop with two small ops per BN."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.grad.data.add_(s * torch.sign(m.weight.data))
 
 
 def sgd(model: nn.Module) -> torch.optim.Optimizer:

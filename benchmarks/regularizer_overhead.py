@@ -23,7 +23,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import netslim
 from common import (
@@ -35,6 +34,7 @@ from common import (
     summary,
     times,
 )
+from netslim.testing import official_update_bn
 
 NAME = "regularizer_overhead"
 LAM = 1e-4
@@ -45,12 +45,6 @@ SETTINGS = {
               "calls": 5},
 }
 
-
-def official_update_bn(model: nn.Module, s: float) -> None:
-    """The official PyTorch port's ``updateBN`` (one Python iteration and two small ops per BN)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.grad.data.add_(s * torch.sign(m.weight.data))
 
 
 def measure(name: str, kwargs: dict, batch: int, warmup: int, repeats: int, calls: int) -> dict:

@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import netslim
+from netslim.export import relative_error
 from netslim.models.resnet import PreActResNet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,10 +94,6 @@ def last_linear(model: nn.Module) -> nn.Module:
 
 def bn_paths(model: nn.Module) -> list[str]:
     return [p for p, m in model.named_modules() if isinstance(m, _BatchNorm)]
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
 @torch.no_grad()
@@ -233,11 +230,11 @@ def compare_model(name: str, percent: float, repeats: int, seed: int = 0) -> dic
         "kept_bn_channels": sum(len(v) for v in ns_kept.values()),
         "params": netslim.count_params(compact), "flops": netslim.count_flops(compact),
         "widths": {p: len(v) for p, v in ns_kept.items()},
-        "fidelity_vs_masked": rel_err(yc, outputs(masked, x)),
-        "drift_vs_original": rel_err(yc, y),
+        "fidelity_vs_masked": relative_error(yc, outputs(masked, x)),
+        "drift_vs_original": relative_error(yc, y),
         # without folding the pruned channels' constants: the brief's reference (γ and β zeroed), exactly
-        "nofold_fidelity_vs_zeroed": rel_err(nofold, outputs(zeroed(model, ns_kept), x)),
-        "nofold_drift_vs_original": rel_err(nofold, y),
+        "nofold_fidelity_vs_zeroed": relative_error(nofold, outputs(zeroed(model, ns_kept), x)),
+        "nofold_drift_vs_original": relative_error(nofold, y),
         "selection_bns": sum(isinstance(m, netslim.SelectBatchNorm) for m in compact.modules()),
     }
 
@@ -269,9 +266,9 @@ def compare_model(name: str, percent: float, repeats: int, seed: int = 0) -> dic
             "widths": widths,
             "widths_equal_netslim": sum(widths[p] == len(ns_kept[p]) for p in paths),
             "kept_sets_equal_netslim": sum(kept[p] == ns_kept[p] for p in paths),
-            "fidelity_vs_zeroed": rel_err(yt, outputs(zeroed(model, kept), x)),
-            "fidelity_vs_zeroed_filters": rel_err(yt, outputs(zeroed(model, kept, filters), x)),
-            "drift_vs_original": rel_err(yt, y),
+            "fidelity_vs_zeroed": relative_error(yt, outputs(zeroed(model, kept), x)),
+            "fidelity_vs_zeroed_filters": relative_error(yt, outputs(zeroed(model, kept, filters), x)),
+            "drift_vs_original": relative_error(yt, y),
             "filters_removed_without_own_bn": unscaled,
             # layers whose every channel ranked below the threshold: netslim keeps the largest (min_channels=1);
             # TP skips such a group (DependencyGraph.check_pruning_group refuses to empty a layer)

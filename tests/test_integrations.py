@@ -14,6 +14,7 @@ from torch import nn
 
 from netslim import sparsify
 from netslim.sparsity import attached
+from netslim.testing import official_update_bn
 
 LAM, LR = 0.05, 0.1
 
@@ -41,11 +42,8 @@ def _batches(n=64, size=8):
     return torch.utils.data.DataLoader(data, batch_size=size, shuffle=False)
 
 
-@torch.no_grad()
 def _update_bn(net, lam=LAM):
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.weight.grad.add_(lam * torch.sign(m.weight))
+    official_update_bn(net, lam)
 
 
 def _fit_lightning(pl, callbacks, epochs, accumulate=1, clip=None):

@@ -13,6 +13,7 @@ from torch import nn
 from netslim import Sparsity, models, sparsify
 from netslim.data import Loader
 from netslim.sparsity import attached
+from netslim.testing import official_update_bn
 from netslim.train import TrainConfig, make_scheduler, train
 
 from .test_train import _data as toy_data
@@ -47,11 +48,9 @@ def _gammas(model):
     return [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
 
 
-@torch.no_grad()
 def _update_bn(model, lam=LAM):
     """The official port's updateBN: the L1 subgradient added to each γ's gradient, one layer at a time."""
-    for g in _gammas(model):
-        g.grad.add_(lam * torch.sign(g))
+    official_update_bn(model, lam)
 
 
 def _loss(model, step, zero=False):
