@@ -292,7 +292,7 @@ def train(
         record["seconds"] = time.perf_counter() - started
         record.update(gamma_stats(model))
         if sparsity is not None:
-            record["lambda"] = sparsity.lam
+            record["sparsity"] = sparsity.lam  # λ this epoch, under the name a config gives it
             _warn_if_sparsity_stalls(state["history"] + [record], config)
         _append_gammas(state["gammas"], model)
         state["history"].append(record)
