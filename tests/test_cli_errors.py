@@ -236,3 +236,10 @@ def test_a_torch_internal_warning_of_the_archive_writer_does_not_leak(trained, t
     monkeypatch.setattr(torch.export, "save", save)
     code, _, err = run(capsys, "export", trained, "--target", "cpu", "--program", tmp_path / "m.pt2")
     assert code == 0 and "No complete tensor" not in err, err
+
+
+def test_export_onnx_without_onnx_says_what_to_install_before_writing(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as on a machine without it
+    one_line_error(capsys, "export", trained, "--torchscript", tmp_path / "m.ts", "--onnx", tmp_path / "m.onnx",
+                   message="--onnx needs the onnx package: pip install onnx")
+    assert not (tmp_path / "m.ts").exists() and not (tmp_path / "m.onnx").exists()

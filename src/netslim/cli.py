@@ -644,11 +644,6 @@ def cmd_export(args) -> int:
                for k, v in (("onnx", args.onnx), ("program", args.program), ("aoti", args.aoti),
                             ("torchscript", args.torchscript))}
     refuse_overwriting_inputs(outputs, {"checkpoint": args.checkpoint})
-    if args.onnx is not None:
-        import importlib.util
-        if importlib.util.find_spec("onnx") is None:
-            raise UsageError("--onnx needs the onnx package: pip install onnx onnxruntime (or pip install "
-                             "'netslim[export]'); onnxruntime checks the file against PyTorch")
     target = resolve_target(args.target)
     defaults = target_defaults(target)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else defaults["dtype"]
@@ -658,6 +653,11 @@ def cmd_export(args) -> int:
         raise UsageError("--aoti for a gpu target compiles CUDA kernels and needs a CUDA GPU on this machine; "
                          "run the export there, or write --program instead")
     model, data = load_model(args.checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
+    if args.onnx is not None:  # before any artifact is written
+        import importlib.util
+        if importlib.util.find_spec("onnx") is None:
+            raise UsageError("--onnx needs the onnx package: pip install onnx onnxruntime (or pip install "
+                             "'netslim[export]'); onnxruntime checks the file against PyTorch")
     model.input_size = size = _input_of(model, _full_size(model, args.input_size), args.checkpoint)
     model.eval()
     if target == "cpu" and data["arch"].get("shapes"):  # never slower: the compact model against the original
