@@ -152,21 +152,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a trained checkpoint (or a model factory) into a compact model")
     p.add_argument("checkpoint", help="a netslim checkpoint, or package.module:factory / torchvision:NAME")
-    p.add_argument("--percent", type=_fraction,
-                   help=f"global fraction of channels to prune (default {DEFAULT_PERCENT} when no other amount "
-                        "is given)")
-    p.add_argument("--target-flops", type=_fraction_open, help="prune until FLOPs <= this fraction of the original")
-    p.add_argument("--target-params", type=_fraction_open, help="prune until parameters <= this fraction")
-    p.add_argument("--target-latency", type=_positive, metavar="MS",
-                   help="prune (in |γ| order) until the predicted latency on this machine is <= MS milliseconds, "
-                        "from per-layer latency tables measured here (cached)")
-    p.add_argument("--target-speedup", type=_number(float, lambda v: v >= 1, "must be >= 1"), metavar="X",
-                   help="prune until the predicted latency is the original's / X")
+    amount = p.add_mutually_exclusive_group()  # one amount to prune
+    amount.add_argument("--percent", type=_fraction,
+                        help=f"global fraction of channels to prune (default {DEFAULT_PERCENT} when no other amount "
+                             "is given)")
+    amount.add_argument("--target-flops", type=_fraction_open,
+                        help="prune until FLOPs <= this fraction of the original")
+    amount.add_argument("--target-params", type=_fraction_open, help="prune until parameters <= this fraction")
+    amount.add_argument("--target-latency", type=_positive, metavar="MS",
+                        help="prune (in |γ| order) until the predicted latency on this machine is <= MS "
+                             "milliseconds, from per-layer latency tables measured here (cached)")
+    amount.add_argument("--target-speedup", type=_number(float, lambda v: v >= 1, "must be >= 1"), metavar="X",
+                        help="prune until the predicted latency is the original's / X")
     p.add_argument("--latency-batch", type=_positive_int, default=1,
                    help="batch size the latency is planned and measured at")
     p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for models that do not declare one")
     p.add_argument("--num-classes", type=_positive_int, help="for a model factory")
-    p.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
+    amount.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
     p.add_argument("--max-layer-fraction", type=_fraction, help="prune at most this fraction of any layer")
     p.add_argument("--min-channels", type=_positive_int, default=1)
     p.add_argument("--round-to", type=_positive_int,
@@ -409,19 +411,12 @@ def _epoch_line(r: dict) -> str:
 def cmd_prune(args) -> int:
     import torch
 
-    from .budget import plan_for_budget
     from .checkpoint import describe, load_model, save_checkpoint
-    from .deployment import resolve_target, target_defaults
     from .metrics import count_flops, count_params
     from .models import create_model
-    from .plan import DEFAULT_PERCENT, plan_pruning
+    from .pruning import plan_for
     from .surgery import apply_plan, fold_report
 
-    ways = [x is not None for x in (args.percent, args.layer_percent, args.target_flops, args.target_params,
-                                    args.target_latency, args.target_speedup)]
-    if sum(ways) > 1:
-        raise UsageError("give one of --percent, --layer-percent, --target-flops, --target-params, "
-                         "--target-latency, --target-speedup")
     out = _writable_file(args.out)
     plan_out = _writable_file(args.plan_out, "--plan-out") if args.plan_out is not None else None
     yolo_out = _writable_file(args.ultralytics_out, "--ultralytics-out") if args.ultralytics_out else None
@@ -440,28 +435,18 @@ def cmd_prune(args) -> int:
     if yolo_out is not None and not type(model).__module__.startswith("ultralytics."):
         raise UsageError(f"--ultralytics-out: {args.checkpoint} is not an Ultralytics model")
     example = torch.zeros(2, *model.input_size)
-    target = resolve_target(args.target)
-    round_to = args.round_to or target_defaults(target)["round_to"]
-    if round_to > 1:
-        print(f"channel counts rounded to multiples of {round_to} (target {target}; --round-to 1 prunes exactly "
-              "the percent asked)")
-    options = dict(max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels, round_to=round_to,
-                   example_input=example)
+    timing_input = torch.zeros(args.latency_batch, *model.input_size)
     by_latency = args.target_latency is not None or args.target_speedup is not None
-    if by_latency:
-        from .latency import plan_for_latency
-        timing_input = torch.zeros(args.latency_batch, *model.input_size)
-        plan, predicted = plan_for_latency(
-            model, target_latency=args.target_latency / 1e3 if args.target_latency else None,
-            target_speedup=args.target_speedup, example_input=timing_input,
-            max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels,
-            round_to=(args.round_to,) if args.round_to else (1, 8))
-    elif args.target_flops is not None or args.target_params is not None:
-        plan = plan_for_budget(model, target_flops=args.target_flops, target_params=args.target_params, **options)
-    else:
-        percent = args.percent if args.percent is not None else DEFAULT_PERCENT
-        plan = plan_pruning(model, None if args.layer_percent is not None else percent,
-                            layer_percent=args.layer_percent, **options)
+    planned = plan_for(model, example, percent=args.percent, layer_percent=args.layer_percent,
+                       target_flops=args.target_flops, target_params=args.target_params,
+                       target_latency=args.target_latency / 1e3 if args.target_latency else None,
+                       target_speedup=args.target_speedup, timing_input=timing_input,
+                       max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels,
+                       round_to=args.round_to, target=args.target)
+    plan = planned.plan
+    if planned.round_to > 1:
+        print(f"channel counts rounded to multiples of {planned.round_to} (target {planned.target}; --round-to 1 "
+              "prunes exactly the percent asked)")
     if args.no_fold and args.approximate_fold:
         raise UsageError("give one of --no-fold and --approximate-fold")
     fold = False if args.no_fold else "approximate" if args.approximate_fold else "exact"
@@ -486,7 +471,8 @@ def cmd_prune(args) -> int:
     if by_latency:
         from .latency import speed_check
         check = speed_check(model, compact, timing_input)
-        print(f"latency at batch {args.latency_batch}: predicted {1e3 * predicted:.3g} ms; {check.line()}")
+        print(f"latency at batch {args.latency_batch}: predicted {1e3 * planned.predicted_latency:.3g} ms; "
+              f"{check.line()}")
     if args.recalibrate and not args.dataset:
         raise UsageError("--recalibrate needs --dataset (the training batches to re-estimate BN statistics on)")
     if args.dataset:
