@@ -259,3 +259,31 @@ def test_code_that_reads_channel_counts_is_found_by_a_probe_and_kept():
     prunable = graph.prunable_roots()
     assert not any(graph.root(i) in prunable for i in graph.layers["down.bn"].out_ids)
     assert any(graph.root(i) in prunable for i in graph.layers["c2f.cv1.bn"].out_ids)
+
+
+class RepBlock(nn.Module):
+    """timm's RepVggBlock: relu(bn(conv3x3 x) + bn(conv1x1 x) + bn(x)); the identity BN reads the block input."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.kxk = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.k1 = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.identity = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return torch.relu(self.kxk(x) + self.k1(x) + self.identity(x))
+
+
+def test_an_identity_branch_bn_does_not_hold_back_the_channels_it_reads():
+    """The percent asked is the percent pruned: a kept identity-BN channel whose input is removed
+    outputs the constant the masked model gives it (γ = 0, β = that constant), exactly."""
+    model = _randomized(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      *[RepBlock(16) for _ in range(4)], nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      nn.Linear(16, 10)))
+    x = torch.randn(2, 3, 32, 32)
+    plan = plan_pruning(model, 0.5, example_input=x)
+    assert plan.achieved_percent == pytest.approx(0.5, abs=0.01)
+    for fold in (True, False):
+        small = apply_plan(model, plan, fold_bias=fold).eval()
+        with torch.no_grad():
+            _close({"y": masked_model(model, plan, fold_bias=fold)(x)}, {"y": small(x)})

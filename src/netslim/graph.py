@@ -146,19 +146,21 @@ class ChannelGraph:
         return {self.root(i) for u in self.bns.values() for i in u.out_ids} - blocked
 
     def close_selection(self, pruned: set[int]) -> set[int]:
-        """Keep every channel a kept selection-BN channel reads (it cannot read a removed one)."""
+        """Keep a channel for every selection BN that would otherwise read nothing at all.
+
+        A kept selection-BN channel whose input channel is removed does not keep that input alive: in
+        the masked model the removed channel is a constant, so the BN's output there is a constant too,
+        and the compact BN produces it with γ = 0 and β = that constant (surgery measures it). Only a
+        selection BN left with kept outputs and no kept input at all needs one input channel back.
+        """
         pruned = set(pruned)
-        changed = True
-        while changed:
-            changed = False
-            for use in self.bns.values():
-                if use.kind != "select_bn":
-                    continue
-                for out_id, pos in zip(use.out_ids, use.source, strict=True):
-                    src = self.root(use.in_ids[pos])
-                    if self.root(out_id) not in pruned and src in pruned:
-                        pruned.discard(src)
-                        changed = True
+        for use in self.bns.values():
+            if use.kind != "select_bn":
+                continue
+            inputs = [self.root(i) for i in use.in_ids]
+            kept_out = [k for k, i in enumerate(use.out_ids) if self.root(i) not in pruned]
+            if kept_out and all(r in pruned for r in inputs):
+                pruned.discard(inputs[use.source[kept_out[0]]])
         return pruned
 
 

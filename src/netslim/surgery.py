@@ -84,7 +84,7 @@ def _graph_for(model: nn.Module, plan: PruningPlan, example_input, fixed: Sequen
 
 def _compact(model: nn.Module, graph: ChannelGraph, pruned: set[int], fold_bias: FoldMode) -> nn.Module:
     mode = _mode(fold_bias)
-    constants = _pruned_constants(model, graph, pruned, mode) if mode != "none" else {}
+    constants, orphans = _pruned_constants(model, graph, pruned, mode)
     narrow = {}
     for path, use in graph.layers.items():
         old = model.get_submodule(path)
@@ -93,6 +93,8 @@ def _compact(model: nn.Module, graph: ChannelGraph, pruned: set[int], fold_bias:
         narrow[path] = _narrow(old, use, in_keep, out_keep)
         if path in constants:
             _fold(narrow[path], old, out_keep, *constants[path])
+        if path in orphans:
+            _constant_outputs(narrow[path], out_keep, orphans[path])
     # a copy of everything else; the narrowed layers take the old ones' places (their weights not copied)
     compact = copy.deepcopy(model, memo={id(model.get_submodule(p)): new for p, new in narrow.items()})
     after_narrowing(compact)
@@ -251,24 +253,43 @@ def _switch_off(model: nn.Module, graph: ChannelGraph, pruned: set[int], keep_be
     return saved
 
 
-@torch.no_grad()
-def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int],
-                      mode: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """For each layer reading pruned channels: their positions and the constant value they carry.
+def _orphans(graph: ChannelGraph, pruned: set[int]) -> dict[str, list[int]]:
+    """Kept output positions of selection BNs whose input channel is pruned (see ``close_selection``)."""
+    found = {}
+    for path, use in graph.bns.items():
+        if use.kind == "select_bn":
+            lost = [j for j, s in enumerate(use.source)
+                    if graph.root(use.out_ids[j]) not in pruned and graph.root(use.in_ids[s]) in pruned]
+            if lost:
+                found[path] = lost
+    return found
 
+
+@torch.no_grad()
+def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], mode: str
+                      ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, dict[int, float]]]:
+    """The constants pruned channels leave behind, measured on the masked model.
+
+    First, for each layer reading pruned channels (when folding, ``mode``): their positions and the
+    constant value they carry; only constants that are truly constant and nonzero, at readers that
+    can absorb them, are returned. Second, for each selection BN with kept outputs whose input is
+    pruned: the constant each such output has before its activation, ``{position: value}``.
     Measured, not derived: the masked model runs once and each reader's input is recorded, so any
-    chain of elementwise ops and pooling between BN and reader is handled. Only constants that are
-    truly constant and nonzero, at readers that can absorb them, are returned for folding.
+    chain of elementwise ops and pooling between BN and reader is handled.
     """
     keep_beta = _foldable(model, graph, pruned, mode)
     readers = {p: u for p, u in graph.layers.items()
-               if u.kind in _CONSUMERS and any(graph.root(i) in pruned for i in u.in_ids)}
+               if mode != "none" and u.kind in _CONSUMERS and any(graph.root(i) in pruned for i in u.in_ids)}
+    orphans = _orphans(graph, pruned)
+    if not readers and not orphans:
+        return {}, {}
     seen: dict[str, torch.Tensor] = {}
 
     def record(path: str, args: tuple) -> None:  # a pre-hook returning a value would replace the inputs
         seen.setdefault(path, args[0].detach())
 
-    hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: record(p, args)) for p in readers]
+    hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: record(p, args), prepend=True)
+             for p in [*readers, *orphans]]
     with evaluating(model):
         saved = _switch_off(model, graph, pruned, keep_beta)  # the masked model, in place and put back
         try:
@@ -298,7 +319,35 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int],
     if inexact:
         warnings.warn(f"pruned channels read by {inexact[:3]} carry a nonzero value these layers cannot absorb; "
                       "the compact model differs slightly from the masked one there", stacklevel=3)
-    return constants
+    return constants, {path: _selected_constants(model.get_submodule(path), graph.layers[path], positions,
+                                                 seen[path]) for path, positions in orphans.items()}
+
+
+def _selected_constants(bn: nn.Module, use: LayerUse, positions: list[int], seen: torch.Tensor) -> dict[int, float]:
+    """A selection BN's pre-activation output at ``positions`` when its (removed) inputs are constants."""
+    out = {}
+    for j in positions:
+        channel = seen[:, use.source[j]].float()
+        value = float(channel.mean())
+        if float((channel - value).abs().max()) > 1e-5 * (1 + abs(value)):
+            warnings.warn(f"'{use.path}' reads a removed channel that is not constant; the compact model differs "
+                          "slightly from the masked one there", stacklevel=4)
+        mean = float(bn.running_mean[j]) if bn.running_mean is not None else value
+        var = float(bn.running_var[j]) if bn.running_var is not None else 1.0
+        out[j] = float(bn.weight[j]) * (value - mean) / (var + bn.eps) ** 0.5 + float(bn.bias[j])
+    return out
+
+
+@torch.no_grad()
+def _constant_outputs(bn: nn.Module, out_keep: torch.Tensor, constants: dict[int, float]) -> None:
+    """Make the compact BN output ``constants`` at those (original) positions: γ = 0, β = the constant."""
+    for k, j in enumerate(out_keep.tolist()):
+        if j in constants:
+            bn.weight[k] = 0
+            bn.bias[k] = constants[j]
+            if bn.running_mean is not None:
+                bn.running_mean[k] = 0
+                bn.running_var[k] = 1
 
 
 # -- narrowing (layers.narrowed keeps each module's class and behaviour) --
@@ -309,7 +358,8 @@ def _narrow(old: nn.Module, use: LayerUse, in_keep: torch.Tensor, out_keep: torc
     if use.kind == "select_bn":
         # Where does each kept output channel sit in the *compact* input?
         compact_pos = {int(p): k for k, p in enumerate(in_keep)}
-        index = torch.tensor([compact_pos[use.source[int(j)]] for j in out_keep], dtype=torch.long)
+        # an output whose input is removed reads any kept channel: it becomes a constant (_constant_outputs)
+        index = torch.tensor([compact_pos.get(use.source[int(j)], 0) for j in out_keep], dtype=torch.long)
         return with_selection(narrowed(old, out_keep, out_keep), index, len(in_keep))
     if use.kind in ("bn", "depthwise"):
         in_keep = out_keep
