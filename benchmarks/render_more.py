@@ -106,12 +106,27 @@ def accuracy_section() -> str:
                          f"{100 * r['error_finetuned_distill_0.0']:.2f} | "
                          f"{100 * r['error_finetuned_distill_0.7']:.2f} |")
         lines += ["", "(test errors)", "", _provenance(recover)]
+    fidelity = _fidelity_section()
+    if fidelity:
+        lines += [fidelity, ""]
     missing = [n for n in ("table3", "table1", "multipass", "figure5", "scratch", "polarize", "recover")
                if _load(f"accuracy_{n}") is None]
     if missing:
         lines += [f"Not measured in full mode yet: {', '.join(missing)} (`python benchmarks/accuracy.py NAME`; "
                   "their `--quick` modes run in the test suite).", ""]
     return "\n".join(lines)
+
+
+def _fidelity_section() -> str:
+    """Issue 19's experiment (benchmarks/fidelity.py), when its results exist."""
+    if not any(not p.stem.endswith("_quick") for p in RESULTS.glob("fidelity_*.json")):
+        return ""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fidelity
+
+    return fidelity.markdown(RESULTS)
 
 
 def torch_pruning_section() -> str:
