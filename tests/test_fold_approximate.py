@@ -60,3 +60,15 @@ def test_unknown_fold_mode_is_one_clear_error():
     model = _model()
     with pytest.raises(ValueError, match="fold_bias"):
         apply_plan(model, plan_pruning(model, 0.2), fold_bias="sometimes")
+
+
+def test_on_a_map_that_is_all_border_the_fold_uses_the_taps_that_exist():
+    """Deep in a CIFAR network a padded 3x3 conv runs on 1x1 maps: only its centre tap sees the
+    constant, so folding the full kernel sum would be far off; the fold must be exact there."""
+    model = _model()
+    x = torch.randn(2, 3, 1, 1)
+    plan = plan_pruning(model, 3 / 8, example_input=x)
+    approx = apply_plan(model, plan, fold_bias="approximate")
+    with torch.no_grad():
+        torch.testing.assert_close(approx(x), masked_model(model, plan, fold_bias="approximate")(x),
+                                   atol=1e-5, rtol=1e-5)

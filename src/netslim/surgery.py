@@ -315,7 +315,7 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
         if not _absorbs_constants(model.get_submodule(path), use, mode) or (spread > scale).any():
             inexact.append(path)
             continue
-        constants[path] = (positions, mean)
+        constants[path] = (positions, mean, tuple(seen[path].shape[2:]))
     if inexact:
         warnings.warn(f"pruned channels read by {inexact[:3]} carry a nonzero value these layers cannot absorb; "
                       "the compact model differs slightly from the masked one there", stacklevel=3)
@@ -368,11 +368,27 @@ def _narrow(old: nn.Module, use: LayerUse, in_keep: torch.Tensor, out_keep: torc
 
 @torch.no_grad()
 def _fold(new: nn.Module, old: nn.Module, out_keep: torch.Tensor, positions: torch.Tensor,
-          value: torch.Tensor) -> None:
-    """Add the contribution of constant pruned inputs to ``new``'s bias (Linear or unpadded conv)."""
+          value: torch.Tensor, spatial: tuple[int, ...]) -> None:
+    """Add the contribution of constant pruned inputs to ``new``'s bias.
+
+    Linear and unpadded convs: every output sees every tap, so the contribution is exact. A zero-padded
+    conv (approximate mode) sees fewer taps at the border: where most output positions (at the size the
+    analysis ran) are interior, the bias is the interior value (exact there); on a small map, mostly
+    border (a 3x3 or 1x1 map deep in a CIFAR network), it is the mean over the positions, which is the
+    least-squares choice and exact on a 1x1 map.
+    """
     w = old.weight.detach().index_select(0, out_keep.to(old.weight.device))
     w = w.index_select(1, positions.to(w.device)).float()
-    contribution = (w.flatten(2).sum(2) if w.dim() > 2 else w) @ value.to(w.device)
+    value = value.to(w.device)
+    if w.dim() > 2 and _absorbs_constants(old, LayerUse("", "conv", (), ()), "exact") != "exact":
+        constant = value.view(1, -1, *([1] * len(spatial))).expand(1, len(value), *spatial)
+        conv = getattr(nn.functional, f"conv{len(spatial)}d")
+        per_position = conv(constant, w, None, old.stride, old.padding, old.dilation).flatten(2)[0]
+        interior = w.flatten(2).sum(2) @ value
+        at_interior = torch.isclose(per_position, interior[:, None], rtol=1e-4, atol=1e-6).all(0)
+        contribution = interior if at_interior.float().mean() >= 0.5 else per_position.mean(1)
+    else:
+        contribution = (w.flatten(2).sum(2) if w.dim() > 2 else w) @ value
     if new.bias is None:
         new.bias = nn.Parameter(torch.zeros(new.weight.shape[0], device=w.device, dtype=new.weight.dtype))
     new.bias.add_(contribution.to(new.bias.dtype))
