@@ -101,20 +101,23 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, repeats: int 
     was_training = model.training
     model.eval()
     try:
-        return _best_time(lambda: model(example_input), repeats, warmup)
+        return _best_time(lambda: model(example_input), repeats, warmup, example_input.is_cuda)
     finally:
         model.train(was_training)
 
 
-def _best_time(run: Callable[[], object], repeats: int, warmup: int) -> float:
+def _best_time(run: Callable[[], object], repeats: int, warmup: int, cuda: bool = False) -> float:
     """The fastest of ``repeats`` runs (at least 0.02 s of them): what the op costs when nothing else
     interrupts it; the median would carry the scheduler's noise on a shared machine."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)  # CUDA work is asynchronous: wait for it
     for _ in range(warmup):
         run()
     times, spent = [], 0.0
     while len(times) < repeats or (spent < 0.02 and len(times) < 50):
+        sync()
         start = time.perf_counter()
         run()
+        sync()
         times.append(time.perf_counter() - start)
         spent += times[-1]
     return min(times)
@@ -201,7 +204,7 @@ def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, full_in: i
     for n_in, n_out in pairs:
         probe = _sized(layer, kind, n_in, n_out).to(device=device, dtype=dtype).eval()
         x = torch.randn(input_shape[0], n_in, *input_shape[2:], device=device, dtype=dtype)
-        samples[n_in, n_out] = _best_time(lambda probe=probe, x=x: probe(x), repeats, warmup=1)
+        samples[n_in, n_out] = _best_time(lambda probe=probe, x=x: probe(x), repeats, warmup=1, cuda=x.is_cuda)
     return samples
 
 
