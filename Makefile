@@ -25,7 +25,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
-	@if [ -x "$(ZOO_PY)" ]; then echo "third-party models ($(ZOO_VENV)):"; $(ZOO_PY) -m pytest -q $(ZOO_TESTS); \
+	@if [ -x "$(ZOO_PY)" ]; then echo "third-party models ($(ZOO_VENV)):"; $(ZOO_PY) -m pytest -q $(ZOO_TESTS) \
+	&& ZOO_OUT=$$(mktemp -d) && YOLO_OFFLINE=1 $(ZOO_PY) benchmarks/zoo.py --quick --out $$ZOO_OUT; \
 	else echo "third-party model tests skipped: run 'make zoo' first to install timm, Ultralytics, smp..."; fi
 
 lint: $(STAMP)

@@ -229,7 +229,8 @@ def test_timm_convnext_without_batchnorm_is_refused_in_one_line():
 
 
 def test_zoo_benchmark_smoke(tmp_path):
-    """benchmarks/zoo.py in smoke mode: one torchvision model, netslim beside Torch-Pruning."""
+    """benchmarks/zoo.py in smoke mode: one torchvision model, 40% of every BN's channels zeroed, only those
+    removed: the compact model equals the original within 1e-4 at two input sizes, with fewer parameters."""
     pytest.importorskip("torchvision")
     pytest.importorskip("torch_pruning")
     bench = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -244,6 +245,26 @@ def test_zoo_benchmark_smoke(tmp_path):
     assert rows and all(set(r) >= {"model", "netslim", "torch_pruning"} for r in rows)
     ours = rows[0]["netslim"]
     assert ours["status"] == "ok", ours
-    assert ours["max_relative_error"] <= TOLERANCE and ours["params_ratio"] < 1
+    assert zoo.exact(ours), ours
+    assert 0 < ours["channels_pruned"] == ours["channels_zero"] < ours["channels_prunable"]
+    assert set(ours["errors"]) == {"example", "other"}
     assert rows[0]["torch_pruning"]["status"] in {"ok", "failed", "timeout", "crashed"}
-    assert "| torchvision/resnet18 | ok |" in zoo.markdown(rec)
+    assert "| torchvision/resnet18 | exact |" in zoo.markdown(rec)
+    assert rec["notes"][0].startswith("netslim exact and reduced on 1/1 models with BN")
+
+
+def test_zoo_zeroed_channels_carry_zero():
+    """The benchmark's premise: after ``zero_channels`` a BN's chosen channels output exactly 0 in eval mode."""
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import zoo
+    finally:
+        sys.path.remove(str(bench))
+    bn = randomize_bn(nn.Sequential(nn.BatchNorm2d(10)), seed=1).eval()
+    zoo.zero_channels(bn, 0.4, seed=0)
+    zeroed = (bn[0].weight == 0).nonzero().flatten()
+    assert len(zeroed) == 4 and bool((bn[0].bias[zeroed] == 0).all())
+    with torch.no_grad():
+        out = bn(torch.randn(2, 10, 3, 3))
+    assert bool((out[:, zeroed] == 0).all())
