@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from netslim.latency import cpu_model
 from netslim.testing import randomize_bn  # noqa: F401  (the benchmarks import it from here)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -98,16 +99,6 @@ def summary(samples: Sequence[float]) -> dict:
 def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
     """Median of the per-repeat ratios of interleaved samples (robust to drift between repeats)."""
     return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_record() -> dict:

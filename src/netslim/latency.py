@@ -227,18 +227,19 @@ def _machine_key(example_input: torch.Tensor) -> str:
     device = example_input.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
                                                                              platform.machine())
-    text = f"{name}|{_cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{device.type}|eager"
+    text = f"{name}|{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{device.type}|eager"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (what latency tables and benchmark records are keyed by)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()
+    return platform.processor() or "unknown"
 
 
 def _read_cache(path: Path) -> dict[str, dict[tuple[int, int], float]]:
