@@ -366,6 +366,17 @@ def render_latency(rec: dict) -> str:
                 f"{'yes' if r['within_10_percent'] else 'no'} | {100 * r['flops_fraction']:.1f}% | "
                 f"{100 * r['gamma_kept']:.1f}% | {r['flops_plan_measured_speedup']:.2f}x, "
                 f"{100 * r['flops_plan_gamma_kept']:.1f}% | {m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s |")
+    same = [(m["batch"], r) for m in rec["results"]["models"] for r in m.get("rows", [])
+            if "gamma_kept" in r and r["gamma_kept"] == r["flops_plan_gamma_kept"]
+            and abs(r["measured_speedup"] / r["flops_plan_measured_speedup"] - 1) > 0.10]
+    if same:  # the two planners chose the same channels, yet the timings differ: that spread is noise
+        worst = max(same, key=lambda br: abs(br[1]["measured_speedup"] / br[1]["flops_plan_measured_speedup"] - 1))
+        lines += ["", f"Timing noise in this run: where the latency plan and the plan by FLOPs kept the same channels "
+                  f"(same Σ|γ|), their measured speedups still differ by up to "
+                  f"{worst[1]['measured_speedup']:.2f}x vs {worst[1]['flops_plan_measured_speedup']:.2f}x (batch "
+                  f"{worst[0]}): single end-to-end timings on this shared machine are not precise enough to judge "
+                  "the 10% goal; the prediction error column compares the predicted compact latency with its own "
+                  "measurement."]
     lines += ["", _notes(rec), _provenance(rec)]
     return "\n".join(lines)
 
