@@ -63,27 +63,20 @@ TIMM = [n for n in CASES if n.startswith("timm/")]
 ULTRALYTICS = [n for n in CASES if n.startswith("ultralytics/")]
 
 
+def _zoo():
+    """benchmarks/zoo.py, imported as the benchmark runs it (its folder on the path for ``common``)."""
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import zoo
+    finally:
+        sys.path.remove(str(bench))
+    return zoo
+
+
 def build(name: str) -> nn.Module:
-    """A model with random weights from its library's own constructor, never downloading weights."""
-    source, _, rest = name.partition("/")
-    if source == "timm":
-        import timm
-
-        return timm.create_model(rest, pretrained=False)
-    if source == "torchvision":
-        import torchvision
-
-        return torchvision.models.get_model(rest, weights=None)
-    if source == "ultralytics":
-        from ultralytics.nn.tasks import DetectionModel, SegmentationModel
-
-        return (SegmentationModel if "-seg" in rest else DetectionModel)(rest, verbose=False)
-    if source == "smp":
-        import segmentation_models_pytorch as smp
-
-        arch, encoder = rest.split("/")
-        return getattr(smp, arch)(encoder_name=encoder, encoder_weights=None)
-    raise ValueError(name)
+    """A model with random weights from its library's own constructor (the benchmark's ``build``)."""
+    return _zoo().build(name)
 
 
 def leaves(out) -> list[torch.Tensor]:
@@ -233,12 +226,7 @@ def test_zoo_benchmark_smoke(tmp_path):
     removed: the compact model equals the original within 1e-4 at two input sizes, with fewer parameters."""
     pytest.importorskip("torchvision")
     pytest.importorskip("torch_pruning")
-    bench = Path(__file__).resolve().parent.parent / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        import zoo
-    finally:
-        sys.path.remove(str(bench))
+    zoo = _zoo()
     rec = zoo.main(["--smoke", "--out", str(tmp_path)])
     assert (tmp_path / "zoo_smoke.json").exists()
     rows = rec["results"]["models"]
@@ -255,12 +243,7 @@ def test_zoo_benchmark_smoke(tmp_path):
 
 def test_zoo_zeroed_channels_carry_zero():
     """The benchmark's premise: after ``zero_channels`` a BN's chosen channels output exactly 0 in eval mode."""
-    bench = Path(__file__).resolve().parent.parent / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        import zoo
-    finally:
-        sys.path.remove(str(bench))
+    zoo = _zoo()
     bn = randomize_bn(nn.Sequential(nn.BatchNorm2d(10)), seed=1).eval()
     zoo.zero_channels(bn, 0.4, seed=0)
     zeroed = (bn[0].weight == 0).nonzero().flatten()
