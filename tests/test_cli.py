@@ -246,3 +246,30 @@ def test_fuzzed_config_files_and_checkpoint_headers_never_escape_as_tracebacks(t
         for argv in (["info", str(path)], ["prune", str(path), "--out", str(tmp_path / "s.pt")]):
             code, _, err = run(capsys, *argv)
             assert code in (0, 2) and "Traceback" not in err and len(err.strip().splitlines()) <= 1, (argv, data, err)
+
+
+def test_prune_fold_carrier_keeps_the_masked_models_outputs(tmp_path, capsys):
+    """--fold carrier: β of pruned channels carried exactly through zero-padded convs, and said."""
+    from netslim import masked_model, models
+    from netslim.checkpoint import describe, load_model, save_checkpoint
+    from netslim.plan import PruningPlan
+    from netslim.testing import randomize_bn
+
+    kwargs = {"widths": [8, 8, 16, 16] + [16] * 12, "num_classes": 10, "in_channels": 1, "input_size": 28}
+    model = randomize_bn(models.create("vgg19", **kwargs)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.bias.abs_()
+    save_checkpoint(tmp_path / "m.pt", {"arch": describe(model, "vgg19", kwargs), "state_dict": model.state_dict()})
+    code, out, _ = run(capsys, "prune", str(tmp_path / "m.pt"), "--percent", "0.5", "--fold", "carrier",
+                       "--out", str(tmp_path / "s.pt"))
+    assert code == 0 and "carried exactly into 15" in out
+    small, data = load_model(tmp_path / "s.pt")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        reference = masked_model(model, PruningPlan.from_dict(data["plan"]), fold_bias="carrier")(x)
+        assert (small.eval()(x) - reference).abs().max() <= 1e-4 * reference.abs().max()
+    code, _, err = run(capsys, "prune", str(tmp_path / "m.pt"), "--fold", "carrier", "--no-fold",
+                       "--out", str(tmp_path / "t.pt"))
+    assert code == 2 and "give one of --fold" in err and not (tmp_path / "t.pt").exists()

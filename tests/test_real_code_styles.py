@@ -283,7 +283,7 @@ def test_an_identity_branch_bn_does_not_hold_back_the_channels_it_reads():
     x = torch.randn(2, 3, 32, 32)
     plan = plan_pruning(model, 0.5, example_input=x)
     assert plan.achieved_percent == pytest.approx(0.5, abs=0.01)
-    for fold in (True, False):
+    for fold in (True, False, "carrier"):
         small = apply_plan(model, plan, fold_bias=fold).eval()
         with torch.no_grad():
             _close({"y": masked_model(model, plan, fold_bias=fold)(x)}, {"y": small(x)})

@@ -53,7 +53,7 @@ def _guard_plan(model):
 def test_compact_model_equals_masked_model(name, percent):
     model = _model(name)
     plan = _guard_plan(model) if percent == "guard" else plan_pruning(model, percent)
-    for fold in (True, False):
+    for fold in (True, False, "carrier"):
         small = apply_plan(model, plan, fold_bias=fold)
         _assert_equivalent(masked_model(model, plan, fold_bias=fold), small, model.input_size)
         assert type(small) is type(model)  # the same class with narrower widths

@@ -68,7 +68,7 @@ def _no_empty_weights(model: nn.Module) -> None:
 def test_compact_equals_masked(name, percent):
     model = _model(name)
     plan = plan_pruning(model, percent=percent)
-    for fold in (True, False):
+    for fold in (True, False, "carrier"):
         small = apply_plan(model, plan, fold_bias=fold)
         _assert_equivalent(masked_model(model, plan, fold_bias=fold), small, model.input_size)
         _no_empty_weights(small)
@@ -256,7 +256,7 @@ def test_a_gate_is_prunable_only_where_it_multiplies(add_back):
     model = randomize_bn(_GateAddedBack(add_back)).eval()
     plan = plan_pruning(model, percent=0.5)
     assert (len(plan.kept["stem.1"]) == 8) == add_back
-    for fold in (True, False):
+    for fold in (True, False, "carrier"):
         small = apply_plan(model, plan, fold_bias=fold)
         _assert_equivalent(masked_model(model, plan, fold_bias=fold), small, model.input_size)
         assert small.gate.out_channels == len(plan.kept["stem.1"])

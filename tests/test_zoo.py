@@ -103,6 +103,7 @@ class Pruned:
     plan: netslim.PruningPlan
     inputs: dict[str, torch.Tensor]  # "example", "other"
     errors: dict[str, list[float]]  # per input: relative error of every output tensor against the masked model
+    carried: dict[str, list[float]]  # the same with β carried (fold_bias="carrier") against its masked model
     before: dict[str, tuple[float, float]]  # the original's state before pruning
 
 
@@ -121,14 +122,24 @@ def pruned(request) -> Pruned:
     plan = netslim.plan_pruning(model, PERCENT, graph=graph)
     compact = netslim.apply_plan(model, plan, graph=graph).eval()
     masked = netslim.masked_model(model, plan, graph=graph).eval()
+    carrying = netslim.apply_plan(model, plan, graph=graph, fold_bias="carrier").eval()
+    keeping_beta = netslim.masked_model(model, plan, graph=graph, fold_bias="carrier").eval()
     with torch.no_grad():
         errors = {k: relative_errors(compact(x), masked(x)) for k, x in inputs.items()}
-    return Pruned(name, model, compact, plan, inputs, errors, before)
+        carried = {k: relative_errors(carrying(x), keeping_beta(x)) for k, x in inputs.items()}
+    return Pruned(name, model, compact, plan, inputs, errors, carried, before)
 
 
 def test_compact_equals_masked_on_two_input_sizes(pruned):
     assert pruned.plan.pruned_channels > 0
     for key, errs in pruned.errors.items():
+        shape = tuple(pruned.inputs[key].shape)
+        assert max(errs) <= TOLERANCE, f"{pruned.name} at input {shape}: relative errors {errs}"
+
+
+def test_carried_beta_equals_its_masked_model_on_two_input_sizes(pruned):
+    """β of pruned channels (randomized, half of them positive) carried through every zero-padded conv."""
+    for key, errs in pruned.carried.items():
         shape = tuple(pruned.inputs[key].shape)
         assert max(errs) <= TOLERANCE, f"{pruned.name} at input {shape}: relative errors {errs}"
 

@@ -176,10 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"a gpu target, for tensor cores; {cpu_round} for cpu: exactly the percent asked)")
     p.add_argument("--target", default="auto", choices=("auto", *TARGETS),
                    help="where the compact model will run (auto: gpu when this machine has CUDA)")
-    p.add_argument("--no-fold", action="store_true", help="drop pruned channels' β instead of folding it")
-    p.add_argument("--approximate-fold", action="store_true",
-                   help="also fold pruned channels' β into zero-padded convs: exact in the interior, approximate "
-                        "at the border (the default folds only where it is exact)")
+    p.add_argument("--fold", choices=("exact", "approximate", "carrier", "none"),
+                   help="what becomes of pruned channels' constant output β: exact (default) folds it where that "
+                        "is exact and drops it next to zero padding; approximate also folds it there (exact "
+                        "inside the map, approximate at its border); carrier keeps one pruned channel per "
+                        "zero-padded conv as a constant that carries the others exactly (a few channels more); "
+                        "none drops it")
+    p.add_argument("--no-fold", action="store_true", help="the same as --fold none")
+    p.add_argument("--approximate-fold", action="store_true", help="the same as --fold approximate")
     p.add_argument("--out", required=True, help="file for the compact checkpoint (.pt)")
     p.add_argument("--plan-out", help="also write the plan as JSON here")
     p.add_argument("--ultralytics-out", metavar="FILE",
@@ -417,6 +421,7 @@ def cmd_prune(args) -> int:
     from .pruning import plan_for
     from .surgery import apply_plan, fold_report
 
+    fold = _fold_mode(args)
     out = _writable_file(args.out)
     plan_out = _writable_file(args.plan_out, "--plan-out") if args.plan_out is not None else None
     yolo_out = _writable_file(args.ultralytics_out, "--ultralytics-out") if args.ultralytics_out else None
@@ -447,14 +452,13 @@ def cmd_prune(args) -> int:
     if planned.round_to > 1:
         print(f"channel counts rounded to multiples of {planned.round_to} (target {planned.target}; --round-to 1 "
               "prunes exactly the percent asked)")
-    if args.no_fold and args.approximate_fold:
-        raise UsageError("give one of --no-fold and --approximate-fold")
-    fold = False if args.no_fold else "approximate" if args.approximate_fold else "exact"
     compact = apply_plan(model, plan, fold_bias=fold, example_input=example)
     folds = list(fold_report(model, plan, fold_bias=fold, example_input=example).values())
     if folds:
+        carried = sum(compact.get_submodule(path).num_features - len(kept) for path, kept in plan.kept.items())
         print(f"β of pruned channels: folded exactly into {folds.count('exact')} layer(s), approximately (at the "
-              f"border) into {folds.count('approximate')}, dropped at {folds.count('dropped')}")
+              f"border) into {folds.count('approximate')}, carried exactly into {folds.count('carrier')} (by "
+              f"{carried} channel(s) kept as constants), dropped at {folds.count('dropped')}")
     print(f"{'layer':<28} {'before':>7} {'after':>7}  guard")
     for path, report in plan.layers.items():
         print(f"{path:<28} {report.width:>7} {report.kept:>7}  {report.guard}")
@@ -498,6 +502,16 @@ def cmd_prune(args) -> int:
               "(fine-tune it with netslim.integrations.ultralytics.finetune_yolo)")
     print(f"compact model saved to {out}" + (f", plan to {plan_out}" if plan_out is not None else ""))
     return 0
+
+
+def _fold_mode(args) -> bool | str:
+    """--fold, or the older single flags (one of them at most)."""
+    given = [m for m, on in (("none", args.no_fold), ("approximate", args.approximate_fold), (args.fold, args.fold))
+             if on]
+    if len(set(given)) > 1:
+        raise UsageError("give one of --fold, --no-fold and --approximate-fold")
+    mode = given[0] if given else "exact"
+    return False if mode == "none" else mode
 
 
 def cmd_finetune(args) -> int:

@@ -53,7 +53,7 @@ class ExperimentConfig:
     train: dict = field(default_factory=dict)  # TrainConfig fields for sparsity training
     finetune: dict = field(default_factory=dict)  # overrides of ``train`` for fine-tuning
     prune: dict = field(default_factory=lambda: {"percent": DEFAULT_PERCENT})
-    fold_bias: bool | str = True  # or "approximate" (see surgery.apply_plan)
+    fold_bias: bool | str = True  # or "approximate", "carrier" (see surgery.apply_plan)
     recalibrate: int = 0  # re-estimate BN statistics of the compact model on N batches before fine-tuning
     distill: float = 0.0  # fine-tune with the unpruned model as teacher, with this weight (0: off)
 
@@ -128,8 +128,8 @@ def _experiment_problems(c: ExperimentConfig) -> list[str]:
         (count(c.image_size, 1), f"image_size must be an integer >= 1, got {c.image_size!r}"),
         (isinstance(c.baseline, bool), f"baseline must be true or false, got {c.baseline!r}"),
         (count(c.passes, 1), f"passes must be an integer >= 1, got {c.passes!r}"),
-        (c.fold_bias in (True, False, "exact", "approximate"),
-         f"fold_bias must be true, false or approximate, got {c.fold_bias!r}"),
+        (isinstance(c.fold_bias, bool | str) and c.fold_bias in (True, False, "exact", "approximate", "carrier"),
+         f"fold_bias must be true, false, exact, approximate or carrier, got {c.fold_bias!r}"),
         (count(c.recalibrate, 0), f"recalibrate must be an integer >= 0 (BN re-estimation batches; 0: off), "
                                   f"got {c.recalibrate!r}"),
         (isinstance(c.distill, int | float) and not isinstance(c.distill, bool) and 0 <= c.distill <= 1,

@@ -4,7 +4,8 @@ The compact model is a copy of the original module tree in which every conv, Lin
 by the plan is replaced by a narrower one holding the surviving weights (paper Sec. 3, Fig. 1); no
 mask remains. It equals :func:`masked_model` (the original with the pruned channels' γ zeroed) in
 eval mode. A pruned channel's constant output (e.g. ReLU(β)) is folded into the bias of the layers
-that read it where that is exact (Linear, and convs without zero padding); elsewhere β is zeroed too.
+that read it where that is exact (Linear, and convs without zero padding); elsewhere β is zeroed too,
+unless a fold mode that also compensates zero-padded convs is asked for (see :func:`apply_plan`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def pruned_channels(graph: ChannelGraph, plan: PruningPlan) -> set[int]:
     return pruned
 
 
-FoldMode = bool | str  # True or "exact", "approximate", False
+FoldMode = bool | str  # True or "exact", "approximate", "carrier", False
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = True,
@@ -68,7 +69,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = Tru
     into the readers' biases where that is exact (Linear, unpadded convs) and zeroes it elsewhere, so the
     compact model equals :func:`masked_model` exactly; ``"approximate"`` also folds it into zero-padded
     convs, exact in the interior and approximate only at the border positions (the masked model then
-    keeps every β: γ zeroed only); ``False`` drops it (see :func:`fold_report`).
+    keeps every β: γ zeroed only); ``"carrier"`` compensates zero-padded convs exactly at every position
+    by keeping, per such conv, one pruned channel as a constant (γ = 0, β kept) that carries the other
+    pruned channels' constants through that conv's weights, so zero padding cuts them off exactly as in
+    the masked model; ``False`` drops it (see :func:`fold_report`).
     """
     graph = graph or _graph_for(model, plan, example_input, fixed)
     return _compact(model, graph, pruned_channels(graph, plan), fold_bias)
@@ -84,7 +88,8 @@ def _graph_for(model: nn.Module, plan: PruningPlan, example_input, fixed: Sequen
 
 def _compact(model: nn.Module, graph: ChannelGraph, pruned: set[int], fold_bias: FoldMode) -> nn.Module:
     mode = _mode(fold_bias)
-    constants, orphans = _pruned_constants(model, graph, pruned, mode)
+    constants, orphans, carriers = _pruned_constants(model, graph, pruned, mode)
+    pruned = pruned - carriers
     narrow = {}
     for path, use in graph.layers.items():
         old = model.get_submodule(path)
@@ -92,9 +97,12 @@ def _compact(model: nn.Module, graph: ChannelGraph, pruned: set[int], fold_bias:
         out_keep = _positions(graph, use.out_ids, pruned)
         narrow[path] = _narrow(old, use, in_keep, out_keep)
         if path in constants:
-            _fold(narrow[path], old, out_keep, *constants[path])
+            _fold(narrow[path], old, in_keep, out_keep, *constants[path])
         if path in orphans:
             _constant_outputs(narrow[path], out_keep, orphans[path])
+        if use.kind in ("bn", "select_bn") and carriers:
+            _silence(narrow[path], [k for k, j in enumerate(out_keep.tolist())
+                                    if graph.root(use.out_ids[j]) in carriers])
     # a copy of everything else; the narrowed layers take the old ones' places (their weights not copied)
     compact = copy.deepcopy(model, memo={id(model.get_submodule(p)): new for p, new in narrow.items()})
     after_narrowing(compact)
@@ -179,7 +187,8 @@ def masked_model(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = T
 def fold_report(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = True,
                 example_input: torch.Tensor | None = None, fixed: Sequence[str] = ()) -> dict[str, str]:
     """For each layer reading pruned channels: ``"exact"`` (their constant is folded exactly),
-    ``"approximate"`` (folded into a padded conv: exact except at the border) or ``"dropped"``."""
+    ``"approximate"`` (folded into a padded conv: exact except at the border), ``"carrier"`` (folded
+    exactly into the weights of one kept constant channel, see :func:`apply_plan`) or ``"dropped"``."""
     graph = _graph_for(model, plan, example_input, fixed)
     pruned = pruned_channels(graph, plan)
     mode = _mode(fold_bias)
@@ -192,9 +201,10 @@ def fold_report(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = Tr
 
 
 def _mode(fold_bias: FoldMode) -> str:
-    modes = {True: "exact", False: "none", "exact": "exact", "approximate": "approximate", "none": "none"}
-    if fold_bias not in modes:
-        raise ValueError(f"fold_bias must be True/'exact', 'approximate' or False, got {fold_bias!r}")
+    modes = {True: "exact", False: "none", "exact": "exact", "approximate": "approximate", "carrier": "carrier",
+             "none": "none"}
+    if not isinstance(fold_bias, bool | str) or fold_bias not in modes:
+        raise ValueError(f"fold_bias must be True/'exact', 'approximate', 'carrier' or False, got {fold_bias!r}")
     return modes[fold_bias]
 
 
@@ -216,14 +226,20 @@ def _foldable(model: nn.Module, graph: ChannelGraph, pruned: set[int], mode: str
 
 
 def _absorbs_constants(module: nn.Module, use: LayerUse, mode: str) -> str:
-    """"exact", "approximate" or "" (cannot): how a reader takes a constant input into its bias."""
+    """"exact", "approximate", "carrier" or "" (cannot): how a reader takes a constant input into its bias."""
     if mode == "none":
         return ""
-    if use.kind == "linear" or use.kind == "conv" and (module.padding == "valid" or not any(module.padding)):
+    # Padding that repeats the image (reflect, replicate, circular) keeps a constant map constant.
+    if use.kind == "linear" or use.kind == "conv" and (module.padding == "valid" or not any(module.padding)
+                                                       or module.padding_mode != "zeros"):
         return "exact"
     # A zero-padded conv sees the constant only inside the image, not at its border: there the bias
-    # is right in the interior and off at the border positions (paper Sec. 3 drops β outright).
-    if use.kind == "conv" and mode == "approximate" and getattr(module, "padding_mode", "zeros") == "zeros":
+    # is right in the interior and off at the border positions (paper Sec. 3 drops β outright). A kept
+    # constant channel is cut off by the padding exactly like the pruned ones: it can carry them, in a
+    # conv whose every filter reads every channel.
+    if use.kind == "conv" and mode == "carrier" and module.groups == 1:
+        return "carrier"
+    if use.kind == "conv" and mode == "approximate":
         return "approximate"
     return ""
 
@@ -267,44 +283,50 @@ def _orphans(graph: ChannelGraph, pruned: set[int]) -> dict[str, list[int]]:
 
 @torch.no_grad()
 def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], mode: str
-                      ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, dict[int, float]]]:
+                      ) -> tuple[dict[str, tuple], dict[str, dict[int, float]], set[int]]:
     """The constants pruned channels leave behind, measured on the masked model.
 
-    First, for each layer reading pruned channels (when folding, ``mode``): their positions and the
-    constant value they carry; only constants that are truly constant and nonzero, at readers that
-    can absorb them, are returned. Second, for each selection BN with kept outputs whose input is
-    pruned: the constant each such output has before its activation, ``{position: value}``.
+    First, for each layer reading pruned channels (when folding, ``mode``): their positions, the
+    constant value they carry, the map size and, in ``"carrier"`` mode for a zero-padded conv, the
+    position of the one that carries them all; only constants that are truly constant and nonzero,
+    at readers that can absorb them, are returned. Second, for each selection BN with kept outputs
+    whose input is pruned: the constant each such output has before its activation, ``{position: value}``.
+    Third, the carriers: pruned channels (roots) that stay, as constants (γ = 0, β kept).
     Measured, not derived: the masked model runs once and each reader's input is recorded, so any
     chain of elementwise ops and pooling between BN and reader is handled.
     """
     keep_beta = _foldable(model, graph, pruned, mode)
     readers = {p: u for p, u in graph.layers.items()
                if mode != "none" and u.kind in _CONSUMERS and any(graph.root(i) in pruned for i in u.in_ids)}
-    orphans = _orphans(graph, pruned)
-    if not readers and not orphans:
-        return {}, {}
+    selecting = {p for p, u in graph.bns.items()
+                 if u.kind == "select_bn" and any(graph.root(i) in pruned for i in u.in_ids)}
+    if not readers and not selecting:
+        return {}, {}, set()
     seen: dict[str, torch.Tensor] = {}
 
     def record(path: str, args: tuple) -> None:  # a pre-hook returning a value would replace the inputs
         seen.setdefault(path, args[0].detach())
 
     hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: record(p, args), prepend=True)
-             for p in [*readers, *orphans]]
+             for p in [*readers, *selecting]]
     with evaluating(model):
         saved = _switch_off(model, graph, pruned, keep_beta)  # the masked model, in place and put back
         try:
             generator = torch.Generator().manual_seed(0)
-            model(torch.randn(1, *graph.input_shape[1:], generator=generator).to(device_of(model)))
+            example = torch.randn(1, *graph.input_shape[1:], generator=generator)
+            floating = next((t for t in model.parameters() if t.is_floating_point()), example)
+            model(example.to(device_of(model), floating.dtype))
         finally:
             for h in hooks:
                 h.remove()
             for bn, index, gamma, beta in saved:
                 bn.weight[index] = gamma
                 bn.bias[index] = beta
-    constants, inexact = {}, []
+    measured, inexact = {}, []
     for path, use in readers.items():
         positions = torch.tensor([k for k, i in enumerate(use.in_ids) if graph.root(i) in pruned])
-        values = seen[path].index_select(1, positions.to(seen[path].device)).float()
+        # float64 on the CPU: the weights these are folded into may be float64 (and MPS has no float64)
+        values = seen[path].index_select(1, positions.to(seen[path].device)).to('cpu', torch.float64)
         per_channel = values.transpose(0, 1).reshape(len(positions), -1)
         mean = per_channel.mean(1)
         spread = (per_channel - mean[:, None]).abs().amax(1)
@@ -315,19 +337,52 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
         if not _absorbs_constants(model.get_submodule(path), use, mode) or (spread > scale).any():
             inexact.append(path)
             continue
-        constants[path] = (positions, mean, tuple(seen[path].shape[2:]))
+        measured[path] = (positions[nonzero], mean[nonzero].cpu(), tuple(seen[path].shape[2:]))
     if inexact:
         warnings.warn(f"pruned channels read by {inexact[:3]} carry a nonzero value these layers cannot absorb; "
                       "the compact model differs slightly from the masked one there", stacklevel=3)
+    carriers = _carriers(model, graph, readers, measured) if mode == "carrier" else set()
+    constants = {}
+    for path, (positions, values, spatial) in measured.items():
+        roots = [graph.root(readers[path].in_ids[int(k)]) for k in positions]
+        carried = [n for n, r in enumerate(roots) if r in carriers]
+        # a kept carrier reaches its readers by itself, with its own weights: only one of a reader's
+        # carriers takes the other constants, and it is counted once
+        best = max(carried, key=lambda n: abs(float(values[n]))) if carried else None
+        carrying = _absorbs_constants(model.get_submodule(path), readers[path], mode) == "carrier"
+        rest = torch.tensor([n for n in range(len(roots)) if n not in carried or carrying and n == best],
+                            dtype=torch.long)
+        if carrying:
+            constants[path] = (positions[rest], values[rest], spatial, int(positions[best]))
+        elif len(rest):  # into the bias
+            constants[path] = (positions[rest], values[rest], spatial, None)
+    orphans = {}  # a carrier's own BN channels are silenced (γ = 0, β): not orphans, even where they select
+    for path, positions in _orphans(graph, pruned - carriers).items():
+        positions = [j for j in positions if graph.root(graph.layers[path].out_ids[j]) not in carriers]
+        if positions:
+            orphans[path] = positions
     return constants, {path: _selected_constants(model.get_submodule(path), graph.layers[path], positions,
-                                                 seen[path]) for path, positions in orphans.items()}
+                                                 seen[path]) for path, positions in orphans.items()}, carriers
+
+
+def _carriers(model: nn.Module, graph: ChannelGraph, readers: dict[str, LayerUse], measured: dict) -> set[int]:
+    """One pruned channel (root) per zero-padded conv that must carry constants, shared where convs share
+    inputs: the one with the largest constant (the carried weights are scaled by value / its value)."""
+    carriers: set[int] = set()
+    for path, (positions, values, _) in measured.items():
+        if _absorbs_constants(model.get_submodule(path), readers[path], "carrier") != "carrier":
+            continue
+        roots = [graph.root(readers[path].in_ids[int(k)]) for k in positions]
+        if not carriers.intersection(roots):
+            carriers.add(roots[int(values.abs().argmax())])
+    return carriers
 
 
 def _selected_constants(bn: nn.Module, use: LayerUse, positions: list[int], seen: torch.Tensor) -> dict[int, float]:
     """A selection BN's pre-activation output at ``positions`` when its (removed) inputs are constants."""
     out = {}
     for j in positions:
-        channel = seen[:, use.source[j]].float()
+        channel = seen[:, use.source[j]].to('cpu', torch.float64)
         value = float(channel.mean())
         if float((channel - value).abs().max()) > 1e-5 * (1 + abs(value)):
             warnings.warn(f"'{use.path}' reads a removed channel that is not constant; the compact model differs "
@@ -367,19 +422,27 @@ def _narrow(old: nn.Module, use: LayerUse, in_keep: torch.Tensor, out_keep: torc
 
 
 @torch.no_grad()
-def _fold(new: nn.Module, old: nn.Module, out_keep: torch.Tensor, positions: torch.Tensor,
-          value: torch.Tensor, spatial: tuple[int, ...]) -> None:
-    """Add the contribution of constant pruned inputs to ``new``'s bias.
+def _fold(new: nn.Module, old: nn.Module, in_keep: torch.Tensor, out_keep: torch.Tensor, positions: torch.Tensor,
+          value: torch.Tensor, spatial: tuple[int, ...], carrier: int | None) -> None:
+    """Add the contribution of constant pruned inputs to ``new``: into its bias, or into the weights of the
+    kept constant input ``carrier`` (an original input position).
 
-    Linear and unpadded convs: every output sees every tap, so the contribution is exact. A zero-padded
-    conv (approximate mode) sees fewer taps at the border: where most output positions (at the size the
+    Carrier: the carrier's column becomes Σ (value / carrier's value) × the constants' columns, so each
+    output position sees exactly the taps the masked model sees, border included. Bias: Linear and
+    unpadded convs see every tap everywhere, so the contribution is exact. A zero-padded conv
+    (approximate mode) sees fewer taps at the border: where most output positions (at the size the
     analysis ran) are interior, the bias is the interior value (exact there); on a small map, mostly
     border (a 3x3 or 1x1 map deep in a CIFAR network), it is the mean over the positions, which is the
     least-squares choice and exact on a 1x1 map.
     """
     w = old.weight.detach().index_select(0, out_keep.to(old.weight.device))
-    w = w.index_select(1, positions.to(w.device)).float()
-    value = value.to(w.device)
+    w = w.index_select(1, positions.to(w.device)).to("cpu", torch.float64)
+    value = value.to("cpu", torch.float64)
+    if carrier is not None:
+        at = positions.tolist().index(carrier)
+        column = (w * (value / value[at]).view(1, -1, *([1] * (w.dim() - 2)))).sum(1)
+        new.weight[:, in_keep.tolist().index(carrier)] = column.to(new.weight.device, new.weight.dtype)
+        return
     if w.dim() > 2 and _absorbs_constants(old, LayerUse("", "conv", (), ()), "exact") != "exact":
         constant = value.view(1, -1, *([1] * len(spatial))).expand(1, len(value), *spatial)
         conv = getattr(nn.functional, f"conv{len(spatial)}d")
@@ -390,5 +453,12 @@ def _fold(new: nn.Module, old: nn.Module, out_keep: torch.Tensor, positions: tor
     else:
         contribution = (w.flatten(2).sum(2) if w.dim() > 2 else w) @ value
     if new.bias is None:
-        new.bias = nn.Parameter(torch.zeros(new.weight.shape[0], device=w.device, dtype=new.weight.dtype))
-    new.bias.add_(contribution.to(new.bias.dtype))
+        new.bias = nn.Parameter(torch.zeros(new.weight.shape[0], device=new.weight.device, dtype=new.weight.dtype))
+    new.bias.add_(contribution.to(new.bias.device, new.bias.dtype))
+
+
+@torch.no_grad()
+def _silence(bn: nn.Module, positions: list[int]) -> None:
+    """A carrier's BN channels output their β alone (γ = 0), as in the masked model."""
+    if positions:
+        bn.weight[torch.tensor(positions, device=bn.weight.device)] = 0
