@@ -3,16 +3,19 @@
 For each model (BN scales randomized from a seeded generator, as a stand-in for a sparsity-trained
 model), batch size and target speedup: the per-layer latency tables are measured (the time to build
 them, and to read them back from the cache, is recorded), ``plan_for_latency`` picks the channels by
-|γ|, and the compact model is measured end to end against the original, both BN-folded, side by side
-in one run. Reported: target, predicted and measured speedup, the prediction's error, the share of
-Σ|γ| kept, and the plan by FLOPs (``plan_for_budget``) at the FLOPs the latency plan reached, with its
-measured speedup and Σ|γ| kept.
+|γ| and corrects its goal by timing the compact model (``measured_rounds=2``, as ``netslim prune
+--target-speedup`` does), and the compact model is measured end to end against the original, both
+BN-folded, side by side in one run. Reported: target, predicted and measured speedup, the prediction's
+error, the share of Σ|γ| kept; then, at equal measured latency, the plan by FLOPs (``plan_for_budget``
+at the FLOPs found by bisection on its measured latency) and Torch-Pruning's BN-scale pruner at those
+FLOPs, with their Σ|γ| kept.
 
 Usage: python benchmarks/latency.py [--full | --quick | --smoke] [--threads N]
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 
@@ -30,12 +33,19 @@ SETTINGS = {
     "quick": {"models": {"vgg19": 32}, "batches": [1, 8], "speedups": [2.0, 4.0], "repeats": 3},
     "smoke": {"models": {"mlp": None}, "batches": [1], "speedups": [1.5], "repeats": 1},
 }
+MATCH = 0.03  # equal latency: the FLOPs plan's measured latency within 3% of the latency plan's
+BISECTIONS = 7
 
 
 def _model(name: str, side: int | None) -> tuple[torch.nn.Module, tuple[int, ...]]:
     model = randomize_bn(netslim.models.create_model(name, {})).eval()
     size = tuple(model.input_size) if side is None else (3, side, side)
     return model, size
+
+
+def _gamma_sum(model: torch.nn.Module) -> float:
+    bns = netslim.layers.batch_norms(model, affine_only=True).values()
+    return sum(float(m.weight.detach().abs().sum()) for m in bns)
 
 
 def _kept_gamma(model: torch.nn.Module, plan) -> float:
@@ -45,6 +55,57 @@ def _kept_gamma(model: torch.nn.Module, plan) -> float:
         total += float(gamma.sum())
         kept += float(gamma[list(positions)].sum())
     return kept / total
+
+
+def _timed(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
+    return measure_latency(fold_batchnorm(model, x), x, repeats=max(5, repeats))
+
+
+def _bisect(make, latency_of, goal: float) -> tuple[object, float, float]:
+    """The amount in (0, 1] whose model measures ``goal`` (latency falls as the amount falls): bisection
+    on the amount kept; returns (model or plan, amount, measured) of the closest measured."""
+    low, high, best = 0.0, 1.0, None
+    for _ in range(BISECTIONS):
+        amount = (low + high) / 2
+        try:
+            made = make(amount)
+        except (ValueError, RuntimeError):
+            low = amount
+            continue
+        seconds = latency_of(made)
+        if best is None or abs(seconds / goal - 1) < abs(best[2] / goal - 1):
+            best = (made, amount, seconds)
+        if abs(seconds / goal - 1) <= MATCH:
+            break
+        low, high = (amount, high) if seconds < goal else (low, amount)
+    return best
+
+
+def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, flops_goal: float, size, repeats: int) -> dict:
+    """Torch-Pruning's BNScalePruner (global, its defaults) at the ratio giving ``flops_goal`` FLOPs."""
+    try:
+        import torch_pruning as tp
+    except ImportError as e:
+        return {"skipped": str(e)}
+    head = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1:]  # the classifier stays
+    flops0 = netslim.count_flops(model, size)
+
+    def prune(ratio: float) -> torch.nn.Module:
+        m = copy.deepcopy(model).eval()
+        pruner = tp.pruner.BNScalePruner(m, x[:1], tp.importance.BNScaleImportance(), global_pruning=True,
+                                         pruning_ratio=1 - ratio, ignored_layers=[m.get_submodule(n) for n in head])
+        pruner.step()
+        return m
+
+    try:
+        found = _bisect(prune, lambda m: netslim.count_flops(m, size) / flops0, flops_goal)
+    except Exception as e:  # Torch-Pruning's tracer fails on some models (YOLOv8: see the zoo benchmark)
+        return {"error": f"{type(e).__name__}: {str(e)[:120]}"}
+    if found is None:
+        return {"error": "no ratio reached the FLOPs"}
+    pruned, _, flops = found
+    return {"flops_fraction": round(flops, 4), "measured_s": _timed(pruned, x, repeats),
+            "gamma_kept": round(_gamma_sum(pruned) / _gamma_sum(model), 4)}
 
 
 def measure(name: str, side: int | None, batch: int, speedups: list[float], repeats: int, cache: str) -> dict:
@@ -57,30 +118,42 @@ def measure(name: str, side: int | None, batch: int, speedups: list[float], repe
     start = time.perf_counter()
     measure_table(model, x, graph=graph, repeats=repeats, cache_dir=cache)
     reread = time.perf_counter() - start
-    original = measure_latency(fold_batchnorm(model, x), x, repeats=max(5, repeats))
+    original = _timed(model, x, repeats)
     flops0 = netslim.count_flops(model, size)
     rows = []
     for target in speedups:
+        started = time.perf_counter()
         try:
-            plan, predicted = plan_for_latency(model, target_speedup=target, example_input=x, table=table)
+            plan, predicted = plan_for_latency(model, target_speedup=target, example_input=x, table=table,
+                                               measured_rounds=2)
         except ValueError as e:
             rows.append({"target_speedup": target, "error": str(e)})
             continue
+        planning = time.perf_counter() - started
         compact = netslim.apply_plan(model, plan, example_input=x)
-        measured = measure_latency(fold_batchnorm(compact, x), x, repeats=max(5, repeats))
+        measured = _timed(compact, x, repeats)
         flops = netslim.count_flops(compact, size) / flops0
-        by_flops = netslim.plan_for_budget(model, target_flops=flops, example_input=x)
-        flops_compact = netslim.apply_plan(model, by_flops, example_input=x)
-        flops_measured = measure_latency(fold_batchnorm(flops_compact, x), x, repeats=max(5, repeats))
+
+        def by_flops(fraction: float):
+            return netslim.plan_for_budget(model, target_flops=fraction, example_input=x)
+
+        flops_plan, flops_fraction, flops_measured = _bisect(
+            by_flops, lambda p: _timed(netslim.apply_plan(model, p, example_input=x), x, repeats), measured)
+        tp = _torch_pruning(model, x, flops_fraction, size, repeats)
         rows.append({
             "target_speedup": target, "predicted_speedup": round(table.measured / predicted, 3),
             "measured_speedup": round(original / measured, 3),
             "prediction_error": round(predicted / measured - 1, 3),
             "within_10_percent": abs(original / measured / target - 1) <= 0.10,
-            "flops_fraction": round(flops, 4), "gamma_kept": round(_kept_gamma(model, plan), 4),
+            "planning_s": round(planning, 1), "flops_fraction": round(flops, 4),
+            "gamma_kept": round(_kept_gamma(model, plan), 4),
+            "flops_plan_fraction": round(flops_fraction, 4),
             "flops_plan_measured_speedup": round(original / flops_measured, 3),
-            "flops_plan_gamma_kept": round(_kept_gamma(model, by_flops), 4),
+            "flops_plan_gamma_kept": round(_kept_gamma(model, flops_plan), 4),
+            "torch_pruning": {**tp, **({"measured_speedup": round(original / tp["measured_s"], 3)}
+                                       if "measured_s" in tp else {})},
         })
+        print(rows[-1], flush=True)
     return {"model": name, "input": list(size), "batch": batch, "original_ms": round(1e3 * original, 3),
             "table_build_s": round(built, 2), "table_cached_s": round(reread, 2), "layers_timed": len(table.shapes),
             "shapes_timed": len(table.samples), "rows": rows}

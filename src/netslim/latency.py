@@ -264,15 +264,20 @@ def _write_cache(path: Path, samples: dict[str, dict[tuple[int, int], float]]) -
 
 def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, target_speedup: float | None = None,
                      example_input: torch.Tensor | None = None, table: LatencyTable | None = None,
-                     fixed: Sequence[str] = (), round_to: Sequence[int] = (1, 8), **plan_options
-                     ) -> tuple[PruningPlan, float]:
+                     fixed: Sequence[str] = (), round_to: Sequence[int] = (1, 8), measured_rounds: int = 0,
+                     tolerance: float = 0.05, **plan_options) -> tuple[PruningPlan, float]:
     """The least pruning (by |γ|, as the paper ranks) whose predicted latency meets the budget.
 
     ``target_latency``: seconds per forward pass of ``example_input``; or ``target_speedup``: times
     faster than the original as measured (``table.measured``; predicted when the table is synthetic).
     ``table``: from :func:`measure_table` (measured when not given). ``round_to``: the width multiples
-    tried; among the plans meeting the budget, the one keeping the largest Σ|γ| wins. Returns the plan
-    and its predicted seconds. ValueError (one line) when the guards make the budget unreachable.
+    tried; among the plans meeting the budget, the one keeping the largest Σ|γ| wins.
+    ``measured_rounds``: then build the compact model (BN folded), time it end to end and, while it
+    misses the target by more than ``tolerance``, plan again for the target corrected by the measured /
+    predicted ratio, up to that many times; the plan kept is the least pruning measured within the
+    tolerance of the target or faster (else the fastest measured). ``plan.options`` records
+    ``predicted_seconds`` and, when measured, ``measured_seconds``. Returns the plan and its predicted
+    seconds. ValueError (one line) when the guards make the budget unreachable.
     """
     if (target_latency is None) == (target_speedup is None):
         raise ValueError("give exactly one of target_latency (seconds) or target_speedup (x faster)")
@@ -292,27 +297,61 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
         gamma = model.get_submodule(path).weight.detach().abs().float().cpu().tolist()
         for pos, i in enumerate(use.out_ids):
             scores[graph.root(i)] = max(scores.get(graph.root(i), 0.0), gamma[pos])
-    best, fastest = None, math.inf
     total = plan_pruning(model, 0.0, graph=graph, fixed=fixed, **plan_options).total_channels
-    for multiple in round_to:
-        def plan_at(k: int, multiple=multiple) -> PruningPlan:
-            return plan_pruning(model, min(k / total, math.nextafter(1.0, 0.0)), graph=graph, fixed=fixed,
-                                round_to=multiple, **plan_options)
 
-        def seconds(plan: PruningPlan) -> float:
-            return predict(table, graph, pruned_channels(graph, plan))
+    def seconds(plan: PruningPlan) -> float:
+        return predict(table, graph, pruned_channels(graph, plan))
 
-        plan = least_pruning(plan_at, total, lambda p: seconds(p) <= target)
-        if plan is None:
-            fastest = min(fastest, seconds(plan_at(total)))
-            continue
-        kept = sum(v for r, v in scores.items() if r not in pruned_channels(graph, plan))
-        if best is None or kept > best[0]:
-            best = (kept, plan, seconds(plan))
-    if best is None:
-        raise ValueError(f"a latency of {1e3 * target:.3g} ms cannot be reached: pruning as much as the guards "
-                         f"allow is predicted at {1e3 * fastest:.3g} ms; relax min_channels or max_layer_fraction")
-    return best[1], best[2]
+    def kept(plan: PruningPlan) -> float:
+        return sum(v for r, v in scores.items() if r not in pruned_channels(graph, plan))
+
+    def search(goal: float) -> PruningPlan:
+        best, fastest = None, math.inf
+        for multiple in round_to:
+            def plan_at(k: int, multiple=multiple) -> PruningPlan:
+                return plan_pruning(model, min(k / total, math.nextafter(1.0, 0.0)), graph=graph, fixed=fixed,
+                                    round_to=multiple, **plan_options)
+
+            plan = least_pruning(plan_at, total, lambda p: seconds(p) <= goal)
+            if plan is None:
+                fastest = min(fastest, seconds(plan_at(total)))
+            elif best is None or kept(plan) > kept(best):
+                best = plan
+        if best is None:
+            raise ValueError(f"a latency of {1e3 * target:.3g} ms cannot be reached: pruning as much as the guards "
+                             f"allow is predicted at {1e3 * fastest:.3g} ms; relax min_channels or "
+                             "max_layer_fraction")
+        return best
+
+    plan = search(target)
+    if measured_rounds:
+        plan = _measured_plan(model, graph, example_input, plan, search, seconds, kept, target, measured_rounds,
+                              tolerance)
+    plan.options["predicted_seconds"] = seconds(plan)
+    return plan, seconds(plan)
+
+
+def _measured_plan(model, graph, example_input, plan, search, seconds, kept, target: float, rounds: int,
+                   tolerance: float) -> PruningPlan:
+    """Time the compact models end to end and correct the goal the tables plan for (see plan_for_latency)."""
+    from .export import fold_batchnorm
+    from .surgery import apply_plan
+
+    goal, tried = target, []
+    for attempt in range(rounds + 1):
+        compact = apply_plan(model, plan, graph=graph)
+        measured = measure_latency(fold_batchnorm(compact, example_input), example_input)
+        plan.options["measured_seconds"] = measured
+        tried.append(plan)
+        if abs(measured / target - 1) <= tolerance or attempt == rounds:
+            break
+        goal *= target / measured  # what the tables miss (overhead, cache effects) scales with the model
+        try:
+            plan = search(goal)
+        except ValueError:
+            break
+    meeting = [p for p in tried if p.options["measured_seconds"] <= target * (1 + tolerance)]
+    return max(meeting, key=kept) if meeting else min(tried, key=lambda p: p.options["measured_seconds"])
 
 
 @dataclass
