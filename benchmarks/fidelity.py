@@ -44,7 +44,7 @@ from common import machine_record, write_json  # noqa: E402
 from netslim import apply_plan, count_flops, count_params, plan_pruning  # noqa: E402
 from netslim.checkpoint import build_model, describe, load_model  # noqa: E402
 from netslim.pipeline import ExperimentConfig, build_model_for, make_loaders  # noqa: E402
-from netslim.stats import gamma_stats  # noqa: E402
+from netslim.stats import SAFE_SHARE, gamma_stats  # noqa: E402
 from netslim.surgery import fold_report, masked_model  # noqa: E402
 from netslim.train import evaluate, train  # noqa: E402
 
@@ -417,7 +417,8 @@ def _sweep_section(results: Path) -> list[str]:
     lines = [f"**λ sweep: the whole training schedule ({TRAIN_SUBSET:,} images) for each λ, {len(bases)} seeds** "
              f"(chosen on seed 0: the most |γ| below 1e-2 within {SELECT_POINTS} points of the baseline's error"
              + (f"; λ = {pick:g}" if pick is not None else "") + "). Largest safe percent: the largest global "
-             "ratio at which the pruned channels carry at most 0.1% of any layer's Σγ² (`netslim.stats`):", "",
+             f"ratio at which the pruned channels carry at most {100 * SAFE_SHARE:g}% of any layer's Σγ² "
+             "(`netslim.stats.SAFE_SHARE`):", "",
              "| run | λ | epochs | test error (%) | \\|γ\\| < 1e-2 (%) | \\|γ\\| < 1e-3 (%) | median \\|γ\\| "
              "| largest safe percent (%) | minutes |", "|---|---|---|---|---|---|---|---|---|"]
     warned = []

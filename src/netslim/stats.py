@@ -20,9 +20,10 @@ def gamma_stats(model: nn.Module) -> dict[str, float]:
 
 # A layer's BN passes on Σγ² of variance (each channel's normalized input has unit variance; β is kept
 # as a constant by the masked model). Pruning channels that carry at most this share of it in every
-# layer changed the test error by under 1 point on the Fashion-MNIST VGG runs of benchmarks/fidelity.py
-# (3 λ, ratios in steps of 5%); the paper's 'channels with near-zero scaling factors' (Sec. 3).
-SAFE_SHARE = 1e-3
+# layer, an amplitude of at most 1% of the layer's, changed the test error by under 1 point on the
+# Fashion-MNIST VGG runs of benchmarks/fidelity.py (the paper's 'channels with near-zero scaling
+# factors', Sec. 3). A share of 1e-3 (3%), fitted on the first seed, cost 1.2 points on the second.
+SAFE_SHARE = 1e-4
 
 
 def scale_stats(scales: dict[str, torch.Tensor]) -> dict[str, float]:

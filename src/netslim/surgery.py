@@ -326,7 +326,7 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
     for path, use in readers.items():
         positions = torch.tensor([k for k, i in enumerate(use.in_ids) if graph.root(i) in pruned])
         # float64 on the CPU: the weights these are folded into may be float64 (and MPS has no float64)
-        values = seen[path].index_select(1, positions.to(seen[path].device)).to('cpu', torch.float64)
+        values = seen[path].index_select(1, positions.to(seen[path].device)).to("cpu", torch.float64)
         per_channel = values.transpose(0, 1).reshape(len(positions), -1)
         mean = per_channel.mean(1)
         spread = (per_channel - mean[:, None]).abs().amax(1)
@@ -337,7 +337,7 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
         if not _absorbs_constants(model.get_submodule(path), use, mode) or (spread > scale).any():
             inexact.append(path)
             continue
-        measured[path] = (positions[nonzero], mean[nonzero].cpu(), tuple(seen[path].shape[2:]))
+        measured[path] = (positions[nonzero], mean[nonzero], tuple(seen[path].shape[2:]))
     if inexact:
         warnings.warn(f"pruned channels read by {inexact[:3]} carry a nonzero value these layers cannot absorb; "
                       "the compact model differs slightly from the masked one there", stacklevel=3)
@@ -382,7 +382,7 @@ def _selected_constants(bn: nn.Module, use: LayerUse, positions: list[int], seen
     """A selection BN's pre-activation output at ``positions`` when its (removed) inputs are constants."""
     out = {}
     for j in positions:
-        channel = seen[:, use.source[j]].to('cpu', torch.float64)
+        channel = seen[:, use.source[j]].to("cpu", torch.float64)
         value = float(channel.mean())
         if float((channel - value).abs().max()) > 1e-5 * (1 + abs(value)):
             warnings.warn(f"'{use.path}' reads a removed channel that is not constant; the compact model differs "
