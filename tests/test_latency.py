@@ -127,3 +127,40 @@ def test_a_compact_model_slower_than_its_original_is_said_in_one_line():
     line = SpeedCheck(0.010, 0.012, "3 widths are not multiples of 8 (prune with --round-to 8)").line()
     assert "SLOWER" in line and "multiples of 8" in line and "\n" not in line
     assert "SLOWER" not in SpeedCheck(0.012, 0.010).line()
+
+
+@pytest.mark.parametrize("kind, layer, shape", [
+    ("conv", torch.nn.Conv2d(6, 5, 3, stride=2, padding=1, dilation=1), (2, 6, 9, 9)),
+    ("conv", torch.nn.Conv2d(6, 5, (3, 5), padding="same", dilation=2), (1, 6, 8, 10)),
+    ("depthwise", torch.nn.Conv2d(6, 6, 3, padding=1, groups=6), (1, 6, 7, 7)),
+    ("conv_t", torch.nn.ConvTranspose2d(6, 4, 4, stride=2, padding=1, output_padding=1), (1, 6, 5, 5)),
+    ("linear", torch.nn.Linear(6, 3), (4, 6)),
+])
+def test_onnx_runtime_probes_compute_what_the_layer_computes(kind, layer, shape):
+    """The ONNX Runtime tables time one-node graphs built by hand: they must be the layer itself."""
+    pytest.importorskip("onnxruntime")
+    from netslim.latency import _onnx_probe, _ort_session
+
+    x = torch.randn(*shape)
+    session = _ort_session(_onnx_probe(layer.eval(), kind, tuple(shape)))
+    got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+    with torch.no_grad():
+        torch.testing.assert_close(got, layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_onnx_runtime_tables_plan_and_cache_apart_from_eager(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from netslim.latency import deployed_latency
+
+    model = _model()
+    x = torch.zeros(1, 3, 64, 64)  # large enough for compute, not per-op overhead, to dominate
+    table = measure_table(model, x, repeats=1, cache_dir=tmp_path, backend="onnxruntime")
+    assert table.measured > 0 and len(list(tmp_path.glob("*.json"))) == 1
+    measure_table(model, x, repeats=1, cache_dir=tmp_path)  # eager: a second cache file, not the same one
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    plan, _ = plan_for_latency(model, target_speedup=1.3, example_input=x, table=table, backend="onnxruntime",
+                               measured_rounds=1)
+    assert plan.pruned_channels > 0 and plan.options["measured_seconds"] > 0
+    assert deployed_latency(model, x, "onnxruntime", repeats=2) > 0
+    with pytest.raises(ValueError, match="latency backend must be one of eager, onnxruntime"):
+        measure_table(model, x, backend="tvm")

@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="prune until the predicted latency is the original's / X")
     p.add_argument("--latency-batch", type=_positive_int, default=1,
                    help="batch size the latency is planned and measured at")
+    p.add_argument("--latency-backend", choices=("eager", "onnxruntime"), default="eager",
+                   help="runtime the latency is planned and measured on: eager PyTorch, or ONNX Runtime on the CPU")
     p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for models that do not declare one")
     p.add_argument("--num-classes", type=_positive_int, help="for a model factory")
     amount.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
@@ -447,7 +449,7 @@ def cmd_prune(args) -> int:
                        target_latency=args.target_latency / 1e3 if args.target_latency else None,
                        target_speedup=args.target_speedup, timing_input=timing_input,
                        max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels,
-                       round_to=args.round_to, target=args.target)
+                       round_to=args.round_to, target=args.target, latency_backend=args.latency_backend)
     plan = planned.plan
     if planned.round_to > 1:
         print(f"channel counts rounded to multiples of {planned.round_to} (target {planned.target}; --round-to 1 "
@@ -474,9 +476,10 @@ def cmd_prune(args) -> int:
           f"FLOPs: {f0:.3g} -> {f1:.3g} ({100 * (1 - f1 / f0):.1f}% pruned)")
     if by_latency:
         from .latency import speed_check
-        check = speed_check(model, compact, timing_input)
-        print(f"latency at batch {args.latency_batch}: predicted {1e3 * planned.predicted_latency:.3g} ms; "
-              f"{check.line()}")
+        check = speed_check(model, compact, timing_input, backend=args.latency_backend)
+        on = " on ONNX Runtime" if args.latency_backend == "onnxruntime" else ""
+        print(f"latency at batch {args.latency_batch}{on}: predicted "
+              f"{1e3 * planned.predicted_latency:.3g} ms; {check.line()}")
     if args.recalibrate and not args.dataset:
         raise UsageError("--recalibrate needs --dataset (the training batches to re-estimate BN statistics on)")
     if args.dataset:
@@ -664,7 +667,9 @@ def cmd_export(args) -> int:
         from .latency import original_of, speed_check
         original = original_of(data["arch"], factory=args.factory)
         if original is not None:
-            check = speed_check(original, model, torch.zeros(1, *size))
+            # on the runtime the file is for: ONNX Runtime for an ONNX export, where it is installed
+            runtime = "onnxruntime" if args.onnx and importlib.util.find_spec("onnxruntime") else "eager"
+            check = speed_check(original, model, torch.zeros(1, *size), backend=runtime)
             print(f"on this machine (cpu, batch 1, eager): {check.line()}")
     round_to = args.round_to or defaults["round_to"]
     odd = misaligned_widths(model, round_to, torch.zeros(2, *size))

@@ -123,20 +123,96 @@ def _best_time(run: Callable[[], object], repeats: int, warmup: int, cuda: bool 
     return min(times)
 
 
+BACKENDS = ("eager", "onnxruntime")
+
+
+def deployed_latency(model: nn.Module, example_input: torch.Tensor, backend: str = "eager",
+                     repeats: int = 20) -> float:
+    """Seconds per forward pass of ``model`` as deployed on ``backend``, BN folded: eager PyTorch, or
+    ONNX Runtime on the CPU (exported with :func:`netslim.export.export_onnx`, run with as many
+    intra-op threads as ``torch.get_num_threads()``)."""
+    from .export import export_onnx, fold_batchnorm
+
+    _check_backend(backend)
+    if backend == "eager":
+        return measure_latency(fold_batchnorm(model, example_input), example_input, repeats)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_onnx(model, Path(folder) / "model.onnx", tuple(example_input.shape[1:]), check=False,
+                           batch=example_input.shape[0])
+        session = _ort_session(path.read_bytes())
+    return _ort_time(session, example_input, repeats)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"latency backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime":
+        import importlib.util
+
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"the onnxruntime latency backend needs {' and '.join(missing)}: "
+                              f"pip install {' '.join(missing)}")
+
+
+def _ort_session(serialized: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the thread count the tables are keyed by
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+
+
+def _ort_time(session, example_input: torch.Tensor, repeats: int, warmup: int = 3) -> float:
+    feed = {session.get_inputs()[0].name: example_input.detach().cpu().float().numpy()}
+    return _best_time(lambda: session.run(None, feed), repeats, warmup)
+
+
+def _onnx_probe(probe: nn.Module, kind: str, input_shape: tuple[int, ...]) -> bytes:
+    """A one-node ONNX model of a sized conv/Linear probe, built directly (exporting each probe with
+    torch.onnx would take most of a second apiece)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight, bias = probe.weight.detach().float(), probe.bias.detach().float()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    if kind == "linear":
+        inits = [numpy_helper.from_array(weight.t().contiguous().numpy(), "w"),
+                 numpy_helper.from_array(bias.numpy(), "b")]
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    else:
+        if isinstance(probe.padding, str):  # "valid" or "same" (stride 1): explicit pads as torch computes them
+            total = [0 if probe.padding == "valid" else d * (k - 1) for k, d in zip(probe.kernel_size,
+                                                                                     probe.dilation, strict=True)]
+            pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+        else:
+            pads = list(probe.padding) * 2
+        attrs = dict(kernel_shape=list(probe.kernel_size), strides=list(probe.stride), dilations=list(probe.dilation),
+                     pads=pads, group=probe.groups)
+        if kind == "conv_t":
+            attrs["output_padding"] = list(probe.output_padding)
+        inits = [numpy_helper.from_array(weight.numpy(), "w"), numpy_helper.from_array(bias.numpy(), "b")]
+        nodes = [helper.make_node("ConvTranspose" if kind == "conv_t" else "Conv", ["x", "w", "b"], ["y"], **attrs)]
+    graph = helper.make_graph(nodes, "probe", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
 @torch.no_grad()
 def measure_table(model: nn.Module, example_input: torch.Tensor, *, graph: ChannelGraph | None = None,
-                  repeats: int = 5, cache_dir: str | Path | None = None, fold: bool = True) -> LatencyTable:
-    """Measure (or read from the cache) the latency table of ``model`` at ``example_input``'s batch and size.
-
-    ``fold``: time the model as deployed, BN folded into the convs (:func:`netslim.export.fold_batchnorm`).
+                  repeats: int = 5, cache_dir: str | Path | None = None, backend: str = "eager") -> LatencyTable:
+    """Measure (or read from the cache) the latency table of ``model`` at ``example_input``'s batch and size
+    on ``backend`` (see :data:`BACKENDS`); the whole model is timed as deployed (:func:`deployed_latency`).
     """
-    from .export import fold_batchnorm
-
+    _check_backend(backend)
     graph = graph or trace_channels(model, example_input)
     model = model.eval()
     inputs = _layer_inputs(model, graph, example_input)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache_file = cache / f"{_machine_key(example_input)}.json"
+    cache_file = cache / f"{_machine_key(example_input, backend)}.json"
     stored = _read_cache(cache_file)
     table = LatencyTable()
     for path, use in graph.layers.items():
@@ -147,11 +223,10 @@ def measure_table(model: nn.Module, example_input: torch.Tensor, *, graph: Chann
         table.shapes[path] = key
         if key not in table.samples:
             table.samples[key] = stored.get(key) or _time_layer(layer, use.kind, inputs[path],
-                                                                len(use.in_ids), len(use.out_ids), repeats)
+                                                                len(use.in_ids), len(use.out_ids), repeats, backend)
             stored[key] = table.samples[key]
     _write_cache(cache_file, stored)
-    deployed = fold_batchnorm(model, example_input) if fold else model
-    table.measured = measure_latency(deployed, example_input, repeats=max(repeats, 10))
+    table.measured = deployed_latency(model, example_input, backend, repeats=max(repeats, 10))
     layers_full = sum(table.layer_time(p, len(graph.layers[p].in_ids), len(graph.layers[p].out_ids))
                       for p in table.shapes)
     table.overhead = max(table.measured - layers_full, 0.0)
@@ -196,7 +271,7 @@ def _grid(full: int) -> list[int]:
 
 
 def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, full_in: int, full_out: int,
-                repeats: int) -> dict[tuple[int, int], float]:
+                repeats: int, backend: str = "eager") -> dict[tuple[int, int], float]:
     device, dtype = layer.weight.device, layer.weight.dtype
     samples = {}
     pairs = [(c, c) for c in _grid(full_out)] if kind == "depthwise" else \
@@ -204,7 +279,13 @@ def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, full_in: i
     for n_in, n_out in pairs:
         probe = _sized(layer, kind, n_in, n_out).to(device=device, dtype=dtype).eval()
         x = torch.randn(input_shape[0], n_in, *input_shape[2:], device=device, dtype=dtype)
-        samples[n_in, n_out] = _best_time(lambda probe=probe, x=x: probe(x), repeats, warmup=1, cuda=x.is_cuda)
+        if backend == "onnxruntime":
+            session = _ort_session(_onnx_probe(probe, kind, tuple(x.shape)))
+            samples[n_in, n_out] = _ort_time(session, x, repeats, warmup=1)
+        else:
+            with torch.no_grad():
+                samples[n_in, n_out] = _best_time(lambda probe=probe, x=x: probe(x), repeats, warmup=1,
+                                                  cuda=x.is_cuda)
     return samples
 
 
@@ -223,11 +304,12 @@ def _sized(layer: nn.Module, kind: str, n_in: int, n_out: int) -> nn.Module:
     return cls(n_in, n_out, layer.kernel_size, **kw)
 
 
-def _machine_key(example_input: torch.Tensor) -> str:
+def _machine_key(example_input: torch.Tensor, backend: str = "eager") -> str:
     device = example_input.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
                                                                              platform.machine())
-    text = f"{name}|{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{device.type}|eager"
+    version = f"onnxruntime {__import__('onnxruntime').__version__}" if backend == "onnxruntime" else "eager"
+    text = f"{name}|{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{device.type}|{version}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -265,12 +347,12 @@ def _write_cache(path: Path, samples: dict[str, dict[tuple[int, int], float]]) -
 def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, target_speedup: float | None = None,
                      example_input: torch.Tensor | None = None, table: LatencyTable | None = None,
                      fixed: Sequence[str] = (), round_to: Sequence[int] = (1, 8), measured_rounds: int = 0,
-                     tolerance: float = 0.05, **plan_options) -> tuple[PruningPlan, float]:
+                     tolerance: float = 0.05, backend: str = "eager", **plan_options) -> tuple[PruningPlan, float]:
     """The least pruning (by |γ|, as the paper ranks) whose predicted latency meets the budget.
 
     ``target_latency``: seconds per forward pass of ``example_input``; or ``target_speedup``: times
     faster than the original as measured (``table.measured``; predicted when the table is synthetic).
-    ``table``: from :func:`measure_table` (measured when not given). ``round_to``: the width multiples
+    ``table``: from :func:`measure_table` (measured on ``backend`` when not given). ``round_to``: the width multiples
     tried; among the plans meeting the budget, the one keeping the largest Σ|γ| wins.
     ``measured_rounds``: then build the compact model (BN folded), time it end to end and, while it
     misses the target by more than ``tolerance``, plan again for the target corrected by the measured /
@@ -282,7 +364,7 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
     if (target_latency is None) == (target_speedup is None):
         raise ValueError("give exactly one of target_latency (seconds) or target_speedup (x faster)")
     graph = trace_channels(model, example_input, fixed)
-    table = table or measure_table(model, example_input, graph=graph)
+    table = table or measure_table(model, example_input, graph=graph, backend=backend)
     base = table.measured or predict(table, graph, set())
     if target_speedup is not None:
         if not target_speedup >= 1:
@@ -325,22 +407,21 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
 
     plan = search(target)
     if measured_rounds:
-        plan = _measured_plan(model, graph, example_input, plan, search, seconds, kept, target, measured_rounds,
-                              tolerance)
+        plan = _measured_plan(model, graph, example_input, plan, search, kept, target, measured_rounds, tolerance,
+                              backend)
     plan.options["predicted_seconds"] = seconds(plan)
     return plan, seconds(plan)
 
 
-def _measured_plan(model, graph, example_input, plan, search, seconds, kept, target: float, rounds: int,
-                   tolerance: float) -> PruningPlan:
+def _measured_plan(model, graph, example_input, plan, search, kept, target: float, rounds: int, tolerance: float,
+                   backend: str) -> PruningPlan:
     """Time the compact models end to end and correct the goal the tables plan for (see plan_for_latency)."""
-    from .export import fold_batchnorm
     from .surgery import apply_plan
 
     goal, tried = target, []
     for attempt in range(rounds + 1):
         compact = apply_plan(model, plan, graph=graph)
-        measured = measure_latency(fold_batchnorm(compact, example_input), example_input)
+        measured = deployed_latency(compact, example_input, backend)
         plan.options["measured_seconds"] = measured
         tried.append(plan)
         if abs(measured / target - 1) <= tolerance or attempt == rounds:
@@ -375,20 +456,20 @@ class SpeedCheck:
 
 
 def speed_check(original: nn.Module, compact: nn.Module, example_input: torch.Tensor,
-                repeats: int = 20) -> SpeedCheck:
-    """Time both models as deployed and, when the compact one is slower, say the likely reason."""
+                repeats: int = 20, backend: str = "eager") -> SpeedCheck:
+    """Time both models as deployed on ``backend`` and, when the compact one is slower, say the likely reason."""
     from .deployment import misaligned_widths
-    from .export import fold_batchnorm
 
-    a = measure_latency(fold_batchnorm(original, example_input), example_input, repeats)
-    b = measure_latency(fold_batchnorm(compact, example_input), example_input, repeats)
+    a = deployed_latency(original, example_input, backend, repeats)
+    b = deployed_latency(compact, example_input, backend, repeats)
     reason = ""
     if b > a:
         odd = misaligned_widths(compact, 8, example_input)
         reasons = [f"{len(odd)} widths are not multiples of 8 (prune with --round-to 8)"] if odd else []
         if example_input.shape[0] == 1:
             reasons.append("at batch 1 the time is mostly fixed per-op overhead, not arithmetic")
-        reasons.append(f"backend: eager PyTorch on {example_input.device.type}, {torch.get_num_threads()} threads")
+        runtime = "ONNX Runtime" if backend == "onnxruntime" else "eager PyTorch"
+        reasons.append(f"backend: {runtime} on {example_input.device.type}, {torch.get_num_threads()} threads")
         reason = "; ".join(reasons)
     return SpeedCheck(a, b, reason)
 

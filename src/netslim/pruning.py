@@ -30,12 +30,13 @@ def plan_for(model: nn.Module, example_input: torch.Tensor, *, percent: float | 
              target_params: float | None = None, target_latency: float | None = None,
              target_speedup: float | None = None, timing_input: torch.Tensor | None = None,
              max_layer_fraction: float | None = None, min_channels: int = 1, round_to: int | None = None,
-             target: str = "auto", measured_rounds: int = 2) -> Planned:
+             target: str = "auto", measured_rounds: int = 2, latency_backend: str = "eager") -> Planned:
     """Plan the pruning of ``model`` by at most one amount (none: ``DEFAULT_PERCENT`` globally).
 
     ``target_latency`` (seconds) or ``target_speedup``: planned from latency tables measured on this machine
     at ``timing_input`` (default ``example_input``), trying width multiples ``round_to`` or (1, 8), then
-    corrected by timing the compact model up to ``measured_rounds`` times (see ``plan_for_latency``).
+    corrected by timing the compact model up to ``measured_rounds`` times, all on ``latency_backend``
+    (see ``plan_for_latency``).
     Otherwise widths are rounded to ``round_to``, by default the ``target``'s (8 for a gpu, 1 for a cpu).
     """
     given = [name for name, value in zip(AMOUNTS, (percent, layer_percent, target_flops, target_params,
@@ -49,7 +50,7 @@ def plan_for(model: nn.Module, example_input: torch.Tensor, *, percent: float | 
             model, target_latency=target_latency, target_speedup=target_speedup,
             example_input=timing_input if timing_input is not None else example_input,
             max_layer_fraction=max_layer_fraction, min_channels=min_channels,
-            round_to=(round_to,) if round_to else (1, 8), measured_rounds=measured_rounds)
+            round_to=(round_to,) if round_to else (1, 8), measured_rounds=measured_rounds, backend=latency_backend)
         return Planned(plan, target, multiple, predicted)
     options = dict(max_layer_fraction=max_layer_fraction, min_channels=min_channels, round_to=multiple,
                    example_input=example_input)
