@@ -23,13 +23,13 @@ import torch
 
 import netslim
 from common import begin, finish, randomize_bn
-from netslim.export import fold_batchnorm
-from netslim.latency import measure_latency, measure_table, plan_for_latency
+from netslim.latency import deployed_latency, measure_table, plan_for_latency
 
 NAME = "latency"
 SETTINGS = {
     "full": {"models": {"vgg19": 32, "torchvision:resnet50": 224, "ultralytics:yolov8n.yaml": 320},
-             "batches": [1, 32], "speedups": [2.0, 4.0], "repeats": 5},
+             "batches": [1, 32], "speedups": [2.0, 4.0], "repeats": 5,
+             "onnxruntime": {"models": {"vgg19": 32, "torchvision:resnet50": 224}, "batches": [1]}},
     "quick": {"models": {"vgg19": 32}, "batches": [1, 8], "speedups": [2.0, 4.0], "repeats": 3},
     "smoke": {"models": {"mlp": None}, "batches": [1], "speedups": [1.5], "repeats": 1},
 }
@@ -57,8 +57,8 @@ def _kept_gamma(model: torch.nn.Module, plan) -> float:
     return kept / total
 
 
-def _timed(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
-    return measure_latency(fold_batchnorm(model, x), x, repeats=max(5, repeats))
+def _timed(model: torch.nn.Module, x: torch.Tensor, repeats: int, backend: str = "eager") -> float:
+    return deployed_latency(model, x, backend, repeats=max(5, repeats))
 
 
 def _bisect(make, latency_of, goal: float) -> tuple[object, float, float]:
@@ -81,7 +81,8 @@ def _bisect(make, latency_of, goal: float) -> tuple[object, float, float]:
     return best
 
 
-def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, flops_goal: float, size, repeats: int) -> dict:
+def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, flops_goal: float, size, repeats: int,
+                   backend: str) -> dict:
     """Torch-Pruning's BNScalePruner (global, its defaults) at the ratio giving ``flops_goal`` FLOPs."""
     try:
         import torch_pruning as tp
@@ -104,42 +105,43 @@ def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, flops_goal: float, s
     if found is None:
         return {"error": "no ratio reached the FLOPs"}
     pruned, _, flops = found
-    return {"flops_fraction": round(flops, 4), "measured_s": _timed(pruned, x, repeats),
+    return {"flops_fraction": round(flops, 4), "measured_s": _timed(pruned, x, repeats, backend),
             "gamma_kept": round(_gamma_sum(pruned) / _gamma_sum(model), 4)}
 
 
-def measure(name: str, side: int | None, batch: int, speedups: list[float], repeats: int, cache: str) -> dict:
+def measure(name: str, side: int | None, batch: int, speedups: list[float], repeats: int, cache: str,
+            backend: str = "eager") -> dict:
     model, size = _model(name, side)
     x = torch.zeros(batch, *size)
     graph = netslim.trace_channels(model, x)
     start = time.perf_counter()
-    table = measure_table(model, x, graph=graph, repeats=repeats, cache_dir=cache)
+    table = measure_table(model, x, graph=graph, repeats=repeats, cache_dir=cache, backend=backend)
     built = time.perf_counter() - start
     start = time.perf_counter()
-    measure_table(model, x, graph=graph, repeats=repeats, cache_dir=cache)
+    measure_table(model, x, graph=graph, repeats=repeats, cache_dir=cache, backend=backend)
     reread = time.perf_counter() - start
-    original = _timed(model, x, repeats)
+    original = _timed(model, x, repeats, backend)
     flops0 = netslim.count_flops(model, size)
     rows = []
     for target in speedups:
         started = time.perf_counter()
         try:
             plan, predicted = plan_for_latency(model, target_speedup=target, example_input=x, table=table,
-                                               measured_rounds=2)
+                                               measured_rounds=2, backend=backend)
         except ValueError as e:
             rows.append({"target_speedup": target, "error": str(e)})
             continue
         planning = time.perf_counter() - started
         compact = netslim.apply_plan(model, plan, example_input=x)
-        measured = _timed(compact, x, repeats)
+        measured = _timed(compact, x, repeats, backend)
         flops = netslim.count_flops(compact, size) / flops0
 
         def by_flops(fraction: float):
             return netslim.plan_for_budget(model, target_flops=fraction, example_input=x)
 
         flops_plan, flops_fraction, flops_measured = _bisect(
-            by_flops, lambda p: _timed(netslim.apply_plan(model, p, example_input=x), x, repeats), measured)
-        tp = _torch_pruning(model, x, flops_fraction, size, repeats)
+            by_flops, lambda p: _timed(netslim.apply_plan(model, p, example_input=x), x, repeats, backend), measured)
+        tp = _torch_pruning(model, x, flops_fraction, size, repeats, backend)
         rows.append({
             "target_speedup": target, "predicted_speedup": round(table.measured / predicted, 3),
             "measured_speedup": round(original / measured, 3),
@@ -154,7 +156,8 @@ def measure(name: str, side: int | None, batch: int, speedups: list[float], repe
                                        if "measured_s" in tp else {})},
         })
         print(rows[-1], flush=True)
-    return {"model": name, "input": list(size), "batch": batch, "original_ms": round(1e3 * original, 3),
+    return {"model": name, "backend": backend, "input": list(size), "batch": batch,
+            "original_ms": round(1e3 * original, 3),
             "table_build_s": round(built, 2), "table_cached_s": round(reread, 2), "layers_timed": len(table.shapes),
             "shapes_timed": len(table.samples), "rows": rows}
 
@@ -163,15 +166,19 @@ def main(argv: list[str] | None = None) -> dict:
     run = begin(__doc__, argv, SETTINGS)
     s = run.settings
     results = []
+    runs = [(name, side, batch, "eager") for name, side in s["models"].items() for batch in s["batches"]]
+    ort = s.get("onnxruntime", {})
+    runs += [(name, side, batch, "onnxruntime") for name, side in ort.get("models", {}).items()
+             for batch in ort.get("batches", [])]
     with tempfile.TemporaryDirectory() as cache:  # a fresh cache: the build time is the real one
-        for name, side in s["models"].items():
-            for batch in s["batches"]:
-                try:
-                    results.append(measure(name, side, batch, s["speedups"], s["repeats"], cache))
-                except ImportError as e:
-                    results.append({"model": name, "batch": batch, "skipped": str(e)})
-                print(results[-1], flush=True)
-    notes = ["speedups are end to end, BN folded, eager PyTorch on this CPU, at the threads recorded"]
+        for name, side, batch, backend in runs:
+            try:
+                results.append(measure(name, side, batch, s["speedups"], s["repeats"], cache, backend))
+            except ImportError as e:
+                results.append({"model": name, "batch": batch, "backend": backend, "skipped": str(e)})
+            print(results[-1], flush=True)
+    notes = ["speedups are end to end, BN folded, on this CPU at the threads recorded: eager PyTorch, or ONNX "
+             "Runtime (CPUExecutionProvider, as many intra-op threads) where the model says so"]
     return finish(NAME, run, {"models": results}, notes)
 
 

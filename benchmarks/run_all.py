@@ -355,6 +355,7 @@ def render_latency(rec: dict) -> str:
              "Σ\\|γ\\| | planning | tables built / cached |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in rec["results"]["models"]:
+        m = {**m, "model": m["model"] + (" on ONNX Runtime" if m.get("backend") == "onnxruntime" else "")}
         if "skipped" in m:
             lines.append(f"| {m['model']} | {m['batch']} | skipped: {m['skipped']} |" + " |" * 11)
             continue
