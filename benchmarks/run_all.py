@@ -375,6 +375,9 @@ def render_latency(rec: dict) -> str:
                 f"{100 * r['flops_plan_gamma_kept']:.1f}% | {tp} | {r.get('planning_s', 0):.0f} s | "
                 f"{m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s |")
     lines += ["", "Error: predicted compact latency / measured − 1 (after the correction rounds).", "",
+              "GPU (CUDA, bf16, channels_last): unmeasured. The tables and the planner take a CUDA input as they "
+              "take a CPU one (timings synchronized), but no GPU was lent to the sessions that built this; the "
+              "GPU section below lists what runs there first.", "",
               _notes(rec), _provenance(rec)]
     return "\n".join(lines)
 
