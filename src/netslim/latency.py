@@ -385,7 +385,8 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
         return predict(table, graph, pruned_channels(graph, plan))
 
     def kept(plan: PruningPlan) -> float:
-        return sum(v for r, v in scores.items() if r not in pruned_channels(graph, plan))
+        pruned = pruned_channels(graph, plan)
+        return sum(v for r, v in scores.items() if r not in pruned)
 
     def search(goal: float) -> PruningPlan:
         best, fastest = None, math.inf
