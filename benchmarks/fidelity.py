@@ -545,7 +545,10 @@ def _table1_section(results: Path) -> list[str]:
                       + ", ".join(f"{100 * v:+.2f}" for v in vs_base) + "); from scratch minus slimmed: "
                       f"{_ms(vs_scratch)} points (per seed " + ", ".join(f"{100 * v:+.2f}" for v in vs_scratch)
                       + ")."]
-    lines += [""] + [_provenance([rec]) for rec in t1[:1]] + ([_provenance(scratch_recs)] if scratch_recs else [])
+    lines += ["", "(Seeds 0 and 1 ran table1 and scratch twice: first with the largest safe percent at a share of "
+              "1e-3, then at SAFE_SHARE; on the second run the fine-tunings already finished resumed from their "
+              "checkpoints, so its minutes count only the new ratios.)", ""]
+    lines += ([_provenance(t1)] if t1 else []) + ([_provenance(scratch_recs)] if scratch_recs else [])
     return lines
 
 

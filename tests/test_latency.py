@@ -84,6 +84,29 @@ def test_measured_rounds_correct_what_the_tables_miss(monkeypatch):
     assert plan.pruned_channels > first.pruned_channels and plan.options["predicted_seconds"] == seconds
 
 
+def test_measured_rounds_follow_a_latency_that_falls_slower_than_predicted(monkeypatch):
+    """Measured = original x (predicted share)^0.4 (small layers run less efficiently than the tables say):
+    scaling the goal by target / measured converges slowly; the secant through two measurements finds it."""
+    import netslim.latency as latency
+
+    model = _model()
+    graph = trace_channels(model)
+    table = _synthetic(graph)
+    full = table.measured = predict(table, graph, set())
+
+    def fake_measure(folded, x, repeats=20, warmup=3):
+        layers = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+        return full * (sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 for m in layers) / full) ** 0.4
+
+    monkeypatch.setattr(latency, "measure_latency", fake_measure)
+    x = torch.zeros(1, 3, 32, 32)
+    two, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), measured_rounds=1, example_input=x)
+    three, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), measured_rounds=2,
+                                example_input=x)
+    assert abs(two.options["measured_seconds"] / (full / 2) - 1) > 0.05
+    assert abs(three.options["measured_seconds"] / (full / 2) - 1) <= 0.05
+
+
 def test_an_impossible_budget_is_one_line():
     model = _model()
     table = _synthetic(trace_channels(model))

@@ -419,21 +419,37 @@ def _measured_plan(model, graph, example_input, plan, search, kept, target: floa
     """Time the compact models end to end and correct the goal the tables plan for (see plan_for_latency)."""
     from .surgery import apply_plan
 
-    goal, tried = target, []
+    goal, tried, points = target, [], []  # points: (log goal planned for, log seconds measured)
     for attempt in range(rounds + 1):
         compact = apply_plan(model, plan, graph=graph)
         measured = deployed_latency(compact, example_input, backend)
         plan.options["measured_seconds"] = measured
         tried.append(plan)
+        points.append((math.log(goal), math.log(measured)))
         if abs(measured / target - 1) <= tolerance or attempt == rounds:
             break
-        goal *= target / measured  # what the tables miss (overhead, cache effects) scales with the model
+        goal = math.exp(_next_goal(points, math.log(target)))
         try:
             plan = search(goal)
         except ValueError:
             break
+        if any(plan.kept == p.kept for p in tried):
+            break  # the corrected goal gives a plan already timed: nothing more to learn
     meeting = [p for p in tried if p.options["measured_seconds"] <= target * (1 + tolerance)]
     return max(meeting, key=kept) if meeting else min(tried, key=lambda p: p.options["measured_seconds"])
+
+
+def _next_goal(points: list[tuple[float, float]], target: float) -> float:
+    """The (log) goal whose compact model should measure ``target``: first the goal scaled by target /
+    measured (what the tables miss scales with the model), then the secant through the last two
+    measurements, which also follows a measured latency that falls slower than the prediction."""
+    (g1, m1), (g0, m0) = points[-1], points[-2] if len(points) > 1 else (None, None)
+    step = target - m1
+    if g0 is not None and abs(g1 - g0) > 1e-6:
+        slope = (m1 - m0) / (g1 - g0)
+        if slope > 0.05:
+            step = (target - m1) / slope
+    return g1 + max(-math.log(4), min(math.log(4), step))
 
 
 @dataclass

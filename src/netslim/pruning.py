@@ -30,7 +30,7 @@ def plan_for(model: nn.Module, example_input: torch.Tensor, *, percent: float | 
              target_params: float | None = None, target_latency: float | None = None,
              target_speedup: float | None = None, timing_input: torch.Tensor | None = None,
              max_layer_fraction: float | None = None, min_channels: int = 1, round_to: int | None = None,
-             target: str = "auto", measured_rounds: int = 2, latency_backend: str = "eager") -> Planned:
+             target: str = "auto", measured_rounds: int = 3, latency_backend: str = "eager") -> Planned:
     """Plan the pruning of ``model`` by at most one amount (none: ``DEFAULT_PERCENT`` globally).
 
     ``target_latency`` (seconds) or ``target_speedup``: planned from latency tables measured on this machine
