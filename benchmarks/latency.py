@@ -3,7 +3,7 @@
 For each model (BN scales randomized from a seeded generator, as a stand-in for a sparsity-trained
 model), batch size and target speedup: the per-layer latency tables are measured (the time to build
 them, and to read them back from the cache, is recorded), ``plan_for_latency`` picks the channels by
-|γ| and corrects its goal by timing the compact model (``measured_rounds=2``, as ``netslim prune
+|γ| and corrects its goal by timing the compact model (``measured_rounds=3``, as ``netslim prune
 --target-speedup`` does), and the compact model is measured end to end against the original, both
 BN-folded, side by side in one run. Reported: target, predicted and measured speedup, the prediction's
 error, the share of Σ|γ| kept; then, at equal measured latency, the plan by FLOPs (``plan_for_budget``
@@ -127,7 +127,7 @@ def measure(name: str, side: int | None, batch: int, speedups: list[float], repe
         started = time.perf_counter()
         try:
             plan, predicted = plan_for_latency(model, target_speedup=target, example_input=x, table=table,
-                                               measured_rounds=2, backend=backend)
+                                               measured_rounds=3, backend=backend)
         except ValueError as e:
             rows.append({"target_speedup": target, "error": str(e)})
             continue

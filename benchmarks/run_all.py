@@ -344,7 +344,7 @@ def render_jpeg_stream(rec: dict) -> str:
 def render_latency(rec: dict) -> str:
     lines = ["## Pruning for measured speed (latency tables)\n",
              "`plan_for_latency` (`netslim prune --target-speedup X`) with latency tables measured here, its goal "
-             "corrected by timing the compact model (`measured_rounds=2`); the compact model and the original are "
+             "corrected by timing the compact model (`measured_rounds=3`); the compact model and the original are "
              "both BN-folded and timed end to end (wall clock, fastest of the repeats) in the same run. Σ|γ| kept: "
              "the share of the BN scales' sum that a plan keeps (BN scales from a seeded generator). *At equal "
              "latency*: `plan_for_budget` at the FLOPs whose compact model measures the latency plan's latency "
