@@ -69,11 +69,11 @@ def test_measured_rounds_correct_what_the_tables_miss(monkeypatch):
     table = _synthetic(graph)
     table.measured = predict(table, graph, set())  # the original is timed right; compact models are not
 
-    def fake_measure(folded, x, repeats=20, warmup=3):  # the synthetic table's law, on the deployed layers
-        layers = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    def fake_measure(compact, x, backend="eager", repeats=20):  # the synthetic table's law, on its layers
+        layers = [m for m in compact.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
         return 1.6 * sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 for m in layers)
 
-    monkeypatch.setattr(latency, "measure_latency", fake_measure)
+    monkeypatch.setattr(latency, "deployed_latency", fake_measure)
     target = table.measured / 2
     first, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), example_input=torch.zeros(
         1, 3, 32, 32))
@@ -94,11 +94,11 @@ def test_measured_rounds_follow_a_latency_that_falls_slower_than_predicted(monke
     table = _synthetic(graph)
     full = table.measured = predict(table, graph, set())
 
-    def fake_measure(folded, x, repeats=20, warmup=3):
-        layers = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    def fake_measure(compact, x, backend="eager", repeats=20):
+        layers = [m for m in compact.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
         return full * (sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 for m in layers) / full) ** 0.4
 
-    monkeypatch.setattr(latency, "measure_latency", fake_measure)
+    monkeypatch.setattr(latency, "deployed_latency", fake_measure)
     x = torch.zeros(1, 3, 32, 32)
     two, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), measured_rounds=1, example_input=x)
     three, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), measured_rounds=2,
