@@ -97,14 +97,12 @@ def predict(table: LatencyTable, graph: ChannelGraph, pruned: set[int]) -> float
 
 
 @torch.no_grad()
-def measure_latency(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Seconds of one forward pass of ``model`` (eval mode) on ``example_input``: the fastest of ``repeats``."""
-    was_training = model.training
-    model.eval()
-    try:
-        return _best_time(lambda: model(example_input), repeats, warmup, example_input.is_cuda)
-    finally:
-        model.train(was_training)
+def measure_latency(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3,
+                    min_seconds: float = 0.02) -> float:
+    """Seconds of one forward pass of ``model`` (eval mode, as it is) on ``example_input``: the fastest of
+    ``repeats`` runs and of at least ``min_seconds`` of them."""
+    with evaluating(model):
+        return _best_time(lambda: model(example_input), repeats, warmup, example_input.is_cuda, min_seconds)
 
 
 def _best_time(run: Callable[[], object], repeats: int, warmup: int, cuda: bool = False,
@@ -140,9 +138,8 @@ def deployed_latency(model: nn.Module, example_input: torch.Tensor, backend: str
 
     _check_backend(backend)
     if backend == "eager":
-        folded = fold_batchnorm(model, example_input)
-        with evaluating(folded), torch.no_grad():
-            return _best_time(lambda: folded(example_input), repeats, 3, example_input.is_cuda, _END_TO_END)
+        return measure_latency(fold_batchnorm(model, example_input), example_input, repeats,
+                               min_seconds=_END_TO_END)
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
