@@ -374,7 +374,13 @@ def render_latency(rec: dict) -> str:
                 f"{100 * r['gamma_kept']:.1f}% | {r['flops_plan_measured_speedup']:.2f}x, "
                 f"{100 * r['flops_plan_gamma_kept']:.1f}% | {tp} | {r.get('planning_s', 0):.0f} s | "
                 f"{m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s |")
-    lines += ["", "Error: predicted compact latency / measured − 1 (after the correction rounds).", "",
+    rows = [r for m in rec["results"]["models"] for r in m.get("rows", []) if "within_10_percent" in r]
+    more = [r for r in rows if r["gamma_kept"] > r["flops_plan_gamma_kept"]]
+    lines += ["", f"Within 10% of the target: {sum(r['within_10_percent'] for r in rows)} of {len(rows)}. At equal "
+              f"measured latency the latency plan kept more Σ|γ| than the plan by FLOPs in {len(more)} of "
+              f"{len(rows)} (equal latency within 3%, so differences under a point are within the match). "
+              "'Cached' includes timing the whole original model again (at least 10 runs and 1 s).",
+              "", "Error: predicted compact latency / measured − 1 (after the correction rounds).", "",
               "GPU (CUDA, bf16, channels_last): unmeasured. The tables and the planner take a CUDA input as they "
               "take a CPU one (timings synchronized), but no GPU was lent to the sessions that built this; the "
               "GPU section below lists what runs there first.", "",
