@@ -23,7 +23,7 @@ import torch
 
 import netslim
 from common import begin, finish, randomize_bn
-from netslim.latency import deployed_latency, measure_table, plan_for_latency
+from netslim.latency import deployed_latencies, measure_table, plan_for_latency
 
 NAME = "latency"
 SETTINGS = {
@@ -57,22 +57,25 @@ def _kept_gamma(model: torch.nn.Module, plan) -> float:
     return kept / total
 
 
-def _timed(model: torch.nn.Module, x: torch.Tensor, repeats: int, backend: str = "eager") -> float:
-    return deployed_latency(model, x, backend, repeats=max(5, repeats))
+def _speedup(original: torch.nn.Module, compact: torch.nn.Module, x: torch.Tensor, backend: str) -> float:
+    """Measured speedup, both models timed in turns (side by side), BN folded, on ``backend``."""
+    a, b = deployed_latencies([original, compact], x, backend)
+    return a / b
 
 
-def _bisect(make, latency_of, goal: float) -> tuple[object, float, float]:
-    """The amount in (0, 1] whose model measures ``goal`` (latency falls as the amount falls): bisection
-    on the amount kept; returns (model or plan, amount, measured) of the closest measured."""
+def _bisect(make, value_of, goal: float, first: float | None = None) -> tuple[object, float, float]:
+    """The amount in (0, 1] whose model has ``value_of`` = ``goal`` (the value falls as the amount falls):
+    bisection on the amount kept, starting at ``first`` when given; returns (model or plan, amount, value)
+    of the closest measured."""
     low, high, best = 0.0, 1.0, None
-    for _ in range(BISECTIONS):
-        amount = (low + high) / 2
+    for step in range(BISECTIONS):
+        amount = first if step == 0 and first is not None else (low + high) / 2
         try:
             made = make(amount)
         except (ValueError, RuntimeError):
             low = amount
             continue
-        seconds = latency_of(made)
+        seconds = value_of(made)
         if best is None or abs(seconds / goal - 1) < abs(best[2] / goal - 1):
             best = (made, amount, seconds)
         if abs(seconds / goal - 1) <= MATCH:
@@ -105,7 +108,7 @@ def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, flops_goal: float, s
     if found is None:
         return {"error": "no ratio reached the FLOPs"}
     pruned, _, flops = found
-    return {"flops_fraction": round(flops, 4), "measured_s": _timed(pruned, x, repeats, backend),
+    return {"flops_fraction": round(flops, 4), "measured_speedup": round(_speedup(model, pruned, x, backend), 3),
             "gamma_kept": round(_gamma_sum(pruned) / _gamma_sum(model), 4)}
 
 
@@ -120,7 +123,6 @@ def measure(name: str, side: int | None, batch: int, speedups: list[float], repe
     start = time.perf_counter()
     measure_table(model, x, graph=graph, repeats=repeats, cache_dir=cache, backend=backend)
     reread = time.perf_counter() - start
-    original = _timed(model, x, repeats, backend)
     flops0 = netslim.count_flops(model, size)
     rows = []
     for target in speedups:
@@ -133,31 +135,39 @@ def measure(name: str, side: int | None, batch: int, speedups: list[float], repe
             continue
         planning = time.perf_counter() - started
         compact = netslim.apply_plan(model, plan, example_input=x)
-        measured = _timed(compact, x, repeats, backend)
+        speedup = _speedup(model, compact, x, backend)  # measured again, apart from the planner's rounds
         flops = netslim.count_flops(compact, size) / flops0
+        paper, _ = plan_for_latency(model, target_latency=predicted, table=table, example_input=x,
+                                    cost_exponents=(0,))  # the paper's ranking at the same predicted latency
 
         def by_flops(fraction: float):
             return netslim.plan_for_budget(model, target_flops=fraction, example_input=x)
 
-        flops_plan, flops_fraction, flops_measured = _bisect(
-            by_flops, lambda p: _timed(netslim.apply_plan(model, p, example_input=x), x, repeats, backend), measured)
+        def flops_speedup(p) -> float:
+            return _speedup(model, netslim.apply_plan(model, p, example_input=x), x, backend)
+
+        flops_plan, flops_fraction, flops_measured = _bisect(by_flops, lambda p: 1 / flops_speedup(p), 1 / speedup,
+                                                             first=flops)
         tp = _torch_pruning(model, x, flops_fraction, size, repeats, backend)
         rows.append({
             "target_speedup": target, "predicted_speedup": round(table.measured / predicted, 3),
-            "measured_speedup": round(original / measured, 3),
-            "prediction_error": round(predicted / measured - 1, 3),
-            "within_10_percent": abs(original / measured / target - 1) <= 0.10,
+            "measured_speedup": round(speedup, 3),
+            "prediction_error": round(predicted / (table.measured / speedup) - 1, 3),
+            "within_10_percent": abs(speedup / target - 1) <= 0.10,
+            "ranking": plan.options.get("ranking"),
+            "rounds": [{k: (round(1e3 * v, 3) if k.endswith("seconds") else v) for k, v in r.items()}
+                       for r in plan.options.get("rounds", [])],
             "planning_s": round(planning, 1), "flops_fraction": round(flops, 4),
             "gamma_kept": round(_kept_gamma(model, plan), 4),
+            "paper_ranking_gamma_kept": round(_kept_gamma(model, paper), 4),
             "flops_plan_fraction": round(flops_fraction, 4),
-            "flops_plan_measured_speedup": round(original / flops_measured, 3),
+            "flops_plan_measured_speedup": round(1 / flops_measured, 3),
             "flops_plan_gamma_kept": round(_kept_gamma(model, flops_plan), 4),
-            "torch_pruning": {**tp, **({"measured_speedup": round(original / tp["measured_s"], 3)}
-                                       if "measured_s" in tp else {})},
+            "torch_pruning": tp,
         })
         print(rows[-1], flush=True)
     return {"model": name, "backend": backend, "input": list(size), "batch": batch,
-            "original_ms": round(1e3 * original, 3),
+            "original_ms": round(1e3 * table.measured, 3),
             "table_build_s": round(built, 2), "table_cached_s": round(reread, 2), "layers_timed": len(table.shapes),
             "shapes_timed": len(table.samples), "rows": rows}
 

@@ -341,6 +341,14 @@ def render_jpeg_stream(rec: dict) -> str:
     return "\n".join(lines)
 
 
+def _ranking(text: str | None) -> str:
+    return "|γ|" if not text or text == "|γ|" else text.replace("(seconds saved)", "t").replace(" ", "")
+
+
+def _percent_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def render_latency(rec: dict) -> str:
     lines = ["## Pruning for measured speed (latency tables)\n",
              "`plan_for_latency` (`netslim prune --target-speedup X`) with latency tables measured here, its goal "
@@ -351,36 +359,43 @@ def render_latency(rec: dict) -> str:
              "(bisection, within 3%), and Torch-Pruning's `BNScalePruner` (global, default importance) at those "
              "FLOPs.\n",
              "| model | batch | original | target | predicted | measured | error | within 10% | FLOPs left "
-             "| Σ\\|γ\\| kept | by FLOPs at equal latency: speedup, Σ\\|γ\\| | Torch-Pruning there: speedup, "
-             "Σ\\|γ\\| | planning | tables built / cached |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Σ\\|γ\\| kept (ranking) | paper's \\|γ\\| ranking, same predicted latency "
+             "| by FLOPs at equal latency: speedup, Σ\\|γ\\| | Torch-Pruning there: speedup, "
+             "Σ\\|γ\\| | rounds: measured speedup | planning | tables built / cached |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in rec["results"]["models"]:
         m = {**m, "model": m["model"] + (" on ONNX Runtime" if m.get("backend") == "onnxruntime" else "")}
         if "skipped" in m:
-            lines.append(f"| {m['model']} | {m['batch']} | skipped: {m['skipped']} |" + " |" * 11)
+            lines.append(f"| {m['model']} | {m['batch']} | skipped: {m['skipped']} |" + " |" * 13)
             continue
         for r in m["rows"]:
             if "error" in r and isinstance(r["error"], str):
                 lines.append(f"| {m['model']} | {m['batch']} | {m['original_ms']:.3g} ms | {r['target_speedup']}x | "
-                             f"{r['error']} |" + " |" * 9)
+                             f"{r['error']} |" + " |" * 11)
                 continue
             t = r.get("torch_pruning", {})
+            rounds = ", ".join(f"{m['original_ms'] / step['measured_seconds']:.2f}x" for step in r.get("rounds", []))
             tp = (f"{t['measured_speedup']:.2f}x, {100 * t['gamma_kept']:.1f}%" if "measured_speedup" in t
                   else f"failed: {t.get('error', t.get('skipped', '-'))}")
             lines.append(
                 f"| {m['model']} | {m['batch']} | {m['original_ms']:.3g} ms | {r['target_speedup']}x | "
                 f"{r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x | {100 * r['prediction_error']:+.0f}% | "
                 f"{'yes' if r['within_10_percent'] else 'no'} | {100 * r['flops_fraction']:.1f}% | "
-                f"{100 * r['gamma_kept']:.1f}% | {r['flops_plan_measured_speedup']:.2f}x, "
-                f"{100 * r['flops_plan_gamma_kept']:.1f}% | {tp} | {r.get('planning_s', 0):.0f} s | "
-                f"{m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s |")
+                f"{100 * r['gamma_kept']:.1f}% ({_ranking(r.get('ranking'))}) | "
+                f"{_percent_or_dash(r.get('paper_ranking_gamma_kept'))} | {r['flops_plan_measured_speedup']:.2f}x, "
+                f"{100 * r['flops_plan_gamma_kept']:.1f}% | {tp} | {rounds} | "
+                f"{r.get('planning_s', 0):.0f} s | {m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s |")
     rows = [r for m in rec["results"]["models"] for r in m.get("rows", []) if "within_10_percent" in r]
     more = [r for r in rows if r["gamma_kept"] > r["flops_plan_gamma_kept"]]
+    ran = [r for r in rows if "gamma_kept" in r.get("torch_pruning", {})]
+    beats = [r for r in ran if r["gamma_kept"] > r["torch_pruning"]["gamma_kept"]]
     lines += ["", f"Within 10% of the target: {sum(r['within_10_percent'] for r in rows)} of {len(rows)}. At equal "
               f"measured latency the latency plan kept more Σ|γ| than the plan by FLOPs in {len(more)} of "
-              f"{len(rows)} (equal latency within 3%, so differences under a point are within the match). "
-              "'Cached' includes timing the whole original model again (at least 10 runs and 1 s).",
-              "", "Error: predicted compact latency / measured − 1 (after the correction rounds).", "",
+              f"{len(rows)} (equal latency within 3%), and more than Torch-Pruning in {len(beats)} of the {len(ran)} "
+              "where it ran. 'Cached' includes timing the whole original model again (at least 3 runs and 1 s).",
+              "", "Error: predicted compact latency / measured − 1 (after the correction rounds). Speedups are "
+              "timed in turns with the original (one run of each, again and again), the planner's rounds and the "
+              "final measurement separately.", "",
               "GPU (CUDA, bf16, channels_last): unmeasured. The tables and the planner take a CUDA input as they "
               "take a CPU one (timings synchronized), but no GPU was lent to the sessions that built this; the "
               "GPU section below lists what runs there first.", "",

@@ -33,13 +33,52 @@ def test_the_plan_meets_the_budget_with_the_least_pruning_in_gamma_order():
     graph = trace_channels(model)
     table = _synthetic(graph)
     full = predict(table, graph, set())
-    plan, seconds = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,))
+    plan, seconds = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), cost_exponents=(0,))
     assert seconds == pytest.approx(predict(table, graph, pruned_channels(graph, plan)))
     assert seconds <= full / 2
     fewer = plan_pruning(model, (plan.pruned_channels - 1) / plan.total_channels)
     assert predict(table, graph, pruned_channels(graph, fewer)) > full / 2  # one channel less misses it
     same = plan_pruning(model, plan.pruned_channels / plan.total_channels)
     assert same.kept == plan.kept  # exactly the channels with the smallest |γ|, as the paper ranks
+
+
+def _kept_gamma(model, plan) -> float:
+    return sum(float(model.get_submodule(p).weight.detach().abs()[list(v)].sum()) for p, v in plan.kept.items())
+
+
+def test_channel_costs_are_the_seconds_each_channel_saves():
+    """On the bilinear synthetic table (t = in·out·1e-6), a channel between two convs saves the writer's
+    in·1e-6 and the reader's out·1e-6: exactly what the costs must say."""
+    from netslim.latency import channel_costs
+
+    model = _model()
+    graph = trace_channels(model)
+    costs = channel_costs(_synthetic(graph), graph)
+    convs = [p for p, u in graph.layers.items() if u.kind == "conv"]
+    writer, reader = graph.layers[convs[1]], graph.layers[convs[2]]
+    root = graph.root(writer.out_ids[0])
+    assert graph.root(reader.in_ids[0]) == root
+    assert costs[root] == pytest.approx(len(writer.in_ids) * 1e-6 + len(reader.out_ids) * 1e-6)
+
+
+def test_ranking_by_gamma_per_second_saved_keeps_more_gamma_at_the_same_budget():
+    """The budget is a knapsack: channels of layers where one channel costs more time go first when
+    their |γ| is no larger. The plan meets the same predicted latency with more Σ|γ|, and inside
+    every layer the pruned channels are still its smallest |γ|."""
+    model = _model()
+    graph = trace_channels(model)
+    table = _synthetic(graph)
+    full = predict(table, graph, set())
+    paper, _ = plan_for_latency(model, target_speedup=4.0, table=table, round_to=(1,), cost_exponents=(0,))
+    plan, seconds = plan_for_latency(model, target_speedup=4.0, table=table, round_to=(1,))
+    assert seconds <= full / 4
+    assert _kept_gamma(model, plan) > 1.01 * _kept_gamma(model, paper)
+    assert plan.options["ranking"].startswith("|γ| / (seconds saved)^")
+    for path, kept in plan.kept.items():
+        gamma = model.get_submodule(path).weight.detach().abs()
+        pruned = [i for i in range(len(gamma)) if i not in kept]
+        if pruned and kept:
+            assert float(gamma[pruned].max()) <= float(gamma[list(kept)].min()), path
 
 
 def test_widths_snap_to_multiples_and_the_better_snapping_wins():
@@ -51,12 +90,7 @@ def test_widths_snap_to_multiples_and_the_better_snapping_wins():
         assert report.kept % 8 == 0 or report.kept == report.width, path
     both, _ = plan_for_latency(model, target_speedup=1.5, table=table, round_to=(1, 8))
     exact, _ = plan_for_latency(model, target_speedup=1.5, table=table, round_to=(1,))
-    gamma = {p: model.get_submodule(p).weight.abs() for p in plan.kept}
-
-    def kept_gamma(p):
-        return sum(float(gamma[k][list(v)].sum()) for k, v in p.kept.items())
-
-    assert kept_gamma(both) == pytest.approx(max(kept_gamma(plan), kept_gamma(exact)))
+    assert _kept_gamma(model, both) == pytest.approx(max(_kept_gamma(model, plan), _kept_gamma(model, exact)))
 
 
 def test_measured_rounds_correct_what_the_tables_miss(monkeypatch):
@@ -69,11 +103,14 @@ def test_measured_rounds_correct_what_the_tables_miss(monkeypatch):
     table = _synthetic(graph)
     table.measured = predict(table, graph, set())  # the original is timed right; compact models are not
 
-    def fake_measure(compact, x, backend="eager", repeats=20):  # the synthetic table's law, on its layers
+    def law(compact):  # the synthetic table's law, on its layers
         layers = [m for m in compact.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
         return 1.6 * sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 for m in layers)
 
-    monkeypatch.setattr(latency, "deployed_latency", fake_measure)
+    def fake_measure(models, x, backend="eager", repeats=20):  # the original [0] is timed right
+        return [table.measured if m is model else law(m) for m in models]
+
+    monkeypatch.setattr(latency, "deployed_latencies", fake_measure)
     target = table.measured / 2
     first, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), example_input=torch.zeros(
         1, 3, 32, 32))
@@ -94,11 +131,11 @@ def test_measured_rounds_follow_a_latency_that_falls_slower_than_predicted(monke
     table = _synthetic(graph)
     full = table.measured = predict(table, graph, set())
 
-    def fake_measure(compact, x, backend="eager", repeats=20):
-        layers = [m for m in compact.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-        return full * (sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 for m in layers) / full) ** 0.4
+    def fake_measure(models, x, backend="eager", repeats=20):
+        layers = [[m for m in c.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)] for c in models]
+        return [full * (sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 for m in ms) / full) ** 0.4 for ms in layers]
 
-    monkeypatch.setattr(latency, "deployed_latency", fake_measure)
+    monkeypatch.setattr(latency, "deployed_latencies", fake_measure)
     x = torch.zeros(1, 3, 32, 32)
     two, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), measured_rounds=1, example_input=x)
     three, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), measured_rounds=2,
@@ -187,3 +224,32 @@ def test_onnx_runtime_tables_plan_and_cache_apart_from_eager(tmp_path):
     assert deployed_latency(model, x, "onnxruntime", repeats=2) > 0
     with pytest.raises(ValueError, match="latency backend must be one of eager, onnxruntime"):
         measure_table(model, x, backend="tvm")
+
+
+def test_timings_side_by_side_survive_a_machine_slowing_down_meanwhile():
+    """Runs timed in turns: when the machine becomes 3x slower halfway (another job starts), both models
+    are still compared in the same conditions; timing one after the other would compare fast with slow."""
+    import time as clock
+
+    from netslim.latency import _paired_times
+
+    calls = []
+
+    def sleeper(ms):
+        def run():
+            calls.append(ms)
+            clock.sleep(ms / 1e3 * (1 if len(calls) <= 10 else 3))
+        return run
+
+    slow, fast = _paired_times([sleeper(4), sleeper(2)], repeats=8, warmup=1, min_seconds=0.001)
+    assert slow / fast == pytest.approx(2, rel=0.25)
+
+
+def test_a_slow_forward_pass_is_timed_a_few_times_not_repeats_times():
+    import time as clock
+
+    from netslim.latency import _paired_times
+
+    calls = []
+    _paired_times([lambda: (calls.append(1), clock.sleep(0.03))], repeats=20, warmup=3, min_seconds=0.05)
+    assert 3 + 1 <= len(calls) <= 12  # >= 3 timed runs, stop at 5 x min_seconds, not after 20 runs

@@ -470,14 +470,20 @@ def cmd_prune(args) -> int:
     if collapsed:
         print(f"warning: every |γ| of {len(collapsed)} layer(s) is ~0 ({', '.join(collapsed[:3])}...): λ was too "
               "strong for them; the guard keeps min_channels there")
+    ranking = plan.options.get("ranking", "|γ|")
     print(f"channels pruned: {plan.pruned_channels}/{plan.total_channels} ({100 * plan.achieved_percent:.1f}%), "
-          f"threshold |γ| = {plan.threshold:.4g}")
+          + (f"threshold |γ| = {plan.threshold:.4g}" if ranking == "|γ|" else
+             f"ranked by {ranking} (kept the most Σ|γ| within the latency; smallest |γ| first in each layer)"))
     print(f"params: {p0:,} -> {p1:,} ({100 * (1 - p1 / p0):.1f}% pruned); "
           f"FLOPs: {f0:.3g} -> {f1:.3g} ({100 * (1 - f1 / f0):.1f}% pruned)")
     if by_latency:
         from .latency import speed_check
         check = speed_check(model, compact, timing_input, backend=args.latency_backend)
         on = " on ONNX Runtime" if args.latency_backend == "onnxruntime" else ""
+        for k, step in enumerate(plan.options.get("rounds", []), 1):
+            print(f"  planning round {k}: goal {1e3 * step['goal_seconds']:.3g} ms, predicted "
+                  f"{1e3 * step['predicted_seconds']:.3g} ms, measured {1e3 * step['measured_seconds']:.3g} ms "
+                  f"(ranked by {step['ranking']})")
         print(f"latency at batch {args.latency_batch}{on}: predicted "
               f"{1e3 * planned.predicted_latency:.3g} ms; {check.line()}")
     if args.recalibrate and not args.dataset:
@@ -670,7 +676,8 @@ def cmd_export(args) -> int:
             # on the runtime the file is for: ONNX Runtime for an ONNX export, where it is installed
             runtime = "onnxruntime" if args.onnx and importlib.util.find_spec("onnxruntime") else "eager"
             check = speed_check(original, model, torch.zeros(1, *size), backend=runtime)
-            print(f"on this machine (cpu, batch 1, eager): {check.line()}")
+            print(f"on this machine (cpu, batch 1, {'ONNX Runtime' if runtime == 'onnxruntime' else 'eager'}): "
+                  f"{check.line()}")
     round_to = args.round_to or defaults["round_to"]
     odd = misaligned_widths(model, round_to, torch.zeros(2, *size))
     if odd:

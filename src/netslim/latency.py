@@ -8,10 +8,13 @@ interpolated in between; layers of the same shape share one table. What the tabl
 (pooling, additions, selections, activations, Python) is the *overhead*: the measured latency of
 the whole model minus the sum of its layers, scaled with the fraction of activations kept.
 
-Planning keeps the paper's criterion: channels go in the order of their |γ| (``plan_pruning``), and
-bisection finds the least pruning whose predicted latency meets the budget; rounding widths to a
-multiple of 8 is tried as well and kept when it keeps more of Σ|γ| at that latency. Tables are cached
-on disk per machine, PyTorch version, thread count, backend, batch and layer shape.
+Planning ranks channels by the paper's |γ| (``plan_pruning``), and bisection finds the least pruning
+in that order whose predicted latency meets the budget. The budget is a knapsack (keep the most Σ|γ|
+within a latency), so rankings by |γ| per second saved are tried beside the paper's, and rounding
+widths to a multiple of 8 beside exact widths; the candidate keeping the most Σ|γ| at that latency
+wins. Inside a layer the smallest |γ| always go first. Then the compact model is timed end to end
+and the goal corrected until the measurement meets the target. Tables are cached on disk per
+machine, PyTorch version, thread count, backend, batch and layer shape.
 """
 
 from __future__ import annotations
@@ -100,27 +103,48 @@ def predict(table: LatencyTable, graph: ChannelGraph, pruned: set[int]) -> float
 def measure_latency(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3,
                     min_seconds: float = 0.02) -> float:
     """Seconds of one forward pass of ``model`` (eval mode, as it is) on ``example_input``: the fastest of
-    ``repeats`` runs and of at least ``min_seconds`` of them."""
+    the runs timed (see :func:`_best_time`)."""
     with evaluating(model):
         return _best_time(lambda: model(example_input), repeats, warmup, example_input.is_cuda, min_seconds)
 
 
 def _best_time(run: Callable[[], object], repeats: int, warmup: int, cuda: bool = False,
                min_seconds: float = 0.02) -> float:
-    """The fastest of ``repeats`` runs (and of at least ``min_seconds`` of them, at most 50): what the op
-    costs when nothing else interrupts it; the median would carry the scheduler's noise on a shared machine."""
+    """The fastest run: what the op costs when nothing else interrupts it (the median would carry the
+    scheduler's noise on a shared machine). See :func:`_paired_times` for how many runs."""
+    return _paired_times([run], repeats, warmup, cuda, min_seconds)[0]
+
+
+def _paired_times(runs: Sequence[Callable[[], object]], repeats: int, warmup: int, cuda: bool = False,
+                  min_seconds: float = 0.02) -> list[float]:
+    """The fastest time of each of ``runs``, timed in turns (one run of each, again and again), so that
+    a machine slowing down or speeding up meanwhile changes all of them alike: a speedup compares two
+    timings taken side by side, not minutes apart. At least 3 turns and ``min_seconds`` per run; then
+    until ``repeats`` turns or 5 x ``min_seconds`` (a 5 s forward pass is timed 3 times, not 20); at
+    most 50 turns. Warm-up: ``warmup`` turns, fewer when they already took ``min_seconds``."""
     sync = torch.cuda.synchronize if cuda else (lambda: None)  # CUDA work is asynchronous: wait for it
-    for _ in range(warmup):
-        run()
-    times, spent = [], 0.0
-    while len(times) < repeats or (spent < min_seconds and len(times) < 50):
+
+    def timed(run: Callable[[], object]) -> float:
         sync()
         start = time.perf_counter()
         run()
         sync()
-        times.append(time.perf_counter() - start)
-        spent += times[-1]
-    return min(times)
+        return time.perf_counter() - start
+
+    warm = 0.0
+    for _ in range(max(warmup, 1)):
+        warm += max(timed(run) for run in runs)
+        if warm >= min_seconds:
+            break
+    times: list[list[float]] = [[] for _ in runs]
+    spent = 0.0
+    while True:
+        for run, kept in zip(runs, times, strict=True):
+            kept.append(timed(run))
+        spent += max(kept[-1] for kept in times)
+        turns = len(times[0])
+        if turns >= 50 or (turns >= 3 and spent >= min_seconds and (turns >= repeats or spent >= 5 * min_seconds)):
+            return [min(kept) for kept in times]
 
 
 BACKENDS = ("eager", "onnxruntime")
@@ -134,19 +158,33 @@ def deployed_latency(model: nn.Module, example_input: torch.Tensor, backend: str
     """Seconds per forward pass of ``model`` as deployed on ``backend``, BN folded: eager PyTorch, or
     ONNX Runtime on the CPU (exported with :func:`netslim.export.export_onnx`, run with as many
     intra-op threads as ``torch.get_num_threads()``)."""
+    return deployed_latencies([model], example_input, backend, repeats)[0]
+
+
+def deployed_latencies(models: Sequence[nn.Module], example_input: torch.Tensor, backend: str = "eager",
+                       repeats: int = 20) -> list[float]:
+    """:func:`deployed_latency` of several models timed in turns, side by side (:func:`_paired_times`)."""
+    _check_backend(backend)
+    runs = [_deployed(model, example_input, backend) for model in models]
+    with torch.no_grad():
+        return _paired_times(runs, repeats, 3, example_input.is_cuda, _END_TO_END)
+
+
+def _deployed(model: nn.Module, example_input: torch.Tensor, backend: str) -> Callable[[], object]:
+    """One forward pass of ``model`` as deployed on ``backend`` (BN folded; eval mode)."""
     from .export import export_onnx, fold_batchnorm
 
-    _check_backend(backend)
     if backend == "eager":
-        return measure_latency(fold_batchnorm(model, example_input), example_input, repeats,
-                               min_seconds=_END_TO_END)
+        folded = fold_batchnorm(model, example_input).eval()
+        return lambda: folded(example_input)
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
         path = export_onnx(model, Path(folder) / "model.onnx", tuple(example_input.shape[1:]), check=False,
                            batch=example_input.shape[0])
         session = _ort_session(path.read_bytes())
-    return _ort_time(session, example_input, repeats, min_seconds=_END_TO_END)
+    feed = {session.get_inputs()[0].name: example_input.detach().cpu().float().numpy()}
+    return lambda: session.run(None, feed)
 
 
 def _check_backend(backend: str) -> None:
@@ -171,10 +209,9 @@ def _ort_session(serialized: bytes):
     return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
 
 
-def _ort_time(session, example_input: torch.Tensor, repeats: int, warmup: int = 3,
-              min_seconds: float = 0.02) -> float:
+def _ort_time(session, example_input: torch.Tensor, repeats: int, warmup: int = 3) -> float:
     feed = {session.get_inputs()[0].name: example_input.detach().cpu().float().numpy()}
-    return _best_time(lambda: session.run(None, feed), repeats, warmup, min_seconds=min_seconds)
+    return _best_time(lambda: session.run(None, feed), repeats, warmup)
 
 
 def _onnx_probe(probe: nn.Module, kind: str, input_shape: tuple[int, ...]) -> bytes:
@@ -349,25 +386,55 @@ def _write_cache(path: Path, samples: dict[str, dict[tuple[int, int], float]]) -
         pass  # a cache that cannot be written only costs time
 
 
+def channel_costs(table: LatencyTable, graph: ChannelGraph) -> dict[int, float]:
+    """Seconds that removing one channel (root id) saves, from the tables: for every timed layer that
+    writes or reads it, the layer's time per channel between its full and its half width (and the
+    overhead's share per output channel). A channel coupled through additions sums its layers."""
+    cost: dict[int, float] = {}
+    weight = sum(table.layer_time(p, len(graph.layers[p].in_ids), len(graph.layers[p].out_ids)) for p in table.shapes)
+    for path in table.shapes:
+        use = graph.layers[path]
+        n_in, n_out = len(use.in_ids), len(use.out_ids)
+        full = table.layer_time(path, n_in, n_out)
+        sides = [(use.out_ids, full - table.layer_time(path, n_in, n_out // 2), n_out - n_out // 2,
+                  table.overhead * full / weight if weight else 0.0)]
+        if use.kind != "depthwise":  # a depthwise layer's input is its output
+            sides.append((use.in_ids, full - table.layer_time(path, n_in // 2, n_out), n_in - n_in // 2, 0.0))
+        for ids, saved, removed, overhead in sides:
+            per_channel = (max(saved, 0.0) + overhead * removed / len(ids)) / removed if removed else 0.0
+            for root in {graph.root(i) for i in ids}:
+                cost[root] = cost.get(root, 0.0) + per_channel
+    return cost
+
+
 def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, target_speedup: float | None = None,
                      example_input: torch.Tensor | None = None, table: LatencyTable | None = None,
-                     fixed: Sequence[str] = (), round_to: Sequence[int] = (1, 8), measured_rounds: int = 0,
+                     fixed: Sequence[str] = (), round_to: Sequence[int] = (1, 8),
+                     cost_exponents: Sequence[float] = (0.0, 0.5, 1.0), measured_rounds: int = 0,
                      tolerance: float = 0.05, backend: str = "eager", **plan_options) -> tuple[PruningPlan, float]:
-    """The least pruning (by |γ|, as the paper ranks) whose predicted latency meets the budget.
+    """The plan keeping the most Σ|γ| whose predicted latency meets the budget.
 
     ``target_latency``: seconds per forward pass of ``example_input``; or ``target_speedup``: times
     faster than the original as measured (``table.measured``; predicted when the table is synthetic).
-    ``table``: from :func:`measure_table` (measured on ``backend`` when not given). ``round_to``: the width multiples
-    tried; among the plans meeting the budget, the one keeping the largest Σ|γ| wins.
-    ``measured_rounds``: then build the compact model (BN folded), time it end to end and, while it
-    misses the target by more than ``tolerance``, plan again for the target corrected by the measured /
-    predicted ratio, up to that many times; the plan kept is the least pruning measured within the
-    tolerance of the target or faster (else the fastest measured). ``plan.options`` records
-    ``predicted_seconds`` and, when measured, ``measured_seconds``. Returns the plan and its predicted
-    seconds. ValueError (one line) when the guards make the budget unreachable.
+    ``table``: from :func:`measure_table` (measured on ``backend`` when not given).
+    Candidates: for every width multiple in ``round_to`` and exponent e in ``cost_exponents``, channels
+    ranked by |γ| / cost^e, cost being the seconds a channel saves (:func:`channel_costs`), and the least
+    pruning in that order meeting the budget (bisection). e = 0 is the paper's global |γ| ranking; e > 0
+    thins the layers where a channel buys more time for its |γ| (a knapsack's value per weight); inside
+    a layer the smallest |γ| always go first. The candidate keeping the largest Σ|γ| wins
+    (``plan.options["ranking"]`` says which).
+    ``measured_rounds``: then build the compact model (BN folded), time it end to end (for a speedup:
+    in turns with the original, see :func:`deployed_latencies`) and, while it misses the target by
+    more than ``tolerance``, plan again for a corrected goal, up to that many times; the plan kept is the
+    one keeping the most Σ|γ| among those measured within the tolerance of the target or faster (else
+    the fastest measured). ``plan.options`` records ``predicted_seconds``, ``measured_seconds`` and the
+    ``rounds`` (goal, predicted, measured). Returns the plan and its predicted seconds. ValueError (one
+    line) when the guards make the budget unreachable.
     """
     if (target_latency is None) == (target_speedup is None):
         raise ValueError("give exactly one of target_latency (seconds) or target_speedup (x faster)")
+    if not cost_exponents or not round_to:
+        raise ValueError("cost_exponents and round_to each need at least one value")
     graph = trace_channels(model, example_input, fixed)
     table = table or measure_table(model, example_input, graph=graph, backend=backend)
     base = table.measured or predict(table, graph, set())
@@ -385,6 +452,8 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
         for pos, i in enumerate(use.out_ids):
             scores[graph.root(i)] = max(scores.get(graph.root(i), 0.0), gamma[pos])
     total = plan_pruning(model, 0.0, graph=graph, fixed=fixed, **plan_options).total_channels
+    costs = channel_costs(table, graph)
+    rankings = [(e, None if e == 0 else {r: c ** e for r, c in costs.items()}) for e in dict.fromkeys(cost_exponents)]
 
     def seconds(plan: PruningPlan) -> float:
         return predict(table, graph, pruned_channels(graph, plan))
@@ -396,15 +465,18 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
     def search(goal: float) -> PruningPlan:
         best, fastest = None, math.inf
         for multiple in round_to:
-            def plan_at(k: int, multiple=multiple) -> PruningPlan:
-                return plan_pruning(model, min(k / total, math.nextafter(1.0, 0.0)), graph=graph, fixed=fixed,
-                                    round_to=multiple, **plan_options)
+            for exponent, channel_cost in rankings:
+                def plan_at(k: int, multiple=multiple, channel_cost=channel_cost) -> PruningPlan:
+                    return plan_pruning(model, min(k / total, math.nextafter(1.0, 0.0)), graph=graph, fixed=fixed,
+                                        round_to=multiple, channel_cost=channel_cost, **plan_options)
 
-            plan = least_pruning(plan_at, total, lambda p: seconds(p) <= goal)
-            if plan is None:
-                fastest = min(fastest, seconds(plan_at(total)))
-            elif best is None or kept(plan) > kept(best):
-                best = plan
+                plan = least_pruning(plan_at, total, lambda p: seconds(p) <= goal)
+                if plan is None:
+                    fastest = min(fastest, seconds(plan_at(total)))
+                    continue
+                plan.options["ranking"] = "|γ|" if exponent == 0 else f"|γ| / (seconds saved)^{exponent:g}"
+                if best is None or kept(plan) > kept(best):
+                    best = plan
         if best is None:
             raise ValueError(f"a latency of {1e3 * target:.3g} ms cannot be reached: pruning as much as the guards "
                              f"allow is predicted at {1e3 * fastest:.3g} ms; relax min_channels or "
@@ -413,24 +485,31 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
 
     plan = search(target)
     if measured_rounds:
-        plan = _measured_plan(model, graph, example_input, plan, search, kept, target, measured_rounds, tolerance,
-                              backend)
+        if target_speedup is not None:  # the speedup, timed in turns with the original, in the tables' seconds
+            def measure(compact: nn.Module) -> float:
+                original, seconds_compact = deployed_latencies([model, compact], example_input, backend)
+                return base * seconds_compact / original
+        else:
+            def measure(compact: nn.Module) -> float:
+                return deployed_latency(compact, example_input, backend)
+        plan = _measured_plan(model, graph, plan, search, seconds, kept, measure, target, measured_rounds, tolerance)
     plan.options["predicted_seconds"] = seconds(plan)
     return plan, seconds(plan)
 
 
-def _measured_plan(model, graph, example_input, plan, search, kept, target: float, rounds: int, tolerance: float,
-                   backend: str) -> PruningPlan:
+def _measured_plan(model, graph, plan, search, seconds, kept, measure, target: float, rounds: int,
+                   tolerance: float) -> PruningPlan:
     """Time the compact models end to end and correct the goal the tables plan for (see plan_for_latency)."""
     from .surgery import apply_plan
 
-    goal, tried, points = target, [], []  # points: (log goal planned for, log seconds measured)
+    goal, tried, points, log = target, [], [], []  # points: (log goal planned for, log seconds measured)
     for attempt in range(rounds + 1):
-        compact = apply_plan(model, plan, graph=graph)
-        measured = deployed_latency(compact, example_input, backend)
+        measured = measure(apply_plan(model, plan, graph=graph))
         plan.options["measured_seconds"] = measured
         tried.append(plan)
         points.append((math.log(goal), math.log(measured)))
+        log.append({"goal_seconds": goal, "predicted_seconds": seconds(plan), "measured_seconds": measured,
+                    "ranking": plan.options.get("ranking", "|γ|")})
         if abs(measured / target - 1) <= tolerance or attempt == rounds:
             break
         goal = math.exp(_next_goal(points, math.log(target)))
@@ -441,7 +520,9 @@ def _measured_plan(model, graph, example_input, plan, search, kept, target: floa
         if any(plan.kept == p.kept for p in tried):
             break  # the corrected goal gives a plan already timed: nothing more to learn
     meeting = [p for p in tried if p.options["measured_seconds"] <= target * (1 + tolerance)]
-    return max(meeting, key=kept) if meeting else min(tried, key=lambda p: p.options["measured_seconds"])
+    chosen = max(meeting, key=kept) if meeting else min(tried, key=lambda p: p.options["measured_seconds"])
+    chosen.options["rounds"] = log
+    return chosen
 
 
 def _next_goal(points: list[tuple[float, float]], target: float) -> float:
@@ -479,11 +560,11 @@ class SpeedCheck:
 
 def speed_check(original: nn.Module, compact: nn.Module, example_input: torch.Tensor,
                 repeats: int = 20, backend: str = "eager") -> SpeedCheck:
-    """Time both models as deployed on ``backend`` and, when the compact one is slower, say the likely reason."""
+    """Time both models as deployed on ``backend``, in turns (:func:`deployed_latencies`), and, when the
+    compact one is slower, say the likely reason."""
     from .deployment import misaligned_widths
 
-    a = deployed_latency(original, example_input, backend, repeats)
-    b = deployed_latency(compact, example_input, backend, repeats)
+    a, b = deployed_latencies([original, compact], example_input, backend, repeats)
     reason = ""
     if b > a:
         odd = misaligned_widths(compact, 8, example_input)

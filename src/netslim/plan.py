@@ -116,6 +116,7 @@ def plan_pruning(
     fixed: Sequence[str] = (),
     example_input: torch.Tensor | None = None,
     graph: ChannelGraph | None = None,
+    channel_cost: Mapping[int, float] | None = None,
 ) -> PruningPlan:
     """Plan the pruning of ``model`` by the magnitude of its BN scaling factors (paper Sec. 3).
 
@@ -127,6 +128,9 @@ def plan_pruning(
     ``max_layer_fraction`` of a layer (the multi-pass scheme uses 0.5), round kept counts up to a
     multiple of ``round_to``. Kept-back channels are those with the largest |γ| among the pruned.
     ``exclude``: BN path patterns never pruned; ``fixed``: module patterns kept as they are.
+    ``channel_cost``: rank by |γ| / cost instead of |γ| (cost per root channel id of ``graph``, e.g. the
+    seconds removing it saves: :func:`netslim.latency.plan_for_latency`); inside a layer, where every
+    channel costs the same, the smallest |γ| still go first. The threshold is then in those units.
     """
     _check_args(percent, layer_percent, max_layer_fraction, min_channels, round_to)
     graph = graph or trace_channels(model, example_input, fixed)
@@ -152,12 +156,13 @@ def plan_pruning(
     for roots in members.values():
         for pos, r in enumerate(roots):
             order.setdefault(r, (pos / len(roots), r))
-    ranked = sorted(scores, key=lambda r: (scores[r], order[r]))
+    rank = scores if channel_cost is None else {r: v / max(channel_cost.get(r, 1.0), 1e-30) for r, v in scores.items()}
+    ranked = sorted(scores, key=lambda r: (rank[r], order[r]))
 
     if layer_percent is None:
         n_prune = math.floor(len(ranked) * percent)
         pruned = set(ranked[:n_prune])
-        threshold = scores[ranked[n_prune]] if n_prune < len(ranked) else math.inf
+        threshold = rank[ranked[n_prune]] if n_prune < len(ranked) else math.inf
     else:
         pruned = set()
         for path, roots in members.items():
