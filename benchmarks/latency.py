@@ -23,7 +23,8 @@ import torch
 
 import netslim
 from common import begin, finish, randomize_bn
-from netslim.latency import deployed_latencies, measure_table, plan_for_latency
+from netslim.latency import measure_table, plan_for_latency
+from netslim.timing import deployed_latencies
 
 NAME = "latency"
 SETTINGS = {

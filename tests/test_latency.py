@@ -182,7 +182,7 @@ def test_cli_prunes_to_a_speedup_and_reports_predicted_and_measured(tmp_path, ca
 
 
 def test_a_compact_model_slower_than_its_original_is_said_in_one_line():
-    from netslim.latency import SpeedCheck
+    from netslim.timing import SpeedCheck
 
     line = SpeedCheck(0.010, 0.012, "3 widths are not multiples of 8 (prune with --round-to 8)").line()
     assert "SLOWER" in line and "multiples of 8" in line and "\n" not in line
@@ -199,7 +199,8 @@ def test_a_compact_model_slower_than_its_original_is_said_in_one_line():
 def test_onnx_runtime_probes_compute_what_the_layer_computes(kind, layer, shape):
     """The ONNX Runtime tables time one-node graphs built by hand: they must be the layer itself."""
     pytest.importorskip("onnxruntime")
-    from netslim.latency import _onnx_probe, _ort_session
+    from netslim.latency import _onnx_probe
+    from netslim.timing import ort_session as _ort_session
 
     x = torch.randn(*shape)
     session = _ort_session(_onnx_probe(layer.eval(), kind, tuple(shape)))
@@ -210,7 +211,7 @@ def test_onnx_runtime_probes_compute_what_the_layer_computes(kind, layer, shape)
 
 def test_onnx_runtime_tables_plan_and_cache_apart_from_eager(tmp_path):
     pytest.importorskip("onnxruntime")
-    from netslim.latency import deployed_latency
+    from netslim.timing import deployed_latency
 
     model = _model()
     x = torch.zeros(1, 3, 64, 64)  # large enough for compute, not per-op overhead, to dominate
@@ -231,7 +232,7 @@ def test_timings_side_by_side_survive_a_machine_slowing_down_meanwhile():
     are still compared in the same conditions; timing one after the other would compare fast with slow."""
     import time as clock
 
-    from netslim.latency import _paired_times
+    from netslim.timing import paired_times as _paired_times
 
     calls = []
 
@@ -248,8 +249,93 @@ def test_timings_side_by_side_survive_a_machine_slowing_down_meanwhile():
 def test_a_slow_forward_pass_is_timed_a_few_times_not_repeats_times():
     import time as clock
 
-    from netslim.latency import _paired_times
+    from netslim.timing import paired_times as _paired_times
 
     calls = []
     _paired_times([lambda: (calls.append(1), clock.sleep(0.03))], repeats=20, warmup=3, min_seconds=0.05)
     assert 3 + 1 <= len(calls) <= 12  # >= 3 timed runs, stop at 5 x min_seconds, not after 20 runs
+
+
+def test_torch_compile_backend_times_the_compiled_model_on_eager_layer_tables(tmp_path, monkeypatch):
+    """torch.compile: the layer tables are eager's (the same conv/matmul kernels; one cache file for
+    both), the whole model is timed compiled, and a plan's rounds are measured compiled."""
+    import shutil
+
+    if not shutil.which("c++"):
+        pytest.skip("TorchInductor's CPU code needs a C++ compiler")
+    torch.manual_seed(0)
+    model = randomize_bn(models.create("mlp")).eval()
+    x = torch.zeros(8, *model.input_size)
+    compiled, real = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: compiled.append(a[0]) or real(*a, **k))
+    table = measure_table(model, x, repeats=2, cache_dir=tmp_path, backend="compile")
+    assert len(compiled) == 1  # the whole model, timed compiled
+    eager = measure_table(model, x, repeats=2, cache_dir=tmp_path)
+    assert len(compiled) == 1 and len(list(tmp_path.glob("*.json"))) == 1 and eager.samples == table.samples
+    assert table.measured > 0
+    plan, _ = plan_for_latency(model, target_speedup=1.2, example_input=x, table=table, backend="compile",
+                               measured_rounds=1)
+    assert plan.pruned_channels > 0 and plan.options["rounds"][0]["measured_seconds"] > 0
+    assert len(compiled) >= 3  # each round: the original and the compact model, side by side
+
+
+def test_the_compile_backend_without_a_compiler_is_one_line(monkeypatch):
+    import shutil
+
+    from netslim.timing import deployed_latency
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ImportError, match="C\\+\\+ compiler") as e:
+        deployed_latency(torch.nn.Linear(2, 2), torch.zeros(1, 2), "compile")
+    assert "\n" not in str(e.value)
+
+
+def test_tables_and_timings_take_the_deployment_format_of_the_example_input(tmp_path, monkeypatch):
+    """A bf16 channels_last input (what a GPU deployment runs) times probes and whole models in bf16
+    channels_last: tables keyed apart from fp32, every probe in that format, the fp32 model deployed in it."""
+    import netslim.latency as latency
+    from netslim.timing import deployed_latency
+
+    torch.manual_seed(0)
+    model = _model()
+    x = torch.zeros(2, 3, 32, 32).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    probes = []
+    real = latency.best_time
+
+    def spy(run, *args, **kwargs):
+        probes.append(run.__defaults__)  # (probe, input) of an eager probe
+        return real(run, *args, **kwargs)
+
+    monkeypatch.setattr(latency, "best_time", spy)
+    table = measure_table(model, x, repeats=1, cache_dir=tmp_path)
+    assert probes and all(p.weight.dtype == torch.bfloat16 and i.dtype == torch.bfloat16 for p, i in probes)
+    assert all(i.is_contiguous(memory_format=torch.channels_last) for _, i in probes if i.dim() == 4)
+    assert all(p.weight.is_contiguous(memory_format=torch.channels_last) for p, i in probes if i.dim() == 4)
+    fp32 = measure_table(model, torch.zeros(2, 3, 32, 32), repeats=1, cache_dir=tmp_path)
+    assert not set(table.samples) & set(fp32.samples) and all("bfloat16|channels_last" in k for k in table.samples)
+    assert deployed_latency(model, x, repeats=1) > 0 and next(model.parameters()).dtype == torch.float32
+    plan, _ = plan_for_latency(model, target_speedup=1.3, example_input=x, table=table, measured_rounds=1)
+    assert plan.pruned_channels > 0 and plan.options["measured_seconds"] > 0
+
+
+def test_onnx_runtime_refuses_a_gpu_format_input_in_one_line():
+    pytest.importorskip("onnxruntime")
+    from netslim.timing import deployed_latency
+
+    with pytest.raises(ValueError, match="fp32 on the CPU") as e:
+        deployed_latency(_model(), torch.zeros(1, 3, 32, 32, dtype=torch.bfloat16), "onnxruntime")
+    assert "\n" not in str(e.value)
+
+
+def test_a_gpu_timing_input_is_bf16_channels_last_on_cuda_or_one_line_without_cuda(monkeypatch):
+    from netslim.timing import timing_input
+
+    assert timing_input((3, 8, 8), 4, "cpu").dtype == torch.float32
+    assert timing_input((3, 8, 8), 4, "gpu", "onnxruntime").device.type == "cpu"
+    if torch.cuda.is_available():
+        x = timing_input((3, 8, 8), 4, "gpu")
+        assert x.is_cuda and x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA GPU") as e:
+        timing_input((3, 8, 8), 1, "gpu")
+    assert "\n" not in str(e.value)

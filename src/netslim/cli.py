@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .deployment import DTYPES, TARGETS, target_defaults
     from .plan import DEFAULT_PERCENT
     from .sparsity import KINDS, SCHEDULES
+    from .timing import BACKENDS
     from .train import AMP_MODES, OPTIMIZERS, TrainConfig
 
     defaults = TrainConfig()  # the defaults argparse shows and uses are TrainConfig's own
@@ -166,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="prune until the predicted latency is the original's / X")
     p.add_argument("--latency-batch", type=_positive_int, default=1,
                    help="batch size the latency is planned and measured at")
-    p.add_argument("--latency-backend", choices=("eager", "onnxruntime"), default="eager",
-                   help="runtime the latency is planned and measured on: eager PyTorch, or ONNX Runtime on the CPU")
+    p.add_argument("--latency-backend", choices=BACKENDS, default="eager",
+                   help="runtime the latency is planned and measured on: eager PyTorch, ONNX Runtime on the CPU, "
+                        "or torch.compile (TorchInductor; each measured model is compiled first); in the --target's "
+                        "format: fp32 on the CPU, bf16 channels_last on the GPU for a gpu target")
     p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for models that do not declare one")
     p.add_argument("--num-classes", type=_positive_int, help="for a model factory")
     amount.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
@@ -442,8 +445,12 @@ def cmd_prune(args) -> int:
     if yolo_out is not None and not type(model).__module__.startswith("ultralytics."):
         raise UsageError(f"--ultralytics-out: {args.checkpoint} is not an Ultralytics model")
     example = torch.zeros(2, *model.input_size)
-    timing_input = torch.zeros(args.latency_batch, *model.input_size)
     by_latency = args.target_latency is not None or args.target_speedup is not None
+    from .deployment import resolve_target
+    from .timing import timing_input as deployed_input
+    # in the deployment's format: bf16 channels_last on CUDA for a gpu target, fp32 on the CPU otherwise
+    timing_input = deployed_input(model.input_size, args.latency_batch, resolve_target(args.target),
+                                  args.latency_backend) if by_latency else None
     planned = plan_for(model, example, percent=args.percent, layer_percent=args.layer_percent,
                        target_flops=args.target_flops, target_params=args.target_params,
                        target_latency=args.target_latency / 1e3 if args.target_latency else None,
@@ -477,9 +484,11 @@ def cmd_prune(args) -> int:
     print(f"params: {p0:,} -> {p1:,} ({100 * (1 - p1 / p0):.1f}% pruned); "
           f"FLOPs: {f0:.3g} -> {f1:.3g} ({100 * (1 - f1 / f0):.1f}% pruned)")
     if by_latency:
-        from .latency import speed_check
+        from .timing import speed_check
         check = speed_check(model, compact, timing_input, backend=args.latency_backend)
-        on = " on ONNX Runtime" if args.latency_backend == "onnxruntime" else ""
+        on = {"onnxruntime": " on ONNX Runtime", "compile": " with torch.compile"}.get(args.latency_backend, "")
+        if timing_input.is_cuda:
+            on += f" on {torch.cuda.get_device_name(timing_input.device)} ({str(timing_input.dtype).split('.')[-1]})"
         for k, step in enumerate(plan.options.get("rounds", []), 1):
             print(f"  planning round {k}: goal {1e3 * step['goal_seconds']:.3g} ms, predicted "
                   f"{1e3 * step['predicted_seconds']:.3g} ms, measured {1e3 * step['measured_seconds']:.3g} ms "
@@ -669,15 +678,18 @@ def cmd_export(args) -> int:
                              "'netslim[export]'); onnxruntime checks the file against PyTorch")
     model.input_size = size = _input_of(model, _full_size(model, args.input_size), args.checkpoint)
     model.eval()
-    if target == "cpu" and data["arch"].get("shapes"):  # never slower: the compact model against the original
-        from .latency import original_of, speed_check
+    if data["arch"].get("shapes") and device == ("cuda" if target == "gpu" else "cpu"):
+        # never slower: the compact model against the original, on this machine, deployed as exported
+        from .timing import RUNTIME_NAMES, original_of, speed_check, timing_input
         original = original_of(data["arch"], factory=args.factory)
         if original is not None:
-            # on the runtime the file is for: ONNX Runtime for an ONNX export, where it is installed
-            runtime = "onnxruntime" if args.onnx and importlib.util.find_spec("onnxruntime") else "eager"
-            check = speed_check(original, model, torch.zeros(1, *size), backend=runtime)
-            print(f"on this machine (cpu, batch 1, {'ONNX Runtime' if runtime == 'onnxruntime' else 'eager'}): "
-                  f"{check.line()}")
+            # on the runtime the file is for: ONNX Runtime for an ONNX export (CPU), where it is installed
+            runtime = "onnxruntime" if args.onnx and target == "cpu" and importlib.util.find_spec("onnxruntime") \
+                else "eager"
+            x = timing_input(size, 1, target, runtime)
+            check = speed_check(original, model, x, backend=runtime)
+            print(f"on this machine ({x.device.type}, {str(x.dtype).split('.')[-1]}, batch 1, "
+                  f"{RUNTIME_NAMES[runtime]}): {check.line()}")
     round_to = args.round_to or defaults["round_to"]
     odd = misaligned_widths(model, round_to, torch.zeros(2, *size))
     if odd:

@@ -82,10 +82,13 @@ def misaligned_widths(model: nn.Module, multiple: int, example_input: torch.Tens
 
 
 def deploy(model: nn.Module, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-           channels_last: bool = False, compile: bool = False, fold: bool = True) -> nn.Module:
+           channels_last: bool = False, compile: bool = False, fold: bool = True,
+           example_input: torch.Tensor | None = None) -> nn.Module:
     """An inference copy of ``model``: BN folded into the convs (``fold``), eval mode, on ``device``,
     weights in ``dtype`` and ``channels_last`` layout, wrapped in :class:`InferenceModel`; with
     ``compile``, ``torch.compile``'d (CUDA graphs via mode="reduce-overhead" on a GPU). ``model`` is not changed.
+    ``example_input`` (in ``model``'s own device and dtype) is what the BN fold's analysis runs the model on,
+    for a model that does not declare its ``input_size``.
     """
     if dtype not in DTYPES.values():
         raise ValueError(f"deploy dtype must be one of float32, bfloat16, float16, got {dtype}")
@@ -94,7 +97,7 @@ def deploy(model: nn.Module, *, device: str | torch.device | None = None, dtype:
         raise ValueError("deploying for CUDA but no CUDA GPU is available; use device='cpu'")
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU has no bf16 support; deploy with dtype=torch.float16 or torch.float32")
-    net = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
+    net = fold_batchnorm(model, example_input) if fold else copy.deepcopy(model).eval()
     net = net.to(device=device, dtype=dtype)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)

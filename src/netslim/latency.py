@@ -24,8 +24,7 @@ import json
 import math
 import os
 import platform
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +34,17 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from .budget import least_pruning
 from .graph import ChannelGraph, trace_channels
-from .layers import evaluating
 from .plan import PruningPlan, plan_pruning
 from .surgery import pruned_channels
+from .timing import (
+    analysis_input,
+    best_time,
+    check_backend,
+    deployed_latencies,
+    deployed_latency,
+    is_channels_last,
+    ort_session,
+)
 
 _TIMED = ("conv", "conv_t", "depthwise", "linear")
 _GRID = (0.125, 0.25, 0.5, 0.75, 1.0)  # fractions of a layer's full width at which it is timed
@@ -99,121 +106,6 @@ def predict(table: LatencyTable, graph: ChannelGraph, pruned: set[int]) -> float
     return total + table.overhead * activations
 
 
-@torch.no_grad()
-def measure_latency(model: nn.Module, example_input: torch.Tensor, repeats: int = 20, warmup: int = 3,
-                    min_seconds: float = 0.02) -> float:
-    """Seconds of one forward pass of ``model`` (eval mode, as it is) on ``example_input``: the fastest of
-    the runs timed (see :func:`_best_time`)."""
-    with evaluating(model):
-        return _best_time(lambda: model(example_input), repeats, warmup, example_input.is_cuda, min_seconds)
-
-
-def _best_time(run: Callable[[], object], repeats: int, warmup: int, cuda: bool = False,
-               min_seconds: float = 0.02) -> float:
-    """The fastest run: what the op costs when nothing else interrupts it (the median would carry the
-    scheduler's noise on a shared machine). See :func:`_paired_times` for how many runs."""
-    return _paired_times([run], repeats, warmup, cuda, min_seconds)[0]
-
-
-def _paired_times(runs: Sequence[Callable[[], object]], repeats: int, warmup: int, cuda: bool = False,
-                  min_seconds: float = 0.02) -> list[float]:
-    """The fastest time of each of ``runs``, timed in turns (one run of each, again and again), so that
-    a machine slowing down or speeding up meanwhile changes all of them alike: a speedup compares two
-    timings taken side by side, not minutes apart. At least 3 turns and ``min_seconds`` per run; then
-    until ``repeats`` turns or 5 x ``min_seconds`` (a 5 s forward pass is timed 3 times, not 20); at
-    most 50 turns. Warm-up: ``warmup`` turns, fewer when they already took ``min_seconds``."""
-    sync = torch.cuda.synchronize if cuda else (lambda: None)  # CUDA work is asynchronous: wait for it
-
-    def timed(run: Callable[[], object]) -> float:
-        sync()
-        start = time.perf_counter()
-        run()
-        sync()
-        return time.perf_counter() - start
-
-    warm = 0.0
-    for _ in range(max(warmup, 1)):
-        warm += max(timed(run) for run in runs)
-        if warm >= min_seconds:
-            break
-    times: list[list[float]] = [[] for _ in runs]
-    spent = 0.0
-    while True:
-        for run, kept in zip(runs, times, strict=True):
-            kept.append(timed(run))
-        spent += max(kept[-1] for kept in times)
-        turns = len(times[0])
-        if turns >= 50 or (turns >= 3 and spent >= min_seconds and (turns >= repeats or spent >= 5 * min_seconds)):
-            return [min(kept) for kept in times]
-
-
-BACKENDS = ("eager", "onnxruntime")
-# Whole models are timed for at least this long (fastest run kept): a speedup compares two such
-# timings, and the fastest of a few runs of a 25 ms model still varied by 10% here.
-_END_TO_END = 1.0
-
-
-def deployed_latency(model: nn.Module, example_input: torch.Tensor, backend: str = "eager",
-                     repeats: int = 20) -> float:
-    """Seconds per forward pass of ``model`` as deployed on ``backend``, BN folded: eager PyTorch, or
-    ONNX Runtime on the CPU (exported with :func:`netslim.export.export_onnx`, run with as many
-    intra-op threads as ``torch.get_num_threads()``)."""
-    return deployed_latencies([model], example_input, backend, repeats)[0]
-
-
-def deployed_latencies(models: Sequence[nn.Module], example_input: torch.Tensor, backend: str = "eager",
-                       repeats: int = 20) -> list[float]:
-    """:func:`deployed_latency` of several models timed in turns, side by side (:func:`_paired_times`)."""
-    _check_backend(backend)
-    runs = [_deployed(model, example_input, backend) for model in models]
-    with torch.no_grad():
-        return _paired_times(runs, repeats, 3, example_input.is_cuda, _END_TO_END)
-
-
-def _deployed(model: nn.Module, example_input: torch.Tensor, backend: str) -> Callable[[], object]:
-    """One forward pass of ``model`` as deployed on ``backend`` (BN folded; eval mode)."""
-    from .export import export_onnx, fold_batchnorm
-
-    if backend == "eager":
-        folded = fold_batchnorm(model, example_input).eval()
-        return lambda: folded(example_input)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = export_onnx(model, Path(folder) / "model.onnx", tuple(example_input.shape[1:]), check=False,
-                           batch=example_input.shape[0])
-        session = _ort_session(path.read_bytes())
-    feed = {session.get_inputs()[0].name: example_input.detach().cpu().float().numpy()}
-    return lambda: session.run(None, feed)
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"latency backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "onnxruntime":
-        import importlib.util
-
-        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ImportError(f"the onnxruntime latency backend needs {' and '.join(missing)}: "
-                              f"pip install {' '.join(missing)}")
-
-
-def _ort_session(serialized: bytes):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # the thread count the tables are keyed by
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
-
-
-def _ort_time(session, example_input: torch.Tensor, repeats: int, warmup: int = 3) -> float:
-    feed = {session.get_inputs()[0].name: example_input.detach().cpu().float().numpy()}
-    return _best_time(lambda: session.run(None, feed), repeats, warmup)
-
-
 def _onnx_probe(probe: nn.Module, kind: str, input_shape: tuple[int, ...]) -> bytes:
     """A one-node ONNX model of a sized conv/Linear probe, built directly (exporting each probe with
     torch.onnx would take most of a second apiece)."""
@@ -247,25 +139,32 @@ def _onnx_probe(probe: nn.Module, kind: str, input_shape: tuple[int, ...]) -> by
 def measure_table(model: nn.Module, example_input: torch.Tensor, *, graph: ChannelGraph | None = None,
                   repeats: int = 5, cache_dir: str | Path | None = None, backend: str = "eager") -> LatencyTable:
     """Measure (or read from the cache) the latency table of ``model`` at ``example_input``'s batch and size
-    on ``backend`` (see :data:`BACKENDS`); the whole model is timed as deployed (:func:`deployed_latency`).
+    on ``backend`` (see :data:`netslim.timing.BACKENDS`), in the device, dtype and memory format of
+    ``example_input`` (a CUDA bf16 channels_last input: the tables of a GPU deployment); the whole model is
+    timed as deployed (:func:`netslim.timing.deployed_latency`).
     """
-    _check_backend(backend)
-    graph = graph or trace_channels(model, example_input)
+    check_backend(backend, example_input)
+    analysed = analysis_input(model, example_input)
+    graph = graph or trace_channels(model, analysed)
     model = model.eval()
-    inputs = _layer_inputs(model, graph, example_input)
+    inputs = _layer_inputs(model, graph, analysed)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache_file = cache / f"{_machine_key(example_input, backend)}.json"
+    # TorchInductor runs convolutions and matmuls with the kernels eager PyTorch calls (extern aten/oneDNN),
+    # so its layer tables are eager's; what compiling changes (fused pointwise ops, no per-op Python)
+    # is in the overhead, measured on the compiled whole model.
+    layers_on = "eager" if backend == "compile" else backend
+    cache_file = cache / f"{_machine_key(example_input, layers_on)}.json"
     stored = _read_cache(cache_file)
     table = LatencyTable()
     for path, use in graph.layers.items():
         if use.kind not in _TIMED or path not in inputs:
             continue
         layer = model.get_submodule(path)
-        key = _shape_key(layer, use.kind, inputs[path])
+        key = _shape_key(layer, use.kind, inputs[path], example_input)
         table.shapes[path] = key
         if key not in table.samples:
-            table.samples[key] = stored.get(key) or _time_layer(layer, use.kind, inputs[path],
-                                                                len(use.in_ids), len(use.out_ids), repeats, backend)
+            table.samples[key] = stored.get(key) or _time_layer(layer, use.kind, inputs[path], example_input,
+                                                                len(use.in_ids), len(use.out_ids), repeats, layers_on)
             stored[key] = table.samples[key]
     _write_cache(cache_file, stored)
     table.measured = deployed_latency(model, example_input, backend, repeats=max(repeats, 10))
@@ -291,15 +190,15 @@ def _layer_inputs(model: nn.Module, graph: ChannelGraph, example_input) -> dict[
     return seen
 
 
-def _shape_key(layer: nn.Module, kind: str, input_shape: torch.Size) -> str:
+def _shape_key(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_as: torch.Tensor) -> str:
     if isinstance(layer, _ConvNd):
         geometry = (layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.output_padding
                     if isinstance(layer, _ConvTransposeNd) else None)
         full = (layer.in_channels, layer.out_channels)
     else:
         geometry, full = None, (layer.in_features, layer.out_features)
-    dtype = str(layer.weight.dtype)
-    return f"{kind}|{type(layer).__name__}|{geometry}|{full}|{tuple(input_shape[:1]) + tuple(input_shape[2:])}|{dtype}"
+    layout = f"{deployed_as.dtype}{'|channels_last' if is_channels_last(deployed_as) else ''}"
+    return f"{kind}|{type(layer).__name__}|{geometry}|{full}|{tuple(input_shape[:1]) + tuple(input_shape[2:])}|{layout}"
 
 
 def _grid(full: int) -> list[int]:
@@ -312,22 +211,28 @@ def _grid(full: int) -> list[int]:
     return sorted(w for w in widths if w <= full)
 
 
-def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, full_in: int, full_out: int,
-                repeats: int, backend: str = "eager") -> dict[tuple[int, int], float]:
-    device, dtype = layer.weight.device, layer.weight.dtype
+def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_as: torch.Tensor, full_in: int,
+                full_out: int, repeats: int, backend: str = "eager") -> dict[tuple[int, int], float]:
+    """Seconds of ``layer`` resized to each (in, out) pair of the grid, in the device, dtype and memory
+    format of ``deployed_as``, on ``backend``."""
+    device, dtype = deployed_as.device, deployed_as.dtype
+    layout = torch.channels_last if is_channels_last(deployed_as) and len(input_shape) == 4 else torch.contiguous_format
     samples = {}
     pairs = [(c, c) for c in _grid(full_out)] if kind == "depthwise" else \
         [(i, o) for i in _grid(full_in) for o in _grid(full_out)]
     for n_in, n_out in pairs:
-        probe = _sized(layer, kind, n_in, n_out).to(device=device, dtype=dtype).eval()
-        x = torch.randn(input_shape[0], n_in, *input_shape[2:], device=device, dtype=dtype)
+        probe = _sized(layer, kind, n_in, n_out).eval()
+        x = torch.randn(input_shape[0], n_in, *input_shape[2:])
         if backend == "onnxruntime":
-            session = _ort_session(_onnx_probe(probe, kind, tuple(x.shape)))
-            samples[n_in, n_out] = _ort_time(session, x, repeats, warmup=1)
-        else:
-            with torch.no_grad():
-                samples[n_in, n_out] = _best_time(lambda probe=probe, x=x: probe(x), repeats, warmup=1,
-                                                  cuda=x.is_cuda)
+            session = ort_session(_onnx_probe(probe, kind, tuple(x.shape)))
+            feed = {session.get_inputs()[0].name: x.numpy()}
+            samples[n_in, n_out] = best_time(lambda session=session, feed=feed: session.run(None, feed), repeats,
+                                             warmup=1)
+            continue
+        probe = probe.to(device=device, dtype=dtype, memory_format=layout)
+        x = x.to(device=device, dtype=dtype).contiguous(memory_format=layout)
+        with torch.no_grad():
+            samples[n_in, n_out] = best_time(lambda probe=probe, x=x: probe(x), repeats, warmup=1, cuda=x.is_cuda)
     return samples
 
 
@@ -435,7 +340,7 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
         raise ValueError("give exactly one of target_latency (seconds) or target_speedup (x faster)")
     if not cost_exponents or not round_to:
         raise ValueError("cost_exponents and round_to each need at least one value")
-    graph = trace_channels(model, example_input, fixed)
+    graph = trace_channels(model, analysis_input(model, example_input), fixed)
     table = table or measure_table(model, example_input, graph=graph, backend=backend)
     base = table.measured or predict(table, graph, set())
     if target_speedup is not None:
@@ -536,53 +441,3 @@ def _next_goal(points: list[tuple[float, float]], target: float) -> float:
         if slope > 0.05:
             step = (target - m1) / slope
     return g1 + max(-math.log(4), min(math.log(4), step))
-
-
-@dataclass
-class SpeedCheck:
-    """Original and compact model, each deployed (BN folded) and timed end to end on the same input."""
-
-    original: float
-    compact: float
-    reason: str = ""  # why the compact model is not faster, when it is not
-
-    @property
-    def speedup(self) -> float:
-        return self.original / self.compact
-
-    def line(self) -> str:
-        text = (f"measured: {1e3 * self.original:.3g} ms -> {1e3 * self.compact:.3g} ms per batch "
-                f"({self.speedup:.2f}x faster)")
-        if self.speedup < 1:
-            text += f"; warning: the compact model is SLOWER than the original here ({self.reason})"
-        return text
-
-
-def speed_check(original: nn.Module, compact: nn.Module, example_input: torch.Tensor,
-                repeats: int = 20, backend: str = "eager") -> SpeedCheck:
-    """Time both models as deployed on ``backend``, in turns (:func:`deployed_latencies`), and, when the
-    compact one is slower, say the likely reason."""
-    from .deployment import misaligned_widths
-
-    a, b = deployed_latencies([original, compact], example_input, backend, repeats)
-    reason = ""
-    if b > a:
-        odd = misaligned_widths(compact, 8, example_input)
-        reasons = [f"{len(odd)} widths are not multiples of 8 (prune with --round-to 8)"] if odd else []
-        if example_input.shape[0] == 1:
-            reasons.append("at batch 1 the time is mostly fixed per-op overhead, not arithmetic")
-        runtime = "ONNX Runtime" if backend == "onnxruntime" else "eager PyTorch"
-        reasons.append(f"backend: {runtime} on {example_input.device.type}, {torch.get_num_threads()} threads")
-        reason = "; ".join(reasons)
-    return SpeedCheck(a, b, reason)
-
-
-def original_of(arch: dict, factory=None) -> nn.Module | None:
-    """The unpruned model a checkpoint's architecture was cut from (untrained weights: enough for timing),
-    or None when it cannot be rebuilt without running code the user did not name."""
-    from .checkpoint import CheckpointError, build_model
-
-    try:
-        return build_model({**arch, "shapes": {}}, factory).eval()
-    except (CheckpointError, ImportError):
-        return None
