@@ -339,3 +339,21 @@ def test_a_gpu_timing_input_is_bf16_channels_last_on_cuda_or_one_line_without_cu
     with pytest.raises(ValueError, match="needs a CUDA GPU") as e:
         timing_input((3, 8, 8), 1, "gpu")
     assert "\n" not in str(e.value)
+
+
+def test_probes_have_the_layers_input_shapes_at_the_deployment_batch(tmp_path, monkeypatch):
+    """The analysis runs one sample; probes are timed at the deployment's batch."""
+    import netslim.latency as latency
+
+    seen, real = [], latency.best_time
+
+    def spy(run, *args, **kwargs):
+        seen.append(run.__defaults__)
+        return real(run, *args, **kwargs)
+
+    monkeypatch.setattr(latency, "best_time", spy)
+    measure_table(_model(), torch.zeros(5, 3, 32, 32), repeats=1, cache_dir=tmp_path)
+    convs = [(p, x) for p, x in seen if isinstance(p, torch.nn.Conv2d)]
+    linears = [(p, x) for p, x in seen if isinstance(p, torch.nn.Linear)]
+    assert convs and all(x.shape[:2] == (5, p.in_channels) and x.shape[2] in (32, 16, 8, 4, 2) for p, x in convs)
+    assert linears and all(x.shape == (5, p.in_features) for p, x in linears)

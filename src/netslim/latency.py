@@ -147,7 +147,7 @@ def measure_table(model: nn.Module, example_input: torch.Tensor, *, graph: Chann
     analysed = analysis_input(model, example_input)
     graph = graph or trace_channels(model, analysed)
     model = model.eval()
-    inputs = _layer_inputs(model, graph, analysed)
+    inputs = _layer_inputs(model, graph, analysed, example_input.shape[0])
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     # TorchInductor runs convolutions and matmuls with the kernels eager PyTorch calls (extern aten/oneDNN),
     # so its layer tables are eager's; what compiling changes (fused pointwise ops, no per-op Python)
@@ -174,16 +174,19 @@ def measure_table(model: nn.Module, example_input: torch.Tensor, *, graph: Chann
     return table
 
 
-def _layer_inputs(model: nn.Module, graph: ChannelGraph, example_input) -> dict[str, torch.Size]:
+def _layer_inputs(model: nn.Module, graph: ChannelGraph, sample: torch.Tensor, batch: int) -> dict[str, torch.Size]:
+    """The input shape of every timed layer at ``batch``, seen on one ``sample``: the leading dimension
+    grows with the batch (also where a model folds another dimension into it)."""
     seen: dict[str, torch.Size] = {}
 
     def record(path: str, args: tuple) -> None:  # a pre-hook returning a value would replace the inputs
-        seen.setdefault(path, args[0].shape)
+        shape = args[0].shape
+        seen.setdefault(path, torch.Size((shape[0] * batch // sample.shape[0], *shape[1:])))
 
     hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: record(p, args))
              for p, u in graph.layers.items() if u.kind in _TIMED]
     try:
-        model(example_input)
+        model(sample)
     finally:
         for h in hooks:
             h.remove()
@@ -220,9 +223,15 @@ def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_a
     samples = {}
     pairs = [(c, c) for c in _grid(full_out)] if kind == "depthwise" else \
         [(i, o) for i in _grid(full_in) for o in _grid(full_out)]
+    # One random input per layer, narrowed per input width (drawing 25 inputs of 100 MB each cost seconds).
+    # Channels are dim 1 of a conv's input and the last dim of a Linear's (which may be (B, T, F)).
+    axis = len(input_shape) - 1 if kind == "linear" else 1
+    full = torch.randn(*input_shape[:axis], max(i for i, _ in pairs), *input_shape[axis + 1:])
+    x = None
     for n_in, n_out in pairs:
         probe = _sized(layer, kind, n_in, n_out).eval()
-        x = torch.randn(input_shape[0], n_in, *input_shape[2:])
+        if x is None or x.shape[axis] != n_in:
+            x = full.narrow(axis, 0, n_in).contiguous()
         if backend == "onnxruntime":
             session = ort_session(_onnx_probe(probe, kind, tuple(x.shape)))
             feed = {session.get_inputs()[0].name: x.numpy()}
@@ -230,9 +239,10 @@ def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_a
                                              warmup=1)
             continue
         probe = probe.to(device=device, dtype=dtype, memory_format=layout)
-        x = x.to(device=device, dtype=dtype).contiguous(memory_format=layout)
+        deployed_x = x.to(device=device, dtype=dtype).contiguous(memory_format=layout)
         with torch.no_grad():
-            samples[n_in, n_out] = best_time(lambda probe=probe, x=x: probe(x), repeats, warmup=1, cuda=x.is_cuda)
+            samples[n_in, n_out] = best_time(lambda probe=probe, x=deployed_x: probe(x), repeats, warmup=1,
+                                             cuda=deployed_x.is_cuda)
     return samples
 
 

@@ -55,14 +55,16 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 def analysis_input(model: nn.Module, example_input: torch.Tensor | None) -> torch.Tensor | None:
-    """``example_input`` on the model's own device and dtype, contiguous: what the channel analysis runs
-    ``model`` on (the deployment's format is for timing only)."""
+    """One sample of ``example_input`` on the model's own device and dtype, contiguous: what the channel
+    analysis runs ``model`` on. Channels do not depend on the batch, and the deployment's format is for
+    timing only (a ResNet-50 forward pass at batch 32 takes seconds on a CPU)."""
     if example_input is None:
         return None
     reference = next(model.parameters(), None)
+    sample = example_input[:1]
     if reference is None:
-        return example_input.contiguous()
-    return example_input.to(device=reference.device, dtype=reference.dtype).contiguous()
+        return sample.contiguous()
+    return sample.to(device=reference.device, dtype=reference.dtype).contiguous()
 
 
 @torch.no_grad()
