@@ -353,7 +353,8 @@ def render_latency(rec: dict) -> str:
     lines = ["## Pruning for measured speed (latency tables)\n",
              "`plan_for_latency` (`netslim prune --target-speedup X`) with latency tables measured here, its goal "
              "corrected by timing the compact model (`measured_rounds=3`); the compact model and the original are "
-             "both BN-folded and timed end to end (wall clock, fastest of the repeats) in the same run. Σ|γ| kept: "
+             "both BN-folded and timed end to end (wall clock, fastest of the repeats) in turns, in the same run; "
+             "*measured* is the median of three such timings made after planning. Σ|γ| kept: "
              "the share of the BN scales' sum that a plan keeps (BN scales from a seeded generator). *At equal "
              "latency*: `plan_for_budget` at the FLOPs whose compact model measures the latency plan's latency "
              "(bisection, within 3%), and Torch-Pruning's `BNScalePruner` (global, default importance) at those "
@@ -364,7 +365,8 @@ def render_latency(rec: dict) -> str:
              "Σ\\|γ\\| | rounds: measured speedup | planning | tables built / cached |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in rec["results"]["models"]:
-        m = {**m, "model": m["model"] + (" on ONNX Runtime" if m.get("backend") == "onnxruntime" else "")}
+        on = {"onnxruntime": " on ONNX Runtime", "compile": " with torch.compile"}.get(m.get("backend"), "")
+        m = {**m, "model": m["model"] + on}
         if "skipped" in m:
             lines.append(f"| {m['model']} | {m['batch']} | skipped: {m['skipped']} |" + " |" * 13)
             continue
@@ -376,29 +378,34 @@ def render_latency(rec: dict) -> str:
             t = r.get("torch_pruning", {})
             rounds = ", ".join(f"{m['original_ms'] / step['measured_seconds']:.2f}x" for step in r.get("rounds", []))
             tp = (f"{t['measured_speedup']:.2f}x, {100 * t['gamma_kept']:.1f}%" if "measured_speedup" in t
-                  else f"failed: {t.get('error', t.get('skipped', '-'))}")
+                  else f"failed: {t.get('error', t.get('skipped', '-'))}" if t else "not compared")
+            by_flops = (f"{r['flops_plan_measured_speedup']:.2f}x, {100 * r['flops_plan_gamma_kept']:.1f}%"
+                        if "flops_plan_gamma_kept" in r else "not compared (each timing compiles both models)")
             lines.append(
                 f"| {m['model']} | {m['batch']} | {m['original_ms']:.3g} ms | {r['target_speedup']}x | "
                 f"{r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x | {100 * r['prediction_error']:+.0f}% | "
                 f"{'yes' if r['within_10_percent'] else 'no'} | {100 * r['flops_fraction']:.1f}% | "
                 f"{100 * r['gamma_kept']:.1f}% ({_ranking(r.get('ranking'))}) | "
-                f"{_percent_or_dash(r.get('paper_ranking_gamma_kept'))} | {r['flops_plan_measured_speedup']:.2f}x, "
-                f"{100 * r['flops_plan_gamma_kept']:.1f}% | {tp} | {rounds} | "
+                f"{_percent_or_dash(r.get('paper_ranking_gamma_kept'))} | {by_flops} | {tp} | {rounds} | "
                 f"{r.get('planning_s', 0):.0f} s | {m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s |")
     rows = [r for m in rec["results"]["models"] for r in m.get("rows", []) if "within_10_percent" in r]
-    more = [r for r in rows if r["gamma_kept"] > r["flops_plan_gamma_kept"]]
+    compared = [r for r in rows if "flops_plan_gamma_kept" in r]
+    more = [r for r in compared if r["gamma_kept"] > r["flops_plan_gamma_kept"]]
     ran = [r for r in rows if "gamma_kept" in r.get("torch_pruning", {})]
     beats = [r for r in ran if r["gamma_kept"] > r["torch_pruning"]["gamma_kept"]]
     lines += ["", f"Within 10% of the target: {sum(r['within_10_percent'] for r in rows)} of {len(rows)}. At equal "
               f"measured latency the latency plan kept more Σ|γ| than the plan by FLOPs in {len(more)} of "
-              f"{len(rows)} (equal latency within 3%), and more than Torch-Pruning in {len(beats)} of the {len(ran)} "
-              "where it ran. 'Cached' includes timing the whole original model again (at least 3 runs and 1 s).",
+              f"{len(compared)} (equal latency within 3%), and more than Torch-Pruning in {len(beats)} of the "
+              f"{len(ran)} where it ran. 'Cached' includes timing the whole original model again (at least 3 runs "
+              "and 1 s).",
               "", "Error: predicted compact latency / measured − 1 (after the correction rounds). Speedups are "
               "timed in turns with the original (one run of each, again and again), the planner's rounds and the "
               "final measurement separately.", "",
-              "GPU (CUDA, bf16, channels_last): unmeasured. The tables and the planner take a CUDA input as they "
-              "take a CPU one (timings synchronized), but no GPU was lent to the sessions that built this; the "
-              "GPU section below lists what runs there first.", "",
+              "GPU (CUDA, bf16, channels_last): unmeasured, no GPU was lent to the sessions that built this. On a "
+              "machine with CUDA, `netslim prune --target-speedup X` (target auto/gpu) times the tables' probes "
+              "and the whole models in bf16 channels_last on the GPU (synchronized), as `netslim.deploy` runs "
+              "them; that path is tested here in bf16 channels_last on the CPU only. The GPU section below lists "
+              "what runs there first.", "",
               _notes(rec), _provenance(rec)]
     return "\n".join(lines)
 

@@ -357,3 +357,15 @@ def test_probes_have_the_layers_input_shapes_at_the_deployment_batch(tmp_path, m
     linears = [(p, x) for p, x in seen if isinstance(p, torch.nn.Linear)]
     assert convs and all(x.shape[:2] == (5, p.in_channels) and x.shape[2] in (32, 16, 8, 4, 2) for p, x in convs)
     assert linears and all(x.shape == (5, p.in_features) for p, x in linears)
+
+
+def test_cli_latency_for_a_gpu_target_without_cuda_is_one_line_before_any_timing(tmp_path, capsys, monkeypatch):
+    from netslim.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: a gpu target is timed there")
+    monkeypatch.setenv("NETSLIM_CACHE", str(tmp_path / "cache"))
+    assert main(["prune", "mlp", "--target", "gpu", "--target-speedup", "1.5", "--out", str(tmp_path / "s.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs a CUDA GPU" in err and "--target cpu" in err and "\n" not in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "s.pt").exists()

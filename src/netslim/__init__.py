@@ -12,6 +12,7 @@ from .budget import plan_for_budget
 from .deployment import deploy, export_aoti, export_program
 from .export import export_onnx, fold_batchnorm
 from .graph import ChannelGraph, GraphError, trace_channels
+from .latency import measure_table, plan_for_latency
 from .layers import SelectBatchNorm
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
@@ -22,6 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelGraph", "GraphError", "PruningPlan", "SelectBatchNorm", "Sparsity", "SparsityRegularizer", "apply_plan",
     "count_flops", "count_params", "deploy", "export_aoti", "export_onnx", "export_program", "fold_batchnorm",
-    "init_bn_scales", "masked_model", "models", "plan_for_budget", "plan_pruning", "sparsify", "trace_channels",
-    "train",
+    "init_bn_scales", "masked_model", "measure_table", "models", "plan_for_budget", "plan_for_latency", "plan_pruning",
+    "sparsify", "trace_channels", "train",
 ]

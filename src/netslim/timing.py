@@ -29,8 +29,9 @@ __all__ = ["BACKENDS", "SpeedCheck", "deployed_latencies", "deployed_latency", "
 BACKENDS = ("eager", "onnxruntime", "compile")
 RUNTIME_NAMES = {"eager": "eager PyTorch", "onnxruntime": "ONNX Runtime", "compile": "torch.compile (TorchInductor)"}
 # Whole models are timed for at least this long (fastest run kept): a speedup compares two such
-# timings, and the fastest of a few runs of a 25 ms model still varied by 10% here.
-END_TO_END = 1.0
+# timings. Measured here (VGG-19 and its 60%-pruned model, batch 1, idle machine, 6 timings each): the
+# speedup spread over 10% with 1 s per timing, 5% with 3 s.
+END_TO_END = 2.0
 
 
 def timing_input(size: Sequence[int], batch: int = 1, target: str = "cpu", backend: str = "eager") -> torch.Tensor:
