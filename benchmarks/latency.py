@@ -3,12 +3,13 @@
 For each model (BN scales randomized from a seeded generator, as a stand-in for a sparsity-trained
 model), batch size and target speedup: the per-layer latency tables are measured (the time to build
 them, and to read them back from the cache, is recorded), ``plan_for_latency`` picks the channels by |γ|
-and corrects its goal by timing the compact model (``measured_rounds=3``, as
-``netslim prune --target-speedup`` does), and the compact model is measured end to end against the original, both BN-folded, side
-by side in one run, three times apart from the planner's own timings (the median is judged). Reported:
-target, predicted and measured speedup, the prediction's error, the share of Σ|γ| kept; then, at equal
-measured latency, the plan by FLOPs (``plan_for_budget`` at the FLOPs found by bisection on its measured
-latency) and Torch-Pruning's BN-scale pruner at those FLOPs, with their Σ|γ| kept.
+and corrects its goal by timing the compact model (``measured_rounds=3``, as ``netslim prune
+--target-speedup`` does), and the compact model is measured end to end against the original, both
+BN-folded, side by side in one run, three times apart from the planner's own timings (the median is
+judged). Reported: target, predicted and measured speedup, the prediction's error, the share of Σ|γ|
+kept; then, at equal measured latency, the plan by FLOPs (``plan_for_budget`` at the FLOPs found by
+bisection on its measured latency) and Torch-Pruning's BN-scale pruner at those FLOPs, with their Σ|γ|
+kept.
 
 Usage: python benchmarks/latency.py [--full | --quick | --smoke] [--threads N]
 """
