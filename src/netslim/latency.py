@@ -265,7 +265,9 @@ def _machine_key(example_input: torch.Tensor, backend: str = "eager") -> str:
     device = example_input.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or
                                                                              platform.machine())
-    version = f"onnxruntime {__import__('onnxruntime').__version__}" if backend == "onnxruntime" else "eager"
+    # ONNX Runtime probes are timed without spinning since this key's "no spinning" (see timing.ort_session)
+    version = f"onnxruntime {__import__('onnxruntime').__version__} no spinning" if backend == "onnxruntime" \
+        else "eager"
     text = f"{name}|{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{device.type}|{version}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
