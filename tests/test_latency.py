@@ -369,3 +369,50 @@ def test_cli_latency_for_a_gpu_target_without_cuda_is_one_line_before_any_timing
     err = capsys.readouterr().err.strip()
     assert "needs a CUDA GPU" in err and "--target cpu" in err and "\n" not in err
     assert not (tmp_path / "cache").exists() and not (tmp_path / "s.pt").exists()
+
+
+@pytest.mark.parametrize("target, round_to, tried", [("gpu", None, (8, 16)), ("cpu", None, (1, 8)), ("gpu", 4, (4,))])
+def test_latency_plans_try_the_width_multiples_of_their_target(monkeypatch, target, round_to, tried):
+    """Tensor cores want multiples of 8 or 16: a gpu plan never tries unaligned widths; a cpu plan tries any."""
+    import netslim.pruning as pruning
+
+    seen = {}
+
+    def fake(model, **kwargs):
+        seen.update(kwargs)
+        return plan_pruning(model, 0.1), 1.0
+
+    monkeypatch.setattr(pruning, "plan_for_latency", fake)
+    pruning.plan_for(_model(), torch.zeros(1, 3, 32, 32), target_speedup=2.0, target=target, round_to=round_to)
+    assert seen["round_to"] == tried
+
+
+def test_the_papers_ranking_gets_rounds_of_its_own_when_the_tables_favour_another_by_error(monkeypatch):
+    """The tables say every conv costs in·out; really the convs reading 48 channels or more cost 3x that.
+    Ranked by |γ| per predicted second saved, the plan's rounds end far faster than the target (they cannot
+    find the plan in between); the paper's ranking, timed on rounds of its own, meets the target keeping
+    more Σ|γ|, and is kept."""
+    import netslim.latency as latency
+
+    model = _model()
+    graph = trace_channels(model)
+    table = _synthetic(graph)
+    table.measured = predict(table, graph, set())
+
+    def real(compact):
+        layers = [m for m in compact.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+        return sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 * (3.0 if m.weight.shape[1] >= 48 else 1.0)
+                   for m in layers)
+
+    full = real(model)
+    monkeypatch.setattr(latency, "deployed_latencies", lambda models, x, *a, **k: [
+        table.measured * real(m) / full for m in models])
+    x = torch.zeros(1, 3, 32, 32)
+    knapsack, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), cost_exponents=(1.0,),
+                                   measured_rounds=3, example_input=x)
+    plan, _ = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), cost_exponents=(0.0, 1.0),
+                               measured_rounds=3, example_input=x)
+    rankings = [r["ranking"] for r in plan.options["rounds"]]
+    assert rankings[0] != "|γ|" and "|γ|" in rankings  # the first rounds were the knapsack's, then the paper's
+    assert plan.options["ranking"] == "|γ|" and plan.options["measured_seconds"] <= table.measured / 2 * 1.05
+    assert _kept_gamma(model, plan) > _kept_gamma(model, knapsack)

@@ -14,6 +14,9 @@ from .deployment import resolve_target, target_defaults
 from .latency import plan_for_latency
 from .plan import DEFAULT_PERCENT, PruningPlan, plan_pruning
 
+# The width multiples a latency plan tries (the one keeping the most Σ|γ| within the budget wins): tensor
+# cores want multiples of 8 and sometimes 16 (PEERS #18); a CPU runs any width, and multiples of 8 often faster.
+LATENCY_WIDTH_MULTIPLES = {"gpu": (8, 16), "cpu": (1, 8)}
 AMOUNTS = ("percent", "layer_percent", "target_flops", "target_params", "target_latency", "target_speedup")
 
 
@@ -34,9 +37,9 @@ def plan_for(model: nn.Module, example_input: torch.Tensor, *, percent: float | 
     """Plan the pruning of ``model`` by at most one amount (none: ``DEFAULT_PERCENT`` globally).
 
     ``target_latency`` (seconds) or ``target_speedup``: planned from latency tables measured on this machine
-    at ``timing_input`` (default ``example_input``), trying width multiples ``round_to`` or (1, 8), then
-    corrected by timing the compact model up to ``measured_rounds`` times, all on ``latency_backend``
-    (see ``plan_for_latency``).
+    at ``timing_input`` (default ``example_input``), trying width multiples ``round_to`` or the target's
+    :data:`LATENCY_WIDTH_MULTIPLES`, then corrected by timing the compact model up to ``measured_rounds``
+    times, all on ``latency_backend`` (see ``plan_for_latency``).
     Otherwise widths are rounded to ``round_to``, by default the ``target``'s (8 for a gpu, 1 for a cpu).
     """
     given = [name for name, value in zip(AMOUNTS, (percent, layer_percent, target_flops, target_params,
@@ -50,7 +53,8 @@ def plan_for(model: nn.Module, example_input: torch.Tensor, *, percent: float | 
             model, target_latency=target_latency, target_speedup=target_speedup,
             example_input=timing_input if timing_input is not None else example_input,
             max_layer_fraction=max_layer_fraction, min_channels=min_channels,
-            round_to=(round_to,) if round_to else (1, 8), measured_rounds=measured_rounds, backend=latency_backend)
+            round_to=(round_to,) if round_to else LATENCY_WIDTH_MULTIPLES[target], measured_rounds=measured_rounds,
+            backend=latency_backend)
         return Planned(plan, target, multiple, predicted)
     options = dict(max_layer_fraction=max_layer_fraction, min_channels=min_channels, round_to=multiple,
                    example_input=example_input)
