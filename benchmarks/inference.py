@@ -35,6 +35,7 @@ import torch
 
 import netslim
 from common import begin, finish, interleaved_times, randomize_bn, summaries
+from netslim import timing
 from netslim.export import export_onnx, fold_batchnorm, relative_error
 
 NAME = "inference"
@@ -63,13 +64,9 @@ def torchscript(model: torch.nn.Module, example: torch.Tensor):
 
 
 def ort_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """netslim's ONNX Runtime session as it times models (``threads`` intra-op threads, no spinning)."""
+    torch.set_num_threads(threads)
+    return timing.ort_session(Path(path).read_bytes())
 
 
 def runner(runtime: str, model, x: torch.Tensor):

@@ -342,11 +342,11 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
     a layer the smallest |γ| always go first. The candidate keeping the largest Σ|γ| wins
     (``plan.options["ranking"]`` says which).
     ``measured_rounds``: then build the compact model (BN folded), time it end to end (for a speedup:
-    in turns with the original, see :func:`deployed_latencies`) and, while it misses the target by
-    more than ``tolerance``, plan again for a corrected goal, up to that many times; when the winner is
-    not the paper's ranking, the paper's ranking gets as many rounds of its own (the tables may favour a
-    ranking by error). The plan kept is the one keeping the most Σ|γ| among those measured within the
-    tolerance of the target or faster (else the fastest measured). ``plan.options`` records
+    in turns with the original, see :func:`deployed_latencies`) and, while it is slower than the target
+    or faster by more than ``tolerance``, plan again for a corrected goal, up to that many times;
+    when the winner is not the paper's ranking, the paper's ranking gets as many rounds of its own (the
+    tables may favour a ranking by error). The plan kept is the one keeping the most Σ|γ| among those
+    measured at the target or faster (else the fastest measured). ``plan.options`` records
     ``predicted_seconds``, ``measured_seconds`` and the ``rounds`` (goal, predicted, measured). Returns
     the plan and its predicted seconds. ValueError (one line) when the guards make the budget unreachable.
     """
@@ -416,7 +416,7 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
         log: list[dict] = []
         tried = _measured_rounds(model, graph, plan, search, seconds, measure, target, target, measured_rounds,
                                  tolerance, log)
-        plan = _best_measured(tried, kept, target, tolerance)
+        plan = _best_measured(tried, kept, target)
         if plan.options["ranking"] != "|γ|" and 0 in cost_exponents:
             # Candidates were compared on predicted seconds, and the tables err differently for each ranking:
             # one can win by an optimistic prediction alone. The paper's ranking gets rounds of its own, from
@@ -430,7 +430,7 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
                 if not any(first.kept == p.kept for p in tried):
                     tried += _measured_rounds(model, graph, first, paper, seconds, measure, target, goal,
                                               measured_rounds, tolerance, log)
-            plan = _best_measured(tried, kept, target, tolerance)
+            plan = _best_measured(tried, kept, target)
         plan.options["rounds"] = log
     plan.options["predicted_seconds"] = seconds(plan)
     return plan, seconds(plan)
@@ -451,9 +451,10 @@ def _measured_rounds(model, graph, plan, search, seconds, measure, target: float
         points.append((math.log(goal), math.log(measured)))
         log.append({"goal_seconds": goal, "predicted_seconds": seconds(plan), "measured_seconds": measured,
                     "ranking": plan.options.get("ranking", "|γ|")})
-        if abs(measured / target - 1) <= tolerance or attempt == rounds:
-            break
-        goal = math.exp(_next_goal(points, math.log(target)))
+        if target * (1 - tolerance) <= measured <= target or attempt == rounds:
+            break  # the budget is met, by a plan at most ``tolerance`` faster than it needs to be
+        # aim at the middle of the window [target·(1 − tolerance), target] that ends the rounds
+        goal = math.exp(_next_goal(points, math.log(target * (1 - tolerance / 2))))
         try:
             plan = search(goal)
         except ValueError:
@@ -463,10 +464,13 @@ def _measured_rounds(model, graph, plan, search, seconds, measure, target: float
     return tried
 
 
-def _best_measured(tried: list[PruningPlan], kept, target: float, tolerance: float) -> PruningPlan:
-    """The plan keeping the most Σ|γ| among those measured within ``tolerance`` of ``target`` or faster;
-    else the fastest measured."""
-    meeting = [p for p in tried if p.options["measured_seconds"] <= target * (1 + tolerance)]
+def _best_measured(tried: list[PruningPlan], kept, target: float) -> PruningPlan:
+    """The plan keeping the most Σ|γ| among those measured at ``target`` or faster; else the fastest measured.
+
+    The budget is met as measured, with no slack: choosing the most Σ|γ| among plans measured up to 5%
+    too slow chose, each time, the one whose timing erred fastest, and timed again the compact models
+    were up to 11% slower than the target (YOLOv8n, batch 1, 4x: 3.57x)."""
+    meeting = [p for p in tried if p.options["measured_seconds"] <= target]
     return max(meeting, key=kept) if meeting else min(tried, key=lambda p: p.options["measured_seconds"])
 
 
