@@ -397,7 +397,7 @@ def render_latency(rec: dict) -> str:
               f"measured latency the latency plan kept more Σ|γ| than the plan by FLOPs in {len(more)} of "
               f"{len(compared)} (equal latency within 3%), and more than Torch-Pruning in {len(beats)} of the "
               f"{len(ran)} where it ran. 'Cached' includes timing the whole original model again (at least 3 runs "
-              "and 1 s).",
+              "and 2 s).",
               "", "Error: predicted compact latency / measured − 1 (after the correction rounds). Speedups are "
               "timed in turns with the original (one run of each, again and again), the planner's rounds and the "
               "final measurement separately.", "",
