@@ -484,9 +484,9 @@ def cmd_prune(args) -> int:
     print(f"params: {p0:,} -> {p1:,} ({100 * (1 - p1 / p0):.1f}% pruned); "
           f"FLOPs: {f0:.3g} -> {f1:.3g} ({100 * (1 - f1 / f0):.1f}% pruned)")
     if by_latency:
-        from .timing import speed_check
+        from .timing import RUNTIME_NAMES, speed_check
         check = speed_check(model, compact, timing_input, backend=args.latency_backend)
-        on = {"onnxruntime": " on ONNX Runtime", "compile": " with torch.compile"}.get(args.latency_backend, "")
+        on = "" if args.latency_backend == "eager" else f" with {RUNTIME_NAMES[args.latency_backend]}"
         if timing_input.is_cuda:
             on += f" on {torch.cuda.get_device_name(timing_input.device)} ({str(timing_input.dtype).split('.')[-1]})"
         for k, step in enumerate(plan.options.get("rounds", []), 1):

@@ -231,8 +231,9 @@ def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_a
     x = None
     for n_in, n_out in pairs:
         probe = _sized(layer, kind, n_in, n_out).eval()
-        if x is None or x.shape[axis] != n_in:
+        if x is None or x.shape[axis] != n_in:  # once per input width, not per (in, out) pair
             x = full.narrow(axis, 0, n_in).contiguous()
+            deployed_x = x.to(device=device, dtype=dtype).contiguous(memory_format=layout)
         if backend == "onnxruntime":
             session = ort_session(_onnx_probe(probe, kind, tuple(x.shape)))
             feed = {session.get_inputs()[0].name: x.numpy()}
@@ -240,7 +241,6 @@ def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_a
                                              warmup=1)
             continue
         probe = probe.to(device=device, dtype=dtype, memory_format=layout)
-        deployed_x = x.to(device=device, dtype=dtype).contiguous(memory_format=layout)
         with torch.no_grad():
             samples[n_in, n_out] = best_time(lambda probe=probe, x=deployed_x: probe(x), repeats, warmup=1,
                                              cuda=deployed_x.is_cuda)
