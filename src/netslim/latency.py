@@ -25,6 +25,7 @@ import json
 import math
 import os
 import platform
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,11 @@ from .timing import (
 
 _TIMED = ("conv", "conv_t", "depthwise", "linear")
 _GRID = (0.125, 0.25, 0.5, 0.75, 1.0)  # fractions of a layer's full width at which it is timed
+# A plan that would end the measured rounds, or be kept, is judged on the median of this many timings of
+# its compact model: one timing on a shared machine errs by 3-10%, and a plan chosen because its timing
+# met the budget is the one whose timing erred fastest (VGG-19 at batch 1: accepted at 2.08x, re-timed
+# 2.11x / 2.21x / 2.22x).
+CONFIRMING_TIMINGS = 3
 
 
 def default_cache_dir() -> Path:
@@ -345,9 +351,11 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
     in turns with the original, see :func:`deployed_latencies`) and, while it is slower than the target
     or faster by more than ``tolerance``, plan again for a corrected goal, up to that many times;
     when the winner is not the paper's ranking, the paper's ranking gets as many rounds of its own (the
-    tables may favour a ranking by error). The plan kept is the one keeping the most Σ|γ| among those
-    measured at the target or faster (else the fastest measured). ``plan.options`` records
-    ``predicted_seconds``, ``measured_seconds`` and the ``rounds`` (goal, predicted, measured). Returns
+    tables may favour a ranking by error). A plan that would end the rounds, or be kept, is judged on the
+    median of :data:`CONFIRMING_TIMINGS` timings. The plan kept is the one keeping the most Σ|γ| among
+    those measured at the target or faster (else the fastest measured). ``plan.options`` records
+    ``predicted_seconds``, ``measured_seconds`` (the median of its ``timings``) and the ``rounds`` (goal,
+    predicted, measured, timings). Returns
     the plan and its predicted seconds. ValueError (one line) when the guards make the budget unreachable.
     """
     if (target_latency is None) == (target_speedup is None):
@@ -414,9 +422,13 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
             def measure(compact: nn.Module) -> float:
                 return deployed_latency(compact, example_input, backend)
         log: list[dict] = []
+
+        def confirm(candidate: PruningPlan) -> float:
+            return _time_plan(model, graph, candidate, measure, CONFIRMING_TIMINGS)
+
         tried = _measured_rounds(model, graph, plan, search, seconds, measure, target, target, measured_rounds,
                                  tolerance, log)
-        plan = _best_measured(tried, kept, target)
+        plan = _best_measured(tried, kept, target, confirm)
         if plan.options["ranking"] != "|γ|" and 0 in cost_exponents:
             # Candidates were compared on predicted seconds, and the tables err differently for each ranking:
             # one can win by an optimistic prediction alone. The paper's ranking gets rounds of its own, from
@@ -430,7 +442,7 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
                 if not any(first.kept == p.kept for p in tried):
                     tried += _measured_rounds(model, graph, first, paper, seconds, measure, target, goal,
                                               measured_rounds, tolerance, log)
-            plan = _best_measured(tried, kept, target)
+            plan = _best_measured(tried, kept, target, confirm)
         plan.options["rounds"] = log
     plan.options["predicted_seconds"] = seconds(plan)
     return plan, seconds(plan)
@@ -440,18 +452,22 @@ def _measured_rounds(model, graph, plan, search, seconds, measure, target: float
                      tolerance: float, log: list[dict]) -> list[PruningPlan]:
     """Time the compact model of ``plan`` (planned for ``goal``) end to end and, while it misses ``target``,
     correct the goal the tables plan for and plan again (see plan_for_latency); every round is appended to
-    ``log``. Returns the plans timed, each with its ``measured_seconds``."""
-    from .surgery import apply_plan
-
+    ``log``. A timing inside the window that ends the rounds is confirmed first (:data:`CONFIRMING_TIMINGS`).
+    Returns the plans timed, each with its ``measured_seconds`` (median of its ``timings``)."""
     tried, points = [], []  # points: (log goal planned for, log seconds measured)
+
+    def ends_rounds(measured: float) -> bool:
+        return target * (1 - tolerance) <= measured <= target
+
     for attempt in range(rounds + 1):
-        measured = measure(apply_plan(model, plan, graph=graph))
-        plan.options["measured_seconds"] = measured
+        measured = _time_plan(model, graph, plan, measure, 1)
+        if ends_rounds(measured):
+            measured = _time_plan(model, graph, plan, measure, CONFIRMING_TIMINGS)
         tried.append(plan)
         points.append((math.log(goal), math.log(measured)))
         log.append({"goal_seconds": goal, "predicted_seconds": seconds(plan), "measured_seconds": measured,
-                    "ranking": plan.options.get("ranking", "|γ|")})
-        if target * (1 - tolerance) <= measured <= target or attempt == rounds:
+                    "timings": len(plan.options["timings"]), "ranking": plan.options.get("ranking", "|γ|")})
+        if ends_rounds(measured) or attempt == rounds:
             break  # the budget is met, by a plan at most ``tolerance`` faster than it needs to be
         # aim at the middle of the window [target·(1 − tolerance), target] that ends the rounds
         goal = math.exp(_next_goal(points, math.log(target * (1 - tolerance / 2))))
@@ -464,14 +480,31 @@ def _measured_rounds(model, graph, plan, search, seconds, measure, target: float
     return tried
 
 
-def _best_measured(tried: list[PruningPlan], kept, target: float) -> PruningPlan:
-    """The plan keeping the most Σ|γ| among those measured at ``target`` or faster; else the fastest measured.
+def _time_plan(model, graph, plan: PruningPlan, measure, timings: int) -> float:
+    """Time the compact model of ``plan`` until it has ``timings`` timings (``plan.options["timings"]``,
+    in the tables' seconds); its ``measured_seconds`` is their median, which it returns."""
+    from .surgery import apply_plan
+
+    done = plan.options.setdefault("timings", [])
+    if len(done) < timings:
+        compact = apply_plan(model, plan, graph=graph)
+        done += [measure(compact) for _ in range(timings - len(done))]
+    plan.options["measured_seconds"] = statistics.median(done)
+    return plan.options["measured_seconds"]
+
+
+def _best_measured(tried: list[PruningPlan], kept, target: float, confirm) -> PruningPlan:
+    """The plan keeping the most Σ|γ| among those measured at ``target`` or faster, once ``confirm`` (the
+    median of :data:`CONFIRMING_TIMINGS` timings) still says so; else the fastest measured.
 
     The budget is met as measured, with no slack: choosing the most Σ|γ| among plans measured up to 5%
     too slow chose, each time, the one whose timing erred fastest, and timed again the compact models
     were up to 11% slower than the target (YOLOv8n, batch 1, 4x: 3.57x)."""
     meeting = [p for p in tried if p.options["measured_seconds"] <= target]
-    return max(meeting, key=kept) if meeting else min(tried, key=lambda p: p.options["measured_seconds"])
+    for plan in sorted(meeting, key=kept, reverse=True):
+        if confirm(plan) <= target:
+            return plan
+    return min(tried, key=lambda p: p.options["measured_seconds"])
 
 
 def _next_goal(points: list[tuple[float, float]], target: float) -> float:
