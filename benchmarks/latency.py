@@ -12,12 +12,18 @@ bisection on its measured latency; a timing near the match is confirmed, the med
 the latency plan's is) and Torch-Pruning's BN-scale pruner at those FLOPs (median of three timings), with
 their Σ|γ| kept.
 
+GPU rows: the same on CUDA in the GPU deployment format (bf16, channels_last: ``timing_input(size, batch,
+"gpu")``, widths tried in multiples of 8 and 16 as ``netslim prune --target gpu`` does); recorded as skipped,
+with the reason, on a machine without CUDA.
+
 Usage: python benchmarks/latency.py [--full | --quick | --smoke] [--threads N]
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import statistics
 import tempfile
 import time
@@ -27,7 +33,8 @@ import torch
 import netslim
 from common import begin, finish, randomize_bn
 from netslim.latency import measure_table, plan_for_latency
-from netslim.timing import deployed_latencies
+from netslim.pruning import LATENCY_WIDTH_MULTIPLES
+from netslim.timing import analysis_input, deployed_latencies, timing_input
 
 NAME = "latency"
 SETTINGS = {
@@ -35,9 +42,13 @@ SETTINGS = {
              "batches": [1, 32], "speedups": [2.0, 4.0], "repeats": 5,
              "backends": {"onnxruntime": {"models": {"vgg19": 32, "torchvision:resnet50": 224}, "batches": [1]},
                           # every timing compiles both models (10-20 s each here): no equal-latency search
-                          "compile": {"models": {"vgg19": 32}, "batches": [1], "compare": False}}},
-    "quick": {"models": {"vgg19": 32}, "batches": [1, 8], "speedups": [2.0, 4.0], "repeats": 3},
-    "smoke": {"models": {"mlp": None}, "batches": [1], "speedups": [1.5], "repeats": 1},
+                          "compile": {"models": {"vgg19": 32}, "batches": [1], "compare": False}},
+             "gpu": {"models": {"vgg19": 32, "torchvision:resnet50": 224, "ultralytics:yolov8n.yaml": 320},
+                     "batches": [1, 32]}},
+    "quick": {"models": {"vgg19": 32}, "batches": [1, 8], "speedups": [2.0, 4.0], "repeats": 3,
+              "gpu": {"models": {"vgg19": 32}, "batches": [1]}},
+    "smoke": {"models": {"mlp": None}, "batches": [1], "speedups": [1.5], "repeats": 1,
+              "gpu": {"models": {"mlp": None}, "batches": [1]}},
 }
 MATCH = 0.03  # equal latency: the FLOPs plan's measured latency within 3% of the latency plan's
 BISECTIONS = 7
@@ -77,11 +88,13 @@ def _speedups(original: torch.nn.Module, compact: torch.nn.Module, x: torch.Tens
     return [round(_speedup(original, compact, x, backend), 3) for _ in range(times)]
 
 
-def _bisect(make, value_of, goal: float, first: float | None = None) -> tuple[object, float, float]:
+def _bisect(make, value_of, goal: float, first: float | None = None,
+            seen: list | None = None) -> tuple[object, float, float]:
     """The amount in (0, 1] whose model has ``value_of`` = ``goal`` (the value falls as the amount falls):
     bisection on the amount kept, starting at ``first`` when given; returns (model or plan, amount, value)
-    of the closest measured."""
+    of the closest measured; every (amount, value) tried is appended to ``seen``."""
     low, high, best = 0.0, 1.0, None
+    seen = [] if seen is None else seen
     for step in range(BISECTIONS):
         amount = first if step == 0 and first is not None else (low + high) / 2
         try:
@@ -90,6 +103,7 @@ def _bisect(make, value_of, goal: float, first: float | None = None) -> tuple[ob
             low = amount
             continue
         seconds = value_of(made)
+        seen.append((amount, seconds))
         if best is None or abs(seconds / goal - 1) < abs(best[2] / goal - 1):
             best = (made, amount, seconds)
         if abs(seconds / goal - 1) <= MATCH:
@@ -110,8 +124,9 @@ def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, flops_goal: float, s
 
     def prune(ratio: float) -> torch.nn.Module:
         m = copy.deepcopy(model).eval()
-        pruner = tp.pruner.BNScalePruner(m, x[:1], tp.importance.BNScaleImportance(), global_pruning=True,
-                                         pruning_ratio=1 - ratio, ignored_layers=[m.get_submodule(n) for n in head])
+        pruner = tp.pruner.BNScalePruner(m, analysis_input(m, x), tp.importance.BNScaleImportance(),
+                                         global_pruning=True, pruning_ratio=1 - ratio,
+                                         ignored_layers=[m.get_submodule(n) for n in head])
         pruner.step()
         return m
 
@@ -128,10 +143,10 @@ def _torch_pruning(model: torch.nn.Module, x: torch.Tensor, flops_goal: float, s
 
 
 def measure(name: str, side: int | None, batch: int, speedups: list[float], repeats: int, cache: str,
-            backend: str = "eager", compare: bool = True) -> dict:
+            backend: str = "eager", compare: bool = True, deploy_target: str = "cpu") -> dict:
     model, size = _model(name, side)
-    x = torch.zeros(batch, *size)
-    sample = x[:1]  # what the channel analysis runs on (channels do not depend on the batch)
+    x = timing_input(size, batch, deploy_target, backend)  # the deployment's format: bf16 channels_last on a GPU
+    sample = analysis_input(model, x)  # what the channel analysis runs on (channels do not depend on the batch)
     graph = netslim.trace_channels(model, sample)
     start = time.perf_counter()
     table = measure_table(model, x, graph=graph, repeats=repeats, cache_dir=cache, backend=backend)
@@ -145,7 +160,8 @@ def measure(name: str, side: int | None, batch: int, speedups: list[float], repe
         started = time.perf_counter()
         try:
             plan, predicted = plan_for_latency(model, target_speedup=target, example_input=x, table=table,
-                                               measured_rounds=3, backend=backend)
+                                               measured_rounds=3, backend=backend,
+                                               round_to=LATENCY_WIDTH_MULTIPLES[deploy_target])
         except ValueError as e:
             rows.append({"target_speedup": target, "error": str(e)})
             continue
@@ -171,7 +187,7 @@ def measure(name: str, side: int | None, batch: int, speedups: list[float], repe
         rows.append(row if not compare else {**row, **_at_equal_latency(model, x, size, flops, speedup, repeats,
                                                                         backend)})
         print(rows[-1], flush=True)
-    return {"model": name, "backend": backend, "input": list(size), "batch": batch,
+    return {"model": name, "backend": backend, "target": deploy_target, "input": list(size), "batch": batch,
             "original_ms": round(1e3 * table.measured, 3),
             "table_build_s": round(built, 2), "table_cached_s": round(reread, 2), "layers_timed": len(table.shapes),
             "shapes_timed": len(table.samples), "rows": rows}
@@ -181,42 +197,77 @@ def _at_equal_latency(model, x, size, flops: float, speedup: float, repeats: int
     """The plan by FLOPs whose compact model measures ``speedup`` (bisection from ``flops``), and
     Torch-Pruning at those FLOPs."""
 
-    def by_flops(fraction: float):
-        return netslim.plan_for_budget(model, target_flops=fraction, example_input=x[:1])
+    def by_flops(fraction: float):  # widths as netslim rounds them for the target: multiples of 8 on a GPU
+        return netslim.plan_for_budget(model, target_flops=fraction, example_input=analysis_input(model, x),
+                                       round_to=8 if x.is_cuda else 1)
 
     def flops_speedup(p) -> float:
         # judged as the latency plan is: a timing near the match is confirmed by two more (the median)
-        compact = netslim.apply_plan(model, p, example_input=x[:1])
+        compact = netslim.apply_plan(model, p, example_input=analysis_input(model, x))
         first = _speedup(model, compact, x, backend)
         if abs(first / speedup - 1) > 2 * MATCH:
             return first
         return statistics.median([first, *_speedups(model, compact, x, backend, times=2)])
 
+    seen: list[tuple[float, float]] = []
     flops_plan, flops_fraction, flops_measured = _bisect(by_flops, lambda p: 1 / flops_speedup(p), 1 / speedup,
-                                                         first=flops)
+                                                         first=flops, seen=seen)
     tp = _torch_pruning(model, x, flops_fraction, size, repeats, backend)
-    return {"flops_plan_fraction": round(flops_fraction, 4),
-            "flops_plan_measured_speedup": round(1 / flops_measured, 3),
-            "flops_plan_gamma_kept": round(_kept_gamma(model, flops_plan), 4), "torch_pruning": tp}
+    row = {"flops_plan_fraction": round(flops_fraction, 4),
+           "flops_plan_measured_speedup": round(1 / flops_measured, 3),
+           "flops_plan_gamma_kept": round(_kept_gamma(model, flops_plan), 4), "torch_pruning": tp}
+    if flops_measured and flops_fraction < 1:  # one more point, on the other side of the match, for the fit
+        other = min(1.0, flops_fraction * (0.9 if flops_measured > 1 / speedup else 1.1))
+        with contextlib.suppress(ValueError, RuntimeError):
+            seen.append((other, 1 / flops_speedup(by_flops(other))))
+    fitted = _fraction_at(seen, speedup)
+    if fitted is not None:
+        with contextlib.suppress(ValueError):
+            row |= {"flops_plan_fitted_fraction": round(fitted, 4),
+                    "flops_plan_fitted_gamma_kept": round(_kept_gamma(model, by_flops(fitted)), 4)}
+    return row
+
+
+def _fraction_at(seen: list[tuple[float, float]], speedup: float) -> float | None:
+    """The FLOPs fraction whose plan should measure ``speedup`` exactly: log(seconds) fitted linear in
+    log(FLOPs) through the bisection's measurements within 1.5x of that speedup (a fit through several
+    timings errs less than the one timing closest to it, on a machine whose timings swing 5-10%)."""
+    near = [(math.log(f), math.log(t)) for f, t in seen if abs(math.log(t * speedup)) <= math.log(1.5)]
+    if len({f for f, _ in near}) < 2:
+        return None
+    mean_f, mean_t = statistics.fmean(f for f, _ in near), statistics.fmean(t for _, t in near)
+    slope = sum((f - mean_f) * (t - mean_t) for f, t in near) / sum((f - mean_f) ** 2 for f, _ in near)
+    if slope <= 0:
+        return None
+    return min(1.0, math.exp(mean_f + (math.log(1 / speedup) - mean_t) / slope))
 
 
 def main(argv: list[str] | None = None) -> dict:
     run = begin(__doc__, argv, SETTINGS)
     s = run.settings
     results = []
-    runs = [(name, side, batch, "eager", True) for name, side in s["models"].items() for batch in s["batches"]]
-    runs += [(name, side, batch, backend, more.get("compare", True)) for backend, more in s.get("backends", {}).items()
+    runs = [(name, side, batch, "eager", True, "cpu") for name, side in s["models"].items() for batch in s["batches"]]
+    runs += [(name, side, batch, backend, more.get("compare", True), "cpu")
+             for backend, more in s.get("backends", {}).items()
              for name, side in more["models"].items() for batch in more["batches"]]
+    runs += [(name, side, batch, "eager", True, "gpu") for name, side in s.get("gpu", {}).get("models", {}).items()
+             for batch in s["gpu"]["batches"]]
     with tempfile.TemporaryDirectory() as cache:  # a fresh cache: the build time is the real one
-        for name, side, batch, backend, compare in runs:
+        for name, side, batch, backend, compare, target in runs:
+            entry = {"model": name, "batch": batch, "backend": backend, "target": target}
+            if target == "gpu" and not torch.cuda.is_available():
+                results.append({**entry, "skipped": "unmeasured: no CUDA GPU on this machine"})
+                continue
             try:
-                results.append(measure(name, side, batch, s["speedups"], s["repeats"], cache, backend, compare))
+                results.append(measure(name, side, batch, s["speedups"], s["repeats"], cache, backend, compare,
+                                       target))
             except ImportError as e:
-                results.append({"model": name, "batch": batch, "backend": backend, "skipped": str(e)})
+                results.append({**entry, "skipped": str(e)})
             print(results[-1], flush=True)
     notes = ["speedups are end to end, BN folded, on this CPU at the threads recorded: eager PyTorch, ONNX "
              "Runtime (CPUExecutionProvider, as many intra-op threads, spinning off) or torch.compile (TorchInductor, "
-             "static shapes, compiled before timing) where the model says so"]
+             "static shapes, compiled before timing) where the model says so; GPU rows on CUDA in bf16, "
+             "channels_last (synchronized), eager"]
     return finish(NAME, run, {"models": results}, notes)
 
 

@@ -357,8 +357,9 @@ def render_latency(rec: dict) -> str:
              "*measured* is the median of three such timings made after planning. Σ|γ| kept: "
              "the share of the BN scales' sum that a plan keeps (BN scales from a seeded generator). *At equal "
              "latency*: `plan_for_budget` at the FLOPs whose compact model measures the latency plan's latency "
-             "(bisection, within 3%), and Torch-Pruning's `BNScalePruner` (global, default importance) at those "
-             "FLOPs.\n",
+             "(bisection, within 3%; *fitted*: at the FLOPs where log latency, fitted linear in log FLOPs through the "
+             "bisection's timings within 1.5x, meets the latency plan's measured speedup), and Torch-Pruning's "
+             "`BNScalePruner` (global, default importance) at the bisection's FLOPs.\n",
              "| model | batch | original | target | predicted | measured | error | within 10% | FLOPs left "
              "| Σ\\|γ\\| kept (ranking) | paper's \\|γ\\| ranking, same predicted latency "
              "| by FLOPs at equal latency: speedup, Σ\\|γ\\| | Torch-Pruning there: speedup, "
@@ -366,6 +367,8 @@ def render_latency(rec: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in rec["results"]["models"]:
         on = {"onnxruntime": " on ONNX Runtime", "compile": " with torch.compile"}.get(m.get("backend"), "")
+        if m.get("target") == "gpu":
+            on += " on the GPU (CUDA, bf16, channels_last)"
         m = {**m, "model": m["model"] + on}
         if "skipped" in m:
             lines.append(f"| {m['model']} | {m['batch']} | skipped: {m['skipped']} |" + " |" * 13)
@@ -380,6 +383,8 @@ def render_latency(rec: dict) -> str:
             tp = (f"{t['measured_speedup']:.2f}x, {100 * t['gamma_kept']:.1f}%" if "measured_speedup" in t
                   else f"failed: {t.get('error', t.get('skipped', '-'))}" if t else "not compared")
             by_flops = (f"{r['flops_plan_measured_speedup']:.2f}x, {100 * r['flops_plan_gamma_kept']:.1f}%"
+                        + (f"; fitted: {100 * r['flops_plan_fitted_gamma_kept']:.1f}%"
+                           if "flops_plan_fitted_gamma_kept" in r else "")
                         if "flops_plan_gamma_kept" in r else "not compared (each timing compiles both models)")
             lines.append(
                 f"| {m['model']} | {m['batch']} | {m['original_ms']:.3g} ms | {r['target_speedup']}x | "
@@ -389,8 +394,15 @@ def render_latency(rec: dict) -> str:
                 f"{_percent_or_dash(r.get('paper_ranking_gamma_kept'))} | {by_flops} | {tp} | {rounds} | "
                 f"{r.get('planning_s', 0):.0f} s | {m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s |")
     rows = [r for m in rec["results"]["models"] for r in m.get("rows", []) if "within_10_percent" in r]
-    compared = [r for r in rows if "flops_plan_gamma_kept" in r]
-    more = [r for r in compared if r["gamma_kept"] > r["flops_plan_gamma_kept"]]
+    def by_flops_at_equal_latency(r: dict) -> float | None:  # the fit when there is one, else a match within 3%
+        if "flops_plan_fitted_gamma_kept" in r:
+            return r["flops_plan_fitted_gamma_kept"]
+        matched = abs(r["flops_plan_measured_speedup"] / r["measured_speedup"] - 1) <= 0.03
+        return r["flops_plan_gamma_kept"] if matched else None
+
+    compared = [r for r in rows if "flops_plan_gamma_kept" in r and by_flops_at_equal_latency(r) is not None]
+    unmatched = sum("flops_plan_gamma_kept" in r for r in rows) - len(compared)
+    more = [r for r in compared if r["gamma_kept"] > by_flops_at_equal_latency(r)]
     ran = [r for r in rows if "gamma_kept" in r.get("torch_pruning", {})]
     beats = [r for r in ran if r["gamma_kept"] > r["torch_pruning"]["gamma_kept"]]
     spreads = sorted(max(r["measured_speedups"]) / min(r["measured_speedups"]) - 1 for r in rows
@@ -399,19 +411,26 @@ def render_latency(rec: dict) -> str:
              f"planning, spread by {100 * spreads[len(spreads) // 2]:.0f}% (median over the rows) and up to "
              f"{100 * spreads[-1]:.0f}%: the machine's own noise, next to the 10% asked. ") if spreads else ""
     within = sum(r["within_10_percent"] for r in rows)
+    on_gpu = [m for m in rec["results"]["models"] if m.get("target") == "gpu"]
+    gpu_line = ("GPU rows (CUDA, bf16, channels_last): " + (
+        "measured above." if any("rows" in m for m in on_gpu) else
+        "unmeasured: no GPU was lent to the sessions that built this. On a machine with CUDA, "
+        "`python benchmarks/latency.py` adds them (the same models and batches, widths in multiples of 8 and 16), "
+        "and `netslim prune --target-speedup X` (target auto/gpu) times the tables' probes and the whole models "
+        "in bf16 channels_last on the GPU (synchronized), as `netslim.deploy` runs them; that path is tested "
+        "here in bf16 channels_last on the CPU only."))
     lines += ["", noise + f"Within 10% of the target: {within} of {len(rows)}. At equal "
               f"measured latency the latency plan kept more Σ|γ| than the plan by FLOPs in {len(more)} of "
-              f"{len(compared)} (equal latency within 3%), and more than Torch-Pruning in {len(beats)} of the "
+              f"{len(compared)} (the FLOPs plan's Σ|γ| at the FLOPs where a line through the bisection's timings "
+              "meets the latency plan's measured speedup; without a fit, the plan measured within 3% of it)"
+              + (f" ({unmatched} more where no FLOPs plan did)" if unmatched else "")
+              + f", and more than Torch-Pruning in {len(beats)} of the "
               f"{len(ran)} where it ran. 'Cached' includes timing the whole original model again (at least 3 runs "
               "and 2 s).",
               "", "Error: predicted compact latency / measured − 1 (after the correction rounds). Speedups are "
               "timed in turns with the original (one run of each, again and again), the planner's rounds and the "
               "final measurement separately.", "",
-              "GPU (CUDA, bf16, channels_last): unmeasured, no GPU was lent to the sessions that built this. On a "
-              "machine with CUDA, `netslim prune --target-speedup X` (target auto/gpu) times the tables' probes "
-              "and the whole models in bf16 channels_last on the GPU (synchronized), as `netslim.deploy` runs "
-              "them; that path is tested here in bf16 channels_last on the CPU only. The GPU section below lists "
-              "what runs there first.", "",
+              gpu_line, "",
               _notes(rec), _provenance(rec)]
     return "\n".join(lines)
 

@@ -191,7 +191,10 @@ def test_render_markdown(smoke, tmp_path):
 
 def test_latency(smoke):
     data = smoke["latency"]
-    (model,) = data["results"]["models"]
+    model, on_gpu = data["results"]["models"]
     row = model["rows"][0]
+    assert model["target"] == "cpu" and on_gpu["target"] == "gpu"
+    assert ("rows" in on_gpu) == torch.cuda.is_available()  # GPU rows, or unmeasured with the reason
+    assert torch.cuda.is_available() or "no CUDA" in on_gpu["skipped"]
     assert model["table_build_s"] > 0 and model["original_ms"] > 0
     assert row["measured_speedup"] > 0 and 0 < row["gamma_kept"] <= 1 and 0 < row["flops_fraction"] <= 1

@@ -491,8 +491,9 @@ def cmd_prune(args) -> int:
             on += f" on {torch.cuda.get_device_name(timing_input.device)} ({str(timing_input.dtype).split('.')[-1]})"
         for k, step in enumerate(plan.options.get("rounds", []), 1):
             print(f"  planning round {k}: goal {1e3 * step['goal_seconds']:.3g} ms, predicted "
-                  f"{1e3 * step['predicted_seconds']:.3g} ms, measured {1e3 * step['measured_seconds']:.3g} ms "
-                  f"(ranked by {step['ranking']})")
+                  f"{1e3 * step['predicted_seconds']:.3g} ms, measured {1e3 * step['measured_seconds']:.3g} ms"
+                  + (f" (median of {step['timings']} timings)" if step.get("timings", 1) > 1 else "")
+                  + f" (ranked by {step['ranking']})")
         print(f"latency at batch {args.latency_batch}{on}: predicted "
               f"{1e3 * planned.predicted_latency:.3g} ms; {check.line()}")
     if args.recalibrate and not args.dataset:

@@ -3,10 +3,12 @@
 FLOPs are a poor proxy for latency (a 70%-pruned VGG-19 with 11x fewer FLOPs runs 4-5x faster on a
 CPU), so the planner predicts latency instead. For every conv/Linear the analysis knows, the time of
 that layer alone (BN folded: a conv with a bias) is measured on the target at the deployment batch
-size and resolution, as a function of its input and output widths, on a sparse grid of widths and
-interpolated in between; layers of the same shape share one table. What the tables do not see
-(pooling, additions, selections, activations, Python) is the *overhead*: the measured latency of
-the whole model minus the sum of its layers, scaled with the fraction of activations kept.
+size and resolution, as a function of its input and output widths, on a sparse grid of widths, and a
+surface (fixed cost, reading, writing, multiply-adds) is fitted to those samples by least squares
+(:func:`fit_surface`: one sample is noisy on a shared machine); layers of the same shape share one
+table. What the tables do not see (pooling, additions, selections, activations, Python) is the
+*overhead*: the measured latency of the whole model minus the sum of its layers, scaled with the
+fraction of activations kept.
 
 Planning ranks channels by the paper's |γ| (``plan_pruning``), and bisection finds the least pruning
 in that order whose predicted latency meets the budget. The budget is a knapsack (keep the most Σ|γ|
@@ -26,7 +28,7 @@ import math
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,10 +75,17 @@ class LatencyTable:
     shapes: dict[str, str] = field(default_factory=dict)
     overhead: float = 0.0
     measured: float = 0.0  # the whole original model, end to end (0 when synthetic)
+    _fits: dict = field(default_factory=dict, repr=False, compare=False)
 
     def layer_time(self, path: str, n_in: int, n_out: int) -> float:
-        """Interpolated seconds of layer ``path`` with ``n_in`` inputs and ``n_out`` outputs."""
+        """Seconds of layer ``path`` with ``n_in`` inputs and ``n_out`` outputs: on the surface fitted to its
+        samples (:func:`fit_surface`) where there are enough of them, else interpolated between them."""
         points = self.samples[self.shapes[path]]
+        fitted = self._fits.get(self.shapes[path])
+        if fitted is None or fitted[0] is not points:  # fitted once per sample set
+            fitted = self._fits[self.shapes[path]] = (points, fit_surface(points))
+        if fitted[1] is not None:
+            return fitted[1](n_in, n_out)
         ins, outs = sorted({i for i, _ in points}), sorted({o for _, o in points})
         (i0, i1, wi), (o0, o1, wo) = _bracket(ins, n_in), _bracket(outs, n_out)
 
@@ -86,6 +95,28 @@ class LatencyTable:
         low = at(i0, o0) * (1 - wo) + at(i0, o1) * wo
         high = at(i1, o0) * (1 - wo) + at(i1, o1) * wo
         return max(low * (1 - wi) + high * wi, 0.0)
+
+
+def fit_surface(points: dict[tuple[int, int], float]) -> Callable[[int, int], float] | None:
+    """t(in, out) = a + b·in + c·out + d·in·out, fitted by least squares to a layer's samples: a fixed cost,
+    reading, writing, and multiply-adds. On a shared machine one sample is noise-ridden: measured here
+    (VGG-19, batch 1, 2 threads), a sample moved 15-40% (median) between two builds of the same table, and
+    the per-channel costs the knapsack ranks by moved 30%; fitted, they moved 9.5%, the fit's residuals
+    being 3% (median) of the samples. None below 6 samples (too few to smooth 4 coefficients)."""
+    if len(points) < 6:
+        return None
+    top_in, top_out = max(i for i, _ in points), max(o for _, o in points)
+    design = torch.tensor([[1.0, i / top_in, o / top_out, i * o / (top_in * top_out)] for i, o in points],
+                          dtype=torch.float64)
+    times = torch.tensor(list(points.values()), dtype=torch.float64).unsqueeze(1)
+    # gelsd: least squares by SVD, which copes with a depthwise layer's samples (in = out: rank 3)
+    a, b, c, d = torch.linalg.lstsq(design, times, driver="gelsd").solution.squeeze(1).tolist()
+
+    def surface(n_in: int, n_out: int) -> float:
+        i, o = n_in / top_in, n_out / top_out
+        return max(a + b * i + c * o + d * i * o, 0.0)
+
+    return surface
 
 
 def _bracket(values: list[int], x: int) -> tuple[int, int, float]:
