@@ -38,6 +38,21 @@ def _synthetic(graph, per_mac=1e-6) -> LatencyTable:
     return table
 
 
+def _timed_setup():
+    """A model, its channel graph and its synthetic table, the original timed as the table predicts it."""
+    model = _model()
+    graph = trace_channels(model)
+    table = _synthetic(graph)
+    table.measured = predict(table, graph, set())
+    return model, graph, table
+
+
+def _law(compact, scale=lambda layer: 1.0) -> float:
+    """The synthetic table's law on ``compact``'s convs and Linears (in·out·1e-6 s), each times ``scale``."""
+    layers = [m for m in compact.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    return sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 * scale(m) for m in layers)
+
+
 def test_the_plan_meets_the_budget_with_the_least_pruning_in_gamma_order():
     model = _model()
     graph = trace_channels(model)
@@ -138,9 +153,8 @@ def test_measured_rounds_correct_what_the_tables_miss(monkeypatch):
     table = _synthetic(graph)
     table.measured = predict(table, graph, set())  # the original is timed right; compact models are not
 
-    def law(compact):  # the synthetic table's law, on its layers
-        layers = [m for m in compact.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-        return 1.6 * sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 for m in layers)
+    def law(compact):  # the tables underpredict every layer 1.6-fold
+        return 1.6 * _law(compact)
 
     def fake_measure(models, x, backend="eager", repeats=20):  # the original [0] is timed right
         return [table.measured if m is model else law(m) for m in models]
@@ -186,14 +200,10 @@ def test_a_plan_is_kept_on_confirmed_timings_not_on_one_lucky_timing(monkeypatch
     judged on the median of three, it meets the target as really measured."""
     import netslim.latency as latency
 
-    model = _model()
-    graph = trace_channels(model)
-    table = _synthetic(graph)
-    table.measured = predict(table, graph, set())
+    model, graph, table = _timed_setup()
 
-    def law(compact):
-        layers = [m for m in compact.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-        return 1.6 * sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 for m in layers)
+    def law(compact):  # the tables underpredict every layer 1.6-fold
+        return 1.6 * _law(compact)
 
     seen: set = set()
 
@@ -463,15 +473,10 @@ def test_the_papers_ranking_gets_rounds_of_its_own_when_the_tables_favour_anothe
     more Σ|γ|, and is kept."""
     import netslim.latency as latency
 
-    model = _model()
-    graph = trace_channels(model)
-    table = _synthetic(graph)
-    table.measured = predict(table, graph, set())
+    model, graph, table = _timed_setup()
 
     def real(compact):
-        layers = [m for m in compact.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
-        return sum(m.weight.shape[0] * m.weight.shape[1] * 1e-6 * (3.0 if m.weight.shape[1] >= 48 else 1.0)
-                   for m in layers)
+        return _law(compact, lambda m: 3.0 if m.weight.shape[1] >= 48 else 1.0)
 
     full = real(model)
     monkeypatch.setattr(latency, "deployed_latencies", lambda models, x, *a, **k: [
