@@ -386,8 +386,8 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
     median of :data:`CONFIRMING_TIMINGS` timings. The plan kept is the one keeping the most Σ|γ| among
     those measured at the target or faster (else the fastest measured). ``plan.options`` records
     ``predicted_seconds``, ``measured_seconds`` (the median of its ``timings``) and the ``rounds`` (goal,
-    predicted, measured, timings). Returns
-    the plan and its predicted seconds. ValueError (one line) when the guards make the budget unreachable.
+    predicted, measured, timings). Returns the plan and its predicted seconds. ValueError (one line) when
+    the guards make the budget unreachable.
     """
     if (target_latency is None) == (target_speedup is None):
         raise ValueError("give exactly one of target_latency (seconds) or target_speedup (x faster)")
