@@ -491,9 +491,7 @@ def _measured_rounds(model, graph, plan, search, seconds, measure, target: float
         return target * (1 - tolerance) <= measured <= target
 
     for attempt in range(rounds + 1):
-        measured = _time_plan(model, graph, plan, measure, 1)
-        if ends_rounds(measured):
-            measured = _time_plan(model, graph, plan, measure, CONFIRMING_TIMINGS)
+        measured = _time_plan(model, graph, plan, measure, 1, confirm_if=ends_rounds)
         tried.append(plan)
         points.append((math.log(goal), math.log(measured)))
         log.append({"goal_seconds": goal, "predicted_seconds": seconds(plan), "measured_seconds": measured,
@@ -511,15 +509,21 @@ def _measured_rounds(model, graph, plan, search, seconds, measure, target: float
     return tried
 
 
-def _time_plan(model, graph, plan: PruningPlan, measure, timings: int) -> float:
+def _time_plan(model, graph, plan: PruningPlan, measure, timings: int,
+               confirm_if: Callable[[float], bool] = lambda seconds: False) -> float:
     """Time the compact model of ``plan`` until it has ``timings`` timings (``plan.options["timings"]``,
-    in the tables' seconds); its ``measured_seconds`` is their median, which it returns."""
+    in the tables' seconds), and up to :data:`CONFIRMING_TIMINGS` when their median satisfies
+    ``confirm_if`` (the compact model built once for both); ``measured_seconds`` is the median of the
+    timings, which it returns."""
     from .surgery import apply_plan
 
     done = plan.options.setdefault("timings", [])
-    if len(done) < timings:
-        compact = apply_plan(model, plan, graph=graph)
-        done += [measure(compact) for _ in range(timings - len(done))]
+    compact = None
+    for wanted in (timings, CONFIRMING_TIMINGS):
+        if len(done) < wanted and (wanted == timings or confirm_if(statistics.median(done))):
+            if compact is None:
+                compact = apply_plan(model, plan, graph=graph)
+            done += [measure(compact) for _ in range(wanted - len(done))]
     plan.options["measured_seconds"] = statistics.median(done)
     return plan.options["measured_seconds"]
 
