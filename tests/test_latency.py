@@ -268,6 +268,31 @@ def test_a_compact_model_slower_than_its_original_is_said_in_one_line():
     assert "SLOWER" not in SpeedCheck(0.012, 0.010).line()
 
 
+def test_a_budget_missed_as_measured_is_said_in_one_line(tmp_path, capsys, monkeypatch):
+    """The planner keeps the fastest plan it measured when none meets the budget; the user is told the
+    budget was not met, once, in one line, and the compact model is still written."""
+    from netslim.cli import main
+    from netslim.timing import SpeedCheck
+
+    assert SpeedCheck(0.010, 0.0051).missed(0.005, batch=1) == ""  # within a timing's noise
+    line = SpeedCheck(0.010, 0.008).missed(0.005, batch=1)
+    assert "not met" in line and "1.25x" in line and "2.00x" in line and "\n" not in line
+    import netslim.latency
+    import netslim.timing
+
+    monkeypatch.setenv("NETSLIM_CACHE", str(tmp_path / "cache"))
+    full = sum(p.numel() for p in models.create("mlp").parameters())
+
+    def fake(models, x, *a, **k):  # 70% of the time is out of pruning's reach: at most 1.43x faster
+        return [1e-3 * (0.7 + 0.3 * sum(p.numel() for p in m.parameters()) / full) for m in models]
+
+    monkeypatch.setattr(netslim.timing, "deployed_latencies", fake)
+    monkeypatch.setattr(netslim.latency, "deployed_latencies", fake)
+    assert main(["prune", "mlp", "--target-speedup", "2", "--out", str(tmp_path / "small.pt")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("latency budget was not met as measured") == 1 and (tmp_path / "small.pt").exists()
+
+
 @pytest.mark.parametrize("kind, layer, shape", [
     ("conv", torch.nn.Conv2d(6, 5, 3, stride=2, padding=1, dilation=1), (2, 6, 9, 9)),
     ("conv", torch.nn.Conv2d(6, 5, (3, 5), padding="same", dilation=2), (1, 6, 8, 10)),

@@ -496,6 +496,9 @@ def cmd_prune(args) -> int:
                   + f" (ranked by {step['ranking']})")
         print(f"latency at batch {args.latency_batch}{on}: predicted "
               f"{1e3 * planned.predicted_latency:.3g} ms; {check.line()}")
+        budget = args.target_latency / 1e3 if args.target_latency else check.original / args.target_speedup
+        if warning := check.missed(budget, args.latency_batch):
+            print(warning)
     if args.recalibrate and not args.dataset:
         raise UsageError("--recalibrate needs --dataset (the training batches to re-estimate BN statistics on)")
     if args.dataset:

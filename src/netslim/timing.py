@@ -215,6 +215,17 @@ class SpeedCheck:
             text += f"; warning: the compact model is SLOWER than the original here ({self.reason})"
         return text
 
+    def missed(self, target_seconds: float, batch: int, tolerance: float = 0.05) -> str:
+        """One warning line when the compact model measured slower than ``target_seconds`` by more than
+        ``tolerance`` (a timing's noise), else "": the budget asked was not reached as measured."""
+        if self.compact <= target_seconds * (1 + tolerance):
+            return ""
+        left = "fixed per-op overhead at batch 1" if batch == 1 else "time outside the pruned layers"
+        return (f"warning: the latency budget was not met as measured: {1e3 * self.compact:.3g} ms "
+                f"({self.speedup:.2f}x) for {1e3 * target_seconds:.3g} ms ({self.original / target_seconds:.2f}x); "
+                f"what is left is mostly {left} or layers the guards keep: relax --max-layer-fraction or "
+                "--min-channels, or time at the deployment batch (--latency-batch)")
+
 
 def speed_check(original: nn.Module, compact: nn.Module, example_input: torch.Tensor,
                 repeats: int = 20, backend: str = "eager") -> SpeedCheck:
