@@ -352,7 +352,8 @@ def _percent_or_dash(value: float | None) -> str:
 def render_latency(rec: dict) -> str:
     lines = ["## Pruning for measured speed (latency tables)\n",
              "`plan_for_latency` (`netslim prune --target-speedup X`) with latency tables measured here, its goal "
-             "corrected by timing the compact model (`measured_rounds=3`); the compact model and the original are "
+             "corrected by timing the compact model (`measured_rounds=3`, then up to `CLOSING_ROUNDS=2` on "
+             "confirmed timings when the plan kept is faster than the window); the compact model and the original are "
              "both BN-folded and timed end to end (wall clock, fastest of the repeats) in turns, in the same run; "
              "*measured* is the median of three such timings made after planning. Σ|γ| kept: "
              "the share of the BN scales' sum that a plan keeps (BN scales from a seeded generator). *At equal "
