@@ -10,7 +10,8 @@ judged). Reported: target, predicted and measured speedup, the prediction's erro
 kept; then, at equal measured latency, the plan by FLOPs (``plan_for_budget`` at the FLOPs found by
 bisection on its measured latency; a timing near the match is confirmed, the median of three judged, as
 the latency plan's is) and Torch-Pruning's BN-scale pruner at those FLOPs (median of three timings), with
-their Σ|γ| kept.
+their Σ|γ| kept. Also recorded: the width multiple each plan snapped to (exact widths, or a channel block the
+tables found layers stepping with) and how many layer shapes step with each block.
 
 GPU rows: the same on CUDA in the GPU deployment format (bf16, channels_last: ``timing_input(size, batch,
 "gpu")``, widths tried in multiples of 8 and 16 as ``netslim prune --target gpu`` does); recorded as skipped,
@@ -177,7 +178,7 @@ def measure(name: str, side: int | None, batch: int, speedups: list[float], repe
             "measured_speedup": round(speedup, 3), "measured_speedups": speedups,
             "prediction_error": round(predicted / (table.measured / speedup) - 1, 3),
             "within_10_percent": abs(speedup / target - 1) <= 0.10,
-            "ranking": plan.options.get("ranking"),
+            "ranking": plan.options.get("ranking"), "round_to": plan.options.get("round_to", 1),
             "rounds": [{k: (round(1e3 * v, 3) if k.endswith("seconds") else v) for k, v in r.items()}
                        for r in plan.options.get("rounds", [])],
             "planning_s": round(planning, 1), "flops_fraction": round(flops, 4),
@@ -190,7 +191,17 @@ def measure(name: str, side: int | None, batch: int, speedups: list[float], repe
     return {"model": name, "backend": backend, "target": deploy_target, "input": list(size), "batch": batch,
             "original_ms": round(1e3 * table.measured, 3),
             "table_build_s": round(built, 2), "table_cached_s": round(reread, 2), "layers_timed": len(table.shapes),
-            "shapes_timed": len(table.samples), "rows": rows}
+            "shapes_timed": len(table.samples), "blocks": _blocks(table), "rows": rows}
+
+
+def _blocks(table) -> dict[str, int]:
+    """How many layer shapes step with each channel block (the larger of their two sides')."""
+    found: dict[str, int] = {}
+    for key in table.samples:
+        law = table.law(key)
+        block = str(max(law.inputs.quantum, law.outputs.quantum))
+        found[block] = found.get(block, 0) + 1
+    return dict(sorted(found.items(), key=lambda kv: int(kv[0])))
 
 
 def _at_equal_latency(model, x, size, flops: float, speedup: float, repeats: int, backend: str) -> dict:

@@ -345,6 +345,17 @@ def _ranking(text: str | None) -> str:
     return "|γ|" if not text or text == "|γ|" else text.replace("(seconds saved)", "t").replace(" ", "")
 
 
+def _widths(row: dict) -> str:
+    return f"; widths ×{row['round_to']}" if row.get("round_to", 1) > 1 else ""
+
+
+def _blocks(model_record: dict) -> str:
+    """'; blocks 16: 40/53' - how many of the layer shapes timed step with each channel block > 1."""
+    found = {int(k): v for k, v in model_record.get("blocks", {}).items() if int(k) > 1}
+    total = model_record.get("shapes_timed", 0)
+    return "; blocks " + ", ".join(f"{q}: {n}/{total}" for q, n in sorted(found.items())) if found else ""
+
+
 def _percent_or_dash(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -360,7 +371,10 @@ def render_latency(rec: dict) -> str:
              "latency*: `plan_for_budget` at the FLOPs whose compact model measures the latency plan's latency "
              "(bisection, within 3%; *fitted*: at the FLOPs where log latency, fitted linear in log FLOPs through the "
              "bisection's timings within 1.5x, meets the latency plan's measured speedup), and Torch-Pruning's "
-             "`BNScalePruner` (global, default importance) at the bisection's FLOPs.\n",
+             "`BNScalePruner` (global, default importance) at the bisection's FLOPs. *Widths ×16*: the plan snapped "
+             "every width to a multiple of 16, a channel block the tables found layers stepping with (probes just "
+             "past a multiple of 16); *blocks 16: n/m*: n of the m layer shapes timed step with blocks of 16 (of 8: "
+             "likewise).\n",
              "| model | batch | original | target | predicted | measured | error | within 10% | FLOPs left "
              "| Σ\\|γ\\| kept (ranking) | paper's \\|γ\\| ranking, same predicted latency "
              "| by FLOPs at equal latency: speedup, Σ\\|γ\\| | Torch-Pruning there: speedup, "
@@ -391,9 +405,10 @@ def render_latency(rec: dict) -> str:
                 f"| {m['model']} | {m['batch']} | {m['original_ms']:.3g} ms | {r['target_speedup']}x | "
                 f"{r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x | {100 * r['prediction_error']:+.0f}% | "
                 f"{'yes' if r['within_10_percent'] else 'no'} | {100 * r['flops_fraction']:.1f}% | "
-                f"{100 * r['gamma_kept']:.1f}% ({_ranking(r.get('ranking'))}) | "
+                f"{100 * r['gamma_kept']:.1f}% ({_ranking(r.get('ranking'))}{_widths(r)}) | "
                 f"{_percent_or_dash(r.get('paper_ranking_gamma_kept'))} | {by_flops} | {tp} | {rounds} | "
-                f"{r.get('planning_s', 0):.0f} s | {m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s |")
+                f"{r.get('planning_s', 0):.0f} s | {m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s"
+                f"{_blocks(m)} |")
     rows = [r for m in rec["results"]["models"] for r in m.get("rows", []) if "within_10_percent" in r]
     def by_flops_at_equal_latency(r: dict) -> float | None:  # the fit when there is one, else a match within 3%
         if "flops_plan_fitted_gamma_kept" in r:

@@ -75,7 +75,7 @@ def test_layer_times_come_from_a_surface_fitted_through_noisy_samples():
     """Samples of t = 20 µs + 1e-8·in·out, each off by up to ±30% (a shared machine's noise): the fitted
     surface errs less than half as much as the samples (mean over the grid);
     noise-free bilinear samples are reproduced exactly; with fewer than 6 samples, interpolation."""
-    from netslim.latency import fit_surface
+    from netslim.layer_law import fit_surface
 
     generator = torch.Generator().manual_seed(0)
     widths = [8, 16, 32, 48, 64]
@@ -141,6 +141,75 @@ def test_widths_snap_to_multiples_and_the_better_snapping_wins():
     both, _ = plan_for_latency(model, target_speedup=1.5, table=table, round_to=(1, 8))
     exact, _ = plan_for_latency(model, target_speedup=1.5, table=table, round_to=(1,))
     assert _kept_gamma(model, both) == pytest.approx(max(_kept_gamma(model, plan), _kept_gamma(model, exact)))
+
+
+def _blocked(full_in: int, full_out: int, quantum: int = 16, ragged: float = 1.3):
+    """A kernel working on blocks of ``quantum`` channels: t = 1e-6 s times the widths rounded up to the next
+    block (never past the full width), times ``ragged`` for each side that is not a whole number of blocks."""
+    def side(n: int, full: int) -> float:
+        return min(full, -(-n // quantum) * quantum) * (1.0 if n % quantum == 0 or n == full else ragged)
+
+    return lambda i, o: 1e-6 * side(i, full_in) * side(o, full_out)
+
+
+def _blocked_table(graph, quantum: int = 16) -> LatencyTable:
+    """The table measure_table would build on a machine whose kernels follow :func:`_blocked`: sampled at the
+    widths it times (the grid and the probes past a block)."""
+    from netslim.latency import probe_pairs
+
+    table = LatencyTable()
+    for path, use in graph.layers.items():
+        if use.kind in _TIMED:
+            full_in, full_out = len(use.in_ids), len(use.out_ids)
+            law = _blocked(full_in, full_out, quantum)
+            table.shapes[path] = path
+            table.samples[path] = {(i, o): law(i, o) for i, o in probe_pairs(use.kind, full_in, full_out)}
+    return table
+
+
+@pytest.mark.parametrize("quantum", [8, 16])
+def test_the_channel_block_a_layer_steps_with_is_found_from_probes_past_a_block(quantum):
+    """Sampled where measure_table samples, a blocked kernel's law is found: its block on each side and what a
+    ragged width costs on top, so widths off the grid are predicted exactly; a smooth kernel (t = in·out,
+    each sample ±4% off) has no block."""
+    from netslim.latency import probe_pairs
+    from netslim.layer_law import fit_law
+
+    truth = _blocked(64, 96, quantum)
+    law = fit_law({(i, o): truth(i, o) for i, o in probe_pairs("conv", 64, 96)})
+    assert (law.inputs.quantum, law.outputs.quantum) == (quantum, quantum)
+    assert law.inputs.ragged == pytest.approx(1.3) and law.outputs.ragged == pytest.approx(1.3)
+    for i, o in [(49, 96), (64, 50), (17, 81), (3, 95), (56, 40)]:
+        assert law(i, o) == pytest.approx(truth(i, o), rel=1e-6), (i, o)
+    generator = torch.Generator().manual_seed(0)
+    noisy = {(i, o): 1e-6 * i * o * (1 + 0.08 * (float(torch.rand((), generator=generator)) - 0.5))
+             for i, o in probe_pairs("conv", 64, 96)}
+    smooth = fit_law(noisy)
+    assert (smooth.inputs.quantum, smooth.outputs.quantum) == (1, 1)
+
+
+def test_the_planner_snaps_widths_to_the_blocks_the_tables_show_are_faster():
+    """On tables of a kernel working on blocks of 16 channels, a plan's widths are multiples of 16 (or
+    whole layers) without being asked, and it keeps more Σ|γ| within the same budget than exact widths,
+    which pay for channels they do not save time on; on smooth tables no block is found and widths stay
+    exact."""
+    model = _model()
+    graph = trace_channels(model)
+    table = _blocked_table(graph)
+    table.measured = predict(table, graph, set())
+    assert table.quanta() == {16}
+    plan, seconds = plan_for_latency(model, target_speedup=2.0, table=table, cost_exponents=(0,))
+    assert plan.options["round_to"] == 16 and seconds <= table.measured / 2
+    for path, report in plan.layers.items():
+        assert report.kept % 16 == 0 or report.kept == report.width, path
+    exact, exact_seconds = plan_for_latency(model, target_speedup=2.0, table=table, round_to=(1,), cost_exponents=(0,))
+    assert exact_seconds <= table.measured / 2
+    assert _kept_gamma(model, plan) > 1.02 * _kept_gamma(model, exact)
+    smooth = _synthetic(graph)
+    assert smooth.quanta() == set()
+    unsnapped, _ = plan_for_latency(model, target_speedup=2.0, table=smooth, cost_exponents=(0,))
+    assert unsnapped.options["round_to"] == 1
+    assert any(r.kept % 8 and r.kept != r.width for r in unsnapped.layers.values())
 
 
 def test_measured_rounds_correct_what_the_tables_miss(monkeypatch):
@@ -286,6 +355,8 @@ def test_a_real_table_is_measured_here_cached_and_predicts_the_original(tmp_path
     assert len(files) == 1
     again = measure_table(model, x, repeats=2, cache_dir=tmp_path)
     assert again.samples == table.samples  # read back, not measured again
+    widths = {o for samples in table.samples.values() for _, o in samples}
+    assert {33, 40, 41} <= widths  # probes just past a block of 16 (the layers 64 wide)
     graph = trace_channels(model, x)
     assert predict(table, graph, set()) == pytest.approx(max(table.measured, predict(table, graph, set())), rel=1e-6)
 
@@ -518,9 +589,10 @@ def test_cli_latency_for_a_gpu_target_without_cuda_is_one_line_before_any_timing
     assert not (tmp_path / "cache").exists() and not (tmp_path / "s.pt").exists()
 
 
-@pytest.mark.parametrize("target, round_to, tried", [("gpu", None, (8, 16)), ("cpu", None, (1, 8)), ("gpu", 4, (4,))])
+@pytest.mark.parametrize("target, round_to, tried", [("gpu", None, (8, 16)), ("cpu", None, None), ("gpu", 4, (4,))])
 def test_latency_plans_try_the_width_multiples_of_their_target(monkeypatch, target, round_to, tried):
-    """Tensor cores want multiples of 8 or 16: a gpu plan never tries unaligned widths; a cpu plan tries any."""
+    """Tensor cores want multiples of 8 or 16: a gpu plan never tries unaligned widths; a cpu plan tries any
+    and the blocks its tables found (None); a multiple the user gives is the only one tried."""
     import netslim.pruning as pruning
 
     seen = {}

@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-channels", type=_positive_int, default=1)
     p.add_argument("--round-to", type=_positive_int,
                    help=f"keep channel counts multiples of N, keeping the next-largest |γ| (default: {gpu_round} for "
-                        f"a gpu target, for tensor cores; {cpu_round} for cpu: exactly the percent asked)")
+                        f"a gpu target, for tensor cores; {cpu_round} for cpu: exactly the percent asked; with a "
+                        "latency target: also the channel blocks the latency tables show are faster)")
     p.add_argument("--target", default="auto", choices=("auto", *TARGETS),
                    help="where the compact model will run (auto: gpu when this machine has CUDA)")
     p.add_argument("--fold", choices=("exact", "approximate", "carrier", "none"),
@@ -459,8 +460,10 @@ def cmd_prune(args) -> int:
                        round_to=args.round_to, target=args.target, latency_backend=args.latency_backend)
     plan = planned.plan
     if planned.round_to > 1:
-        print(f"channel counts rounded to multiples of {planned.round_to} (target {planned.target}; --round-to 1 "
-              "prunes exactly the percent asked)")
+        why = "the latency tables show layers stepping by such blocks here" if by_latency and not args.round_to \
+            else f"target {planned.target}"
+        print(f"channel counts rounded to multiples of {planned.round_to} ({why}; --round-to 1 prunes exactly "
+              "the percent asked)")
     compact = apply_plan(model, plan, fold_bias=fold, example_input=example)
     folds = list(fold_report(model, plan, fold_bias=fold, example_input=example).values())
     if folds:

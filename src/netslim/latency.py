@@ -5,16 +5,17 @@ CPU), so the planner predicts latency instead. For every conv/Linear the analysi
 that layer alone (BN folded: a conv with a bias) is measured on the target at the deployment batch
 size and resolution, as a function of its input and output widths, on a sparse grid of widths, and a
 surface (fixed cost, reading, writing, multiply-adds) is fitted to those samples by least squares
-(:func:`fit_surface`: one sample is noisy on a shared machine); layers of the same shape share one
-table. What the tables do not see (pooling, additions, selections, activations, Python) is the
-*overhead*: the measured latency of the whole model minus the sum of its layers, scaled with the
-fraction of activations kept.
+(:func:`netslim.layer_law.fit_surface`: one sample is noisy on a shared machine), and probes just past a
+multiple of 16 channels say which channel block the layer steps with (:mod:`netslim.layer_law`); layers
+of the same shape share one table. What the tables do not see (pooling, additions, selections,
+activations, Python) is the *overhead*: the measured latency of the whole model minus the sum of its
+layers, scaled with the fraction of activations kept.
 
 Planning ranks channels by the paper's |γ| (``plan_pruning``), and bisection finds the least pruning
 in that order whose predicted latency meets the budget. The budget is a knapsack (keep the most Σ|γ|
 within a latency), so rankings by |γ| per second saved are tried beside the paper's, and rounding
-widths to a multiple of 8 beside exact widths; the candidate keeping the most Σ|γ| at that latency
-wins. Inside a layer the smallest |γ| always go first. Then the compact model is timed end to end
+widths to the channel blocks the tables found beside exact widths; the candidate keeping the most
+Σ|γ| at that latency wins. Inside a layer the smallest |γ| always go first. Then the compact model is timed end to end
 and the goal corrected until the measurement meets the target. Tables are cached on disk per
 machine, PyTorch version, thread count, backend, batch and layer shape.
 """
@@ -38,6 +39,7 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from .budget import least_pruning
 from .graph import ChannelGraph, trace_channels
+from .layer_law import LayerLaw, fit_law, grid_widths, probe_widths
 from .plan import PruningPlan, plan_pruning
 from .surgery import pruned_channels
 from .timing import (
@@ -51,7 +53,6 @@ from .timing import (
 )
 
 _TIMED = ("conv", "conv_t", "depthwise", "linear")
-_GRID = (0.125, 0.25, 0.5, 0.75, 1.0)  # fractions of a layer's full width at which it is timed
 # A plan that would end the measured rounds, or be kept, is judged on the median of this many timings of
 # its compact model: one timing on a shared machine errs by 3-10%, and a plan chosen because its timing
 # met the budget is the one whose timing erred fastest (VGG-19 at batch 1: accepted at 2.08x, re-timed
@@ -83,54 +84,22 @@ class LatencyTable:
     _fits: dict = field(default_factory=dict, repr=False, compare=False)
 
     def layer_time(self, path: str, n_in: int, n_out: int) -> float:
-        """Seconds of layer ``path`` with ``n_in`` inputs and ``n_out`` outputs: on the surface fitted to its
-        samples (:func:`fit_surface`) where there are enough of them, else interpolated between them."""
-        points = self.samples[self.shapes[path]]
-        fitted = self._fits.get(self.shapes[path])
-        if fitted is None or fitted[0] is not points:  # fitted once per sample set
-            fitted = self._fits[self.shapes[path]] = (points, fit_surface(points))
-        if fitted[1] is not None:
-            return fitted[1](n_in, n_out)
-        ins, outs = sorted({i for i, _ in points}), sorted({o for _, o in points})
-        (i0, i1, wi), (o0, o1, wo) = _bracket(ins, n_in), _bracket(outs, n_out)
+        """Seconds of layer ``path`` with ``n_in`` inputs and ``n_out`` outputs, by the law of its samples
+        (:func:`netslim.layer_law.fit_law`: a surface, and the channel blocks the layer steps with)."""
+        return self.law(self.shapes[path])(n_in, n_out)
 
-        def at(i: int, o: int) -> float:
-            return points.get((i, o), points.get((i, min(outs, key=lambda v: abs(v - o))), 0.0))
+    def law(self, key: str) -> LayerLaw:
+        """The :class:`netslim.layer_law.LayerLaw` of shape ``key``'s samples (fitted once per sample set)."""
+        points = self.samples[key]
+        fitted = self._fits.get(key)
+        if fitted is None or fitted[0] is not points:
+            fitted = self._fits[key] = (points, fit_law(points))
+        return fitted[1]
 
-        low = at(i0, o0) * (1 - wo) + at(i0, o1) * wo
-        high = at(i1, o0) * (1 - wo) + at(i1, o1) * wo
-        return max(low * (1 - wi) + high * wi, 0.0)
-
-
-def fit_surface(points: dict[tuple[int, int], float]) -> Callable[[int, int], float] | None:
-    """t(in, out) = a + b·in + c·out + d·in·out, fitted by least squares to a layer's samples: a fixed cost,
-    reading, writing, and multiply-adds. On a shared machine one sample is noise-ridden: measured here
-    (VGG-19, batch 1, 2 threads), a sample moved 15-40% (median) between two builds of the same table, and
-    the per-channel costs the knapsack ranks by moved 30%; fitted, they moved 9.5%, the fit's residuals
-    being 3% (median) of the samples. None below 6 samples (too few to smooth 4 coefficients)."""
-    if len(points) < 6:
-        return None
-    top_in, top_out = max(i for i, _ in points), max(o for _, o in points)
-    design = torch.tensor([[1.0, i / top_in, o / top_out, i * o / (top_in * top_out)] for i, o in points],
-                          dtype=torch.float64)
-    times = torch.tensor(list(points.values()), dtype=torch.float64).unsqueeze(1)
-    # gelsd: least squares by SVD, which copes with a depthwise layer's samples (in = out: rank 3)
-    a, b, c, d = torch.linalg.lstsq(design, times, driver="gelsd").solution.squeeze(1).tolist()
-
-    def surface(n_in: int, n_out: int) -> float:
-        i, o = n_in / top_in, n_out / top_out
-        return max(a + b * i + c * o + d * i * o, 0.0)
-
-    return surface
-
-
-def _bracket(values: list[int], x: int) -> tuple[int, int, float]:
-    """Neighbours of ``x`` among sorted ``values`` and its weight towards the upper one (extrapolates)."""
-    if len(values) == 1:
-        return values[0], values[0], 0.0
-    k = next((k for k in range(1, len(values)) if x <= values[k]), len(values) - 1)
-    a, b = values[k - 1], values[k]
-    return a, b, (x - a) / (b - a)
+    def quanta(self) -> set[int]:
+        """The channel blocks (> 1) the tables found layers stepping with: the width multiples that pay."""
+        laws = [self.law(key) for key in self.samples]
+        return {side.quantum for law in laws for side in (law.inputs, law.outputs)} - {1}
 
 
 def predict(table: LatencyTable, graph: ChannelGraph, pruned: set[int]) -> float:
@@ -247,16 +216,6 @@ def _shape_key(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_as
     return f"{kind}|{type(layer).__name__}|{geometry}|{full}|{tuple(input_shape[:1]) + tuple(input_shape[2:])}|{layout}"
 
 
-def _grid(full: int) -> list[int]:
-    """Widths at which a layer of ``full`` channels is timed: the grid's fractions, rounded to multiples of
-    8 where the width allows (the sizes compact models are snapped to), and the full width itself."""
-    widths = {full}
-    for f in _GRID:
-        w = max(1, round(full * f))
-        widths.add(max(8, 8 * round(w / 8)) if full >= 16 else w)
-    return sorted(w for w in widths if w <= full)
-
-
 def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_as: torch.Tensor, full_in: int,
                 full_out: int, repeats: int, backend: str = "eager") -> dict[tuple[int, int], float]:
     """Seconds of ``layer`` resized to each (in, out) pair of the grid, in the device, dtype and memory
@@ -264,8 +223,7 @@ def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_a
     device, dtype = deployed_as.device, deployed_as.dtype
     layout = torch.channels_last if is_channels_last(deployed_as) and len(input_shape) == 4 else torch.contiguous_format
     samples = {}
-    pairs = [(c, c) for c in _grid(full_out)] if kind == "depthwise" else \
-        [(i, o) for i in _grid(full_in) for o in _grid(full_out)]
+    pairs = probe_pairs(kind, full_in, full_out)
     # One random input per layer, narrowed per input width (drawing 25 inputs of 100 MB each cost seconds).
     # Channels are dim 1 of a conv's input and the last dim of a Linear's (which may be (B, T, F)).
     axis = len(input_shape) - 1 if kind == "linear" else 1
@@ -287,6 +245,22 @@ def _time_layer(layer: nn.Module, kind: str, input_shape: torch.Size, deployed_a
             samples[n_in, n_out] = best_time(lambda probe=probe, x=deployed_x: probe(x), repeats, warmup=1,
                                              cuda=deployed_x.is_cuda)
     return samples
+
+
+def probe_pairs(kind: str, full_in: int, full_out: int) -> list[tuple[int, int]]:
+    """The (in, out) widths a layer is timed at: the grid (:func:`netslim.layer_law.grid_widths`), then for
+    each side the probes just past a block (:func:`netslim.layer_law.probe_widths`) with the other side at
+    its grid width nearest half, or full when it is too narrow to probe (a depthwise layer: one width, both
+    sides)."""
+    if kind == "depthwise":
+        return [(c, c) for c in grid_widths(full_out) + probe_widths(full_out)]
+    ins, outs = grid_widths(full_in), grid_widths(full_out)
+
+    def other(widths: list[int], full: int) -> int:
+        return min(widths, key=lambda w: abs(w - full / 2)) if probe_widths(full) else full
+
+    return ([(i, o) for i in ins for o in outs] + [(i, other(outs, full_out)) for i in probe_widths(full_in)]
+            + [(other(ins, full_in), o) for o in probe_widths(full_out)])
 
 
 def _sized(layer: nn.Module, kind: str, n_in: int, n_out: int) -> nn.Module:
@@ -311,6 +285,7 @@ def _machine_key(example_input: torch.Tensor, backend: str = "eager") -> str:
     # ONNX Runtime probes are timed without spinning since this key's "no spinning" (see timing.ort_session)
     version = f"onnxruntime {__import__('onnxruntime').__version__} no spinning" if backend == "onnxruntime" \
         else "eager"
+    version += " | grid by blocks of 16, probes past them"  # the samples' layout (netslim.layer_law)
     text = f"{name}|{cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}|{device.type}|{version}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -369,7 +344,7 @@ def channel_costs(table: LatencyTable, graph: ChannelGraph) -> dict[int, float]:
 
 def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, target_speedup: float | None = None,
                      example_input: torch.Tensor | None = None, table: LatencyTable | None = None,
-                     fixed: Sequence[str] = (), round_to: Sequence[int] = (1, 8),
+                     fixed: Sequence[str] = (), round_to: Sequence[int] | None = None,
                      cost_exponents: Sequence[float] = (0.0, 0.5, 1.0), measured_rounds: int = 0,
                      tolerance: float = 0.05, backend: str = "eager", **plan_options) -> tuple[PruningPlan, float]:
     """The plan keeping the most Σ|γ| whose predicted latency meets the budget.
@@ -377,7 +352,8 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
     ``target_latency``: seconds per forward pass of ``example_input``; or ``target_speedup``: times
     faster than the original as measured (``table.measured``; predicted when the table is synthetic).
     ``table``: from :func:`measure_table` (measured on ``backend`` when not given).
-    Candidates: for every width multiple in ``round_to`` and exponent e in ``cost_exponents``, channels
+    Candidates: for every width multiple in ``round_to`` (None: exact widths and every channel block the
+    tables found layers stepping with, :meth:`LatencyTable.quanta`) and exponent e in ``cost_exponents``, channels
     ranked by |γ| / cost^e, cost being the seconds a channel saves (:func:`channel_costs`), and the least
     pruning in that order meeting the budget (bisection). e = 0 is the paper's global |γ| ranking; e > 0
     thins the layers where a channel buys more time for its |γ| (a knapsack's value per weight); inside
@@ -398,10 +374,12 @@ def plan_for_latency(model: nn.Module, *, target_latency: float | None = None, t
     """
     if (target_latency is None) == (target_speedup is None):
         raise ValueError("give exactly one of target_latency (seconds) or target_speedup (x faster)")
-    if not cost_exponents or not round_to:
+    if not cost_exponents or (round_to is not None and not round_to):
         raise ValueError("cost_exponents and round_to each need at least one value")
     graph = trace_channels(model, analysis_input(model, example_input), fixed)
     table = table or measure_table(model, example_input, graph=graph, backend=backend)
+    if round_to is None:  # widths snap to the blocks the tables show are faster
+        round_to = (1, *sorted(table.quanta()))
     base = table.measured or predict(table, graph, set())
     if target_speedup is not None:
         if not target_speedup >= 1:

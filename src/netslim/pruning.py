@@ -15,8 +15,9 @@ from .latency import plan_for_latency
 from .plan import DEFAULT_PERCENT, PruningPlan, plan_pruning
 
 # The width multiples a latency plan tries (the one keeping the most Σ|γ| within the budget wins): tensor
-# cores want multiples of 8 and sometimes 16 (PEERS #18); a CPU runs any width, and multiples of 8 often faster.
-LATENCY_WIDTH_MULTIPLES = {"gpu": (8, 16), "cpu": (1, 8)}
+# cores want multiples of 8 and sometimes 16 (PEERS #18); on a CPU, None: any width, and the channel blocks
+# the latency tables found layers stepping with (16 for oneDNN with AVX-512 here).
+LATENCY_WIDTH_MULTIPLES: dict[str, tuple[int, ...] | None] = {"gpu": (8, 16), "cpu": None}
 AMOUNTS = ("percent", "layer_percent", "target_flops", "target_params", "target_latency", "target_speedup")
 
 
@@ -55,7 +56,7 @@ def plan_for(model: nn.Module, example_input: torch.Tensor, *, percent: float | 
             max_layer_fraction=max_layer_fraction, min_channels=min_channels,
             round_to=(round_to,) if round_to else LATENCY_WIDTH_MULTIPLES[target], measured_rounds=measured_rounds,
             backend=latency_backend)
-        return Planned(plan, target, multiple, predicted)
+        return Planned(plan, target, plan.options["round_to"], predicted)
     options = dict(max_layer_fraction=max_layer_fraction, min_channels=min_channels, round_to=multiple,
                    example_input=example_input)
     if target_flops is not None or target_params is not None:
