@@ -631,3 +631,16 @@ def test_the_papers_ranking_gets_rounds_of_its_own_when_the_tables_favour_anothe
     assert rankings[0] != "|γ|" and "|γ|" in rankings  # the first rounds were the knapsack's, then the paper's
     assert plan.options["ranking"] == "|γ|" and plan.options["measured_seconds"] <= table.measured / 2 * 1.05
     assert _kept_gamma(model, plan) > _kept_gamma(model, knapsack)
+
+
+def test_a_layer_sampled_only_at_probe_widths_still_has_a_law():
+    """Samples that all lie just past a block on one side or the other (a hand-made or partial table: no
+    grid point left once the probes are set aside) are fitted as they are, instead of failing on an empty
+    grid."""
+    from netslim.layer_law import fit_law, probe_widths
+
+    assert probe_widths(40) == [17, 24, 25] and probe_widths(64) == [33, 40, 41]
+    points = {(i, 64): 1e-6 * i * 64 for i in (17, 24, 25)} | {(40, o): 1e-6 * 40 * o for o in (33, 40, 41)}
+    law = fit_law(points)
+    assert law(24, 64) == pytest.approx(points[(24, 64)], rel=0.05)
+    assert 0 < law(30, 50) < law(40, 64)

@@ -154,7 +154,7 @@ def fit_law(points: dict[tuple[int, int], float]) -> LayerLaw:
         return widths if widths and sorted(seen) == sorted(widths) else set()
 
     probing = (probed(0, top_in), probed(1, top_out)) if not joint else (set(), probed(1, top_out))
-    grid = {(i, o): t for (i, o), t in points.items() if i not in probing[0] and o not in probing[1]}
+    grid = {(i, o): t for (i, o), t in points.items() if i not in probing[0] and o not in probing[1]} or points
     surface = fit_surface(grid) or interpolate(grid)
     if joint:
         side = fit_side(top_out, {o: t for (_, o), t in points.items() if o in probing[1]}, lambda w: surface(w, w))
