@@ -335,6 +335,30 @@ def test_a_plan_kept_far_faster_than_the_target_is_closed_in_on_confirmed_timing
     assert really <= target
 
 
+def test_a_corrected_goal_past_the_tables_floor_times_the_most_pruned_plan(monkeypatch):
+    """The tables underpredict what pruning leaves 3-fold, and are right at the most pruning the guards
+    allow (F). Asked for 1.2 F, the first plan measures 1.6 F, and the corrected goal (0.88 F) is below
+    what the tables predict for any plan: the most pruned plan is timed, measures F, and is kept. Stopping
+    there instead keeps a plan 33% slower than asked (YOLOv8n, batch 1, 4x: 3.30x)."""
+    import netslim.latency as latency
+
+    model, graph, table = _timed_setup()
+    floor_plan = plan_pruning(model, 1 - 1e-9, graph=graph, max_layer_fraction=0.5)
+    floor = predict(table, graph, pruned_channels(graph, floor_plan))
+
+    def timings(models, x, backend="eager", repeats=20):
+        return [table.measured, floor + 3 * (_law(models[-1]) - floor)]
+
+    monkeypatch.setattr(latency, "deployed_latencies", timings)
+    target = 1.2 * floor
+    plan, _ = plan_for_latency(model, target_speedup=table.measured / target, table=table, round_to=(1,),
+                               cost_exponents=(0.0,), measured_rounds=3, example_input=torch.zeros(1, 3, 32, 32),
+                               max_layer_fraction=0.5)
+    assert plan.options["measured_seconds"] <= target
+    assert timings([model, netslim.apply_plan(model, plan, graph=graph)], None)[1] <= target
+    assert plan.options["rounds"][0]["measured_seconds"] > target  # the first plan missed
+
+
 def test_an_impossible_budget_is_one_line():
     model = _model()
     table = _synthetic(trace_channels(model))
