@@ -668,3 +668,37 @@ def test_a_layer_sampled_only_at_probe_widths_still_has_a_law():
     law = fit_law(points)
     assert law(24, 64) == pytest.approx(points[(24, 64)], rel=0.05)
     assert 0 < law(30, 50) < law(40, 64)
+
+
+@pytest.mark.parametrize("asked", [1.2, 2.0])
+def test_a_budget_just_past_the_tables_floor_is_timed_and_one_far_past_it_refused(monkeypatch, asked):
+    """The tables predict the most pruning the guards allow (F) 1.4x slower than it runs. A budget of F / 1.2
+    is out of the tables' reach, yet the most pruned plan measures F / 1.4 and meets it: with measured
+    rounds it is timed and kept, not refused (YOLOv8n, batch 1, 4x: refused at a predicted 6.25 ms for
+    5.75 ms). F / 2 is past what the tables err by: one line, before any timing."""
+    import netslim.latency as latency
+
+    model, graph, table = _timed_setup()
+    floor_plan = plan_pruning(model, 1 - 1e-9, graph=graph, max_layer_fraction=0.5)
+    floor = predict(table, graph, pruned_channels(graph, floor_plan))
+    timed = []
+
+    def timings(models, x, backend="eager", repeats=20):
+        timed.append(models[-1])
+        return [table.measured, _law(models[-1]) / 1.4]
+
+    monkeypatch.setattr(latency, "deployed_latencies", timings)
+    target = floor / asked
+    options = dict(target_speedup=table.measured / target, table=table, round_to=(1,), cost_exponents=(0.0,),
+                   example_input=torch.zeros(1, 3, 32, 32), max_layer_fraction=0.5)
+    with pytest.raises(ValueError, match="cannot be reached") as refused:
+        plan_for_latency(model, **options)  # without rounds, the tables' prediction is all there is
+    assert "\n" not in str(refused.value)
+    if asked > latency.TABLES_MAY_ERR:
+        with pytest.raises(ValueError, match="cannot be reached"):
+            plan_for_latency(model, measured_rounds=3, **options)
+        assert not timed
+        return
+    plan, _ = plan_for_latency(model, measured_rounds=3, **options)
+    assert plan.options["measured_seconds"] <= target
+    assert plan.kept == floor_plan.kept
