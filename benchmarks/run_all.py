@@ -427,6 +427,7 @@ def render_latency(rec: dict) -> str:
              f"planning, spread by {100 * spreads[len(spreads) // 2]:.0f}% (median over the rows) and up to "
              f"{100 * spreads[-1]:.0f}%: the machine's own noise, next to the 10% asked. ") if spreads else ""
     within = sum(r["within_10_percent"] for r in rows)
+    refused = sum(isinstance(r.get("error"), str) for m in rec["results"]["models"] for r in m.get("rows", []))
     on_gpu = [m for m in rec["results"]["models"] if m.get("target") == "gpu"]
     gpu_line = ("GPU rows (CUDA, bf16, channels_last): " + (
         "measured above." if any("rows" in m for m in on_gpu) else
@@ -435,7 +436,8 @@ def render_latency(rec: dict) -> str:
         "and `netslim prune --target-speedup X` (target auto/gpu) times the tables' probes and the whole models "
         "in bf16 channels_last on the GPU (synchronized), as `netslim.deploy` runs them; that path is tested "
         "here in bf16 channels_last on the CPU only."))
-    lines += ["", noise + f"Within 10% of the target: {within} of {len(rows)}. At equal "
+    lines += ["", noise + f"Within 10% of the target: {within} of {len(rows) + refused}"
+              + (f" ({refused} refused as unreachable)" if refused else "") + ". At equal "
               f"measured latency the latency plan kept more Σ|γ| than the plan by FLOPs in {len(more)} of "
               f"{len(compared)} (the FLOPs plan's Σ|γ| at the FLOPs where a line through the bisection's timings "
               "meets the latency plan's measured speedup; without a fit, the plan measured within 3% of it)"
