@@ -33,6 +33,7 @@ import torch
 
 import netslim
 from common import begin, finish, randomize_bn
+from netslim import latency
 from netslim.latency import measure_table, plan_for_latency
 from netslim.pruning import LATENCY_WIDTH_MULTIPLES
 from netslim.timing import analysis_input, deployed_latencies, timing_input
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict:
              "Runtime (CPUExecutionProvider, as many intra-op threads, spinning off) or torch.compile (TorchInductor, "
              "static shapes, compiled before timing) where the model says so; GPU rows on CUDA in bf16, "
              "channels_last (synchronized), eager"]
-    return finish(NAME, run, {"models": results}, notes)
+    planner = {"closing_rounds": latency.CLOSING_ROUNDS, "meets_within": latency.MEETS_WITHIN}
+    return finish(NAME, run, {"models": results, "planner": planner}, notes)
 
 
 if __name__ == "__main__":

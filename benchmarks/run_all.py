@@ -361,10 +361,14 @@ def _percent_or_dash(value: float | None) -> str:
 
 
 def render_latency(rec: dict) -> str:
+    planner = rec["results"].get("planner", {"closing_rounds": 2})  # runs before it was recorded had 2
+    step = (f"; a confirmed plan at most {100 * planner['meets_within']:g}% slower than the target is kept over one "
+            "still faster than the window" if "meets_within" in planner else "")
     lines = ["## Pruning for measured speed (latency tables)\n",
              "`plan_for_latency` (`netslim prune --target-speedup X`) with latency tables measured here, its goal "
-             "corrected by timing the compact model (`measured_rounds=3`, then up to `CLOSING_ROUNDS=2` on "
-             "confirmed timings when the plan kept is faster than the window); the compact model and the original are "
+             f"corrected by timing the compact model (`measured_rounds=3`, then up to "
+             f"`CLOSING_ROUNDS={planner['closing_rounds']}` on confirmed timings when the plan kept is faster than "
+             f"the window{step}); the compact model and the original are "
              "both BN-folded and timed end to end (wall clock, fastest of the repeats) in turns, in the same run; "
              "*measured* is the median of three such timings made after planning. Σ|γ| kept: "
              "the share of the BN scales' sum that a plan keeps (BN scales from a seeded generator). *At equal "
