@@ -554,7 +554,7 @@ def _close_in(model, graph, tried: list[PruningPlan], choose: Callable[[], Pruni
             points.insert(0, (math.log(high), math.log(slow.options["measured_seconds"])))
         goal = math.exp(_next_goal(points, math.log(target * (1 - tolerance / 2))))
         if high is not None and (landed_slow >= 2 or not low < goal < high):
-            goal = math.sqrt(low * high)
+            goal = math.sqrt(low * high)  # the secant stalls or leaves the bracket: its middle
         try:
             candidate = search(goal, exponents=(exponent,))
         except ValueError:
