@@ -1,0 +1,190 @@
+"""λ chosen for the user: how far the L1 term can move a BN scale, and a controller that reaches a target.
+
+The paper (Sec. 3, Eq. 1) leaves λ to the user (1e-4 or 1e-5 for 160 epochs on CIFAR). How much
+sparsity a λ gives depends on the schedule far more than on the model: with SGD, every step moves a
+γ towards zero by lr·λ, and momentum μ amplifies a steady pull by 1/(1−μ), so over the whole run
+the term can move a γ by at most
+
+    reach = λ · Σ_t lr_t · 1/(1−μ)              (subgradient, SGD with momentum)
+    reach = λ · Σ_t lr_t                         (proximal step, Adam-type optimizers)
+
+A schedule of 100 steps at lr 0.01 with μ = 0.937 gives reach = 16·λ: with λ = 1e-4 a γ of order 1
+cannot move 0.2% of the way to zero, whatever the data say. :func:`reach` is that bound (from the
+optimizer's real learning rates and momentum), :func:`lam_to_reach` its inverse, and
+:func:`reach_warning` the one line said at the start when a fixed λ cannot work.
+
+:class:`TargetController` makes λ the tool's job: given a target share of channels whose |γ| has
+collapsed (below ``threshold``) by a point of the schedule (``by``, default before the last third), it
+steers the |γ| at the target quantile: that scale must reach the threshold by ``by``. The share itself
+is a poor thing to steer on: it does not move until scales have travelled all the way to zero, so a
+controller on the share pushes λ up while nothing shows and overshoots once everything arrives. The
+quantile moves from the first step. At each check λ is the pull that would bring the quantile to the
+threshold in the steps left at the current learning rate, divided by the efficiency measured over the
+last checks (how far the quantile actually moved per unit of pull: the data gradients hold scales up,
+momentum lags), changed by at most x1.5 per check. Once the share is reached (or at ``by``) it is held,
+gently (a collapsed channel regrows when the pull falls below its data gradient, and the pull acts with
+the lag of momentum: a hold that reacts fast oscillates): λ rises while the quantile at the target is
+above the threshold, falls while the quantile a little past the target is below it, by at most x1.1 per
+check. λ is capped so that one step's pull stays small next to a typical γ (and, for the subgradient,
+next to the threshold).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+WINDOW = 0.06  # the efficiency of the pull is measured over this fraction of the schedule (or 2 lags)
+LAG = 10  # steps before a change of λ shows in full: the momentum's 1/(1−μ), and at least Adam's 1/(1−β1)
+EFFICIENCY = (0.1, 1.5)  # the range it is believed in (a noisy or rising quantile says little)
+MAX_CHANGE = math.log(1.5)  # λ changes by at most x1.5 or /1.5 per check, or per lag when checks come faster
+HOLD_TOLERANCE = 0.02  # once the share is within this of the target (or at ``by``), it is held:
+HOLD_GAIN = 0.25  # log λ moves by this times log(quantile / threshold) outside the band ...
+HOLD_CHANGE = math.log(1.1)  # ... by at most x1.1 per check (or per lag) ...
+HOLD_CREEP = 0.0  # ... and inside the band it stays (creeping down let collapsed channels regrow, in cycles)
+FLOOR = 0.03  # the steps left to ``by`` are counted as at least this fraction of the schedule
+ARRIVAL = 0.5  # the ramp aims at this fraction of ``by``: the network then trains with the share held
+
+
+def momentum_gain(group: Mapping, proximal: bool) -> float:
+    """How much the optimizer amplifies a steady pull on a parameter of ``group``: 1/(1−μ) for SGD with
+    momentum μ (heavy ball and Nesterov alike), 1 for the proximal step (applied after the optimizer)."""
+    if proximal:
+        return 1.0
+    momentum = group.get("momentum", 0.0)
+    momentum = momentum if isinstance(momentum, int | float) and 0 <= momentum < 1 else 0.0
+    return 1.0 / (1.0 - momentum)
+
+
+def reach(lam: float, lr: float, gain: float, steps: float) -> float:
+    """The farthest the L1 term moves a γ towards zero in ``steps`` steps at learning rate ``lr``."""
+    return lam * lr * gain * steps
+
+
+def lam_to_reach(distance: float, lr: float, gain: float, steps: float) -> float:
+    """The λ whose :func:`reach` over ``steps`` steps is ``distance``."""
+    return distance / max(lr * gain * steps, 1e-30)
+
+
+def reach_warning(lam: float, lr: float, gain: float, steps: float, median: float, where: str) -> str | None:
+    """One line when a fixed λ cannot move a typical γ (``median`` |γ|) a quarter of the way to zero over
+    ``steps`` steps (``where`` says which: "the 94 optimizer steps planned", "one epoch of 25 steps")."""
+    distance = reach(lam, lr, gain, steps)
+    if median <= 0 or distance >= 0.25 * median:
+        return None
+    needed = lam_to_reach(median, lr, gain, steps)
+    momentum = f", momentum gain x{gain:.3g}" if gain > 1 else ""
+    return (f"sparsity λ={lam:g} can move a BN scale by at most {distance:.2g} over {where} (lr {lr:.3g}{momentum}), "
+            f"far below the median |γ| {median:.3g}: no channel can become prunable; it takes λ ≥ {needed:.2g} at "
+            f"the very least (the data hold scales up: in practice several times more), or let netslim choose λ "
+            f"for a share of channels: target=0.5 (--sparsity auto --target-sparsity 0.5)")
+
+
+class TargetController:
+    """λ over the schedule so that about ``target`` of the channels have |γ| < ``threshold`` by ``by``.
+
+    ``update(progress, steps_done, scales, lr, gain)`` is called at each check with the fraction of the
+    schedule done, the optimizer steps done, the |γ| of every regularized channel, and the learning rate
+    and momentum gain of the γ; it returns the new λ. ``lam``: the λ to start from (None: chosen at the
+    first check from the schedule). State is plain numbers (:meth:`state_dict`), so a resumed run goes
+    on with the same λ.
+    """
+
+    def __init__(self, target: float, *, by: float = 2 / 3, threshold: float = 1e-2, lam: float | None = None,
+                 steps: float | None = None) -> None:
+        if not 0 < target < 1:
+            raise ValueError(f"target is the share of channels to make prunable, in (0, 1), got {target!r}")
+        if not 0 < by <= 1:
+            raise ValueError(f"by is the fraction of the schedule at which the target is reached, in (0, 1], "
+                             f"got {by!r}")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold is the |γ| below which a channel counts as collapsed, got {threshold!r}")
+        self.target, self.by, self.threshold, self.steps = float(target), float(by), float(threshold), steps
+        self.lam = lam
+        self.scale: float | None = None  # the median |γ| at the first check: what the pull has to move
+        self.efficiency = 1.0
+        self.held = False  # the target is reached (or ``by`` passed): λ now holds the share
+        self.capped = False  # the λ wanted at the last check was over the cap
+        self.history: list[list[float]] = []  # [progress, steps done, quantile, λ·lr·gain] at each check
+
+    def planned_share(self, progress: float) -> float:
+        """The share planned at ``progress``: reached at ``by`` (a linear ramp to it before), then held."""
+        return self.target * min(1.0, max(progress, 0.0) / self.by)
+
+    def update(self, progress: float, steps_done: int, scales: torch.Tensor, lr: float, gain: float,
+               subgradient: bool = True) -> float:
+        steps = self.steps or 1.0
+        lag = max(gain, LAG)
+        # checks closer than the lag see too little of the last change to make a full one
+        pace = min(1.0, (steps_done - self.history[-1][1]) / lag) if self.history else 1.0
+        ordered = scales.float().sort().values
+        share = float((ordered < self.threshold).float().mean())
+        quantile = float(ordered[min(len(ordered) - 1, int(self.target * len(ordered)))])
+        if self.scale is None:
+            self.scale = max(float(ordered[len(ordered) // 2]), self.threshold)
+        self.held = self.held or share >= self.target - HOLD_TOLERANCE or progress >= self.by
+        if not self.held:  # the ramp: the quantile's pace to the threshold by ``by``
+            self._measure_efficiency(progress, steps_done, quantile, max(WINDOW * steps, 2 * lag))
+            left = max((ARRIVAL * self.by - progress) * steps, FLOOR * steps)
+            wanted = (quantile - self.threshold) / (max(lr * gain, 1e-30) * left * self.efficiency)
+            if self.lam is None:
+                self.lam = wanted
+            change = math.log(max(wanted, 1e-30) / self.lam)
+        else:  # held: the threshold between the quantiles at target and target + band; λ creeps down inside
+            self.lam = self.lam if self.lam is not None else lam_to_reach(self.scale, lr, gain, steps)
+            above = float(ordered[min(len(ordered) - 1, int((self.target + HOLD_TOLERANCE) * len(ordered)))])
+            if quantile > self.threshold:  # collapsed channels regrow: pull harder
+                change = HOLD_GAIN * math.log(quantile / self.threshold)
+            elif above < self.threshold:  # more than the target collapsed: pull less
+                change = -HOLD_GAIN * math.log(self.threshold / max(above, 1e-12))
+            else:
+                change = HOLD_CREEP
+            change = max(-HOLD_CHANGE * pace, min(HOLD_CHANGE * pace, change))
+        change = max(-MAX_CHANGE * pace, min(MAX_CHANGE * pace, change))
+        cap = self.cap(lr, gain, steps, subgradient)
+        self.capped = self.lam * math.exp(change) > cap
+        self.lam = min(self.lam * math.exp(change), cap)
+        self.history.append([progress, float(steps_done), quantile, self.lam * lr * gain])
+        return self.lam
+
+    def _measure_efficiency(self, progress: float, steps_done: int, quantile: float, window: float) -> None:
+        """How far the target quantile moved per unit of pull (λ·lr·gain·steps) over the last ``window`` steps."""
+        recent = [h for h in self.history if h[1] >= steps_done - window]
+        if len(recent) < 2 and self.history:
+            recent = self.history[-1:]
+        if not recent:
+            return
+        points = [*recent, [progress, float(steps_done), quantile, 0.0]]
+        pull = sum(a[3] * (b[1] - a[1]) for a, b in zip(points, points[1:], strict=False))
+        if pull <= 0:
+            return
+        observed = (points[0][2] - quantile) / pull
+        low, high = EFFICIENCY
+        self.efficiency = 0.5 * self.efficiency + 0.5 * min(high, max(low, observed))
+
+    def cap(self, lr: float, gain: float, steps: float, subgradient: bool = True) -> float:
+        """The largest λ allowed now: its pull moves a typical γ to zero in no less than 5% of the schedule,
+        and, for the subgradient (which leaves γ swinging around zero by about lr·λ), one step moves a γ
+        by at most half the threshold."""
+        cap = lam_to_reach(self.scale or 1.0, lr, gain, 0.05 * steps)
+        return min(cap, 0.5 * self.threshold / max(lr, 1e-30)) if subgradient else cap
+
+    def state_dict(self) -> dict:
+        return {"lam": self.lam, "scale": self.scale, "efficiency": self.efficiency, "held": self.held,
+                "history": self.history[-64:]}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        lam, scale, efficiency = state.get("lam"), state.get("scale"), state.get("efficiency")
+        self.lam = float(lam) if _positive(lam) else None
+        self.scale = float(scale) if _positive(scale) else None
+        self.efficiency = float(efficiency) if _positive(efficiency) else 1.0
+        self.held = state.get("held") is True
+        history = state.get("history")
+        self.history = [[float(v) for v in h] for h in history if isinstance(h, list | tuple) and len(h) == 4
+                        and all(isinstance(v, int | float) for v in h)] if isinstance(history, list) else []
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
