@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .layers import batch_norms
-from .sparsity_target import TargetController, lam_to_reach, momentum_gain, reach_warning
+from .sparsity_target import LR_FLOOR, TargetController, lam_to_reach, momentum_gain, reach_warning
 from .stats import scale_stats
 
 KINDS = ("l1", "smooth_l1", "polarization")
@@ -350,6 +350,7 @@ class Sparsity:
         if self.controller is not None:
             if not self.controller.capped:
                 return
+            lr = max(lr, LR_FLOOR * self.controller.max_lr)
             cap = self.controller.cap(lr, gain, self.steps, not self.regularizer.proximal)
             warnings.warn(f"sparsity is not emerging fast enough: half-way {100 * share:.1f}% of BN scales are below "
                           f"{self.threshold:g}, and reaching target={self.controller.target:g} in time needs a pull "
@@ -406,6 +407,11 @@ class Sparsity:
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         lrs = [optimizer.param_groups[i]["lr"] for i in self.groups]
         self.regularizer.after_step(lrs, skipped=getattr(optimizer, "found_inf", None))
+        if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            self.count_step()  # a captured step is counted at each replay (steps.GraphedStep), where no hook runs
+
+    def count_step(self) -> None:
+        """One optimizer step done: counted towards the schedule, and the share measured when a check is due."""
         self.step_count += 1
         if self.steps and (self.controller is not None or "stall" not in self.warned):
             interval = max(1, round(self.steps / CHECKS))
@@ -463,8 +469,9 @@ def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, lam: float | No
     Covers every affine BN (any ``_BatchNorm`` subclass, timm's ``BatchNormAct2d`` included) whose
     module path matches ``include`` and not ``exclude`` (fnmatch patterns); a DDP or ``torch.compile``
     wrapper is looked through. ``kind``, ``beta``, ``t``, ``upper``: see :class:`SparsityRegularizer`.
-    ``proximal``: None chooses the paper's subgradient for SGD and, for L1 with any other optimizer
-    (Adam-type ones rescale a subgradient per parameter), the proximal step after ``optimizer.step()``.
+    ``proximal``: None chooses the paper's subgradient for SGD with a fixed λ and, for L1 with any other
+    optimizer (Adam-type ones rescale a subgradient per parameter) or a target, the proximal step after
+    ``optimizer.step()``.
     ``schedule``/``epochs``/``warmup``: λ per epoch through :meth:`Sparsity.set_epoch` (:func:`lambda_at`).
     The order of operations (clipping, AMP, accumulation, closures) is :class:`Sparsity`'s.
     """
@@ -472,7 +479,10 @@ def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, lam: float | No
     if target is not None and kind != "l1":
         raise ValueError(f"target= plans the reach of the L1 term; the {kind!r} penalty takes a fixed λ")
     if proximal is None:
-        proximal = kind == "l1" and not isinstance(optimizer, torch.optim.SGD)
+        # With a target, λ grows as large as the schedule needs: the subgradient then leaves collapsed scales
+        # swinging around zero (by lr·λ a step, changing sign), so the network trains on noise where the
+        # channels should be gone; the proximal step sets them to exactly 0 and keeps them there.
+        proximal = kind == "l1" and (target is not None or not isinstance(optimizer, torch.optim.SGD))
     start = (0.0 if target is not None else 1e-4) if lam is None else lam
     regularizer = SparsityRegularizer(model, start, kind, beta=beta, t=t, upper=upper, include=include,
                                       exclude=exclude, proximal=proximal)

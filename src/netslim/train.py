@@ -260,11 +260,12 @@ def train(
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
     if regularizer is None and config.sparse:
-        # A subgradient inside Adam is rescaled per parameter and loses its pull to zero: use the
-        # decoupled proximal step there instead. With "auto", λ is the controller's from the first step.
+        # A subgradient inside Adam is rescaled per parameter and loses its pull to zero: use the decoupled
+        # proximal step there instead, and with "auto" (λ the controller's from the first step; see sparsify).
         regularizer = SparsityRegularizer(model, 0.0 if config.sparsity == AUTO else config.sparsity,
                                           config.sparsity_kind, include=config.bn_include,
-                                          exclude=config.bn_exclude, proximal=config.optimizer != "sgd")
+                                          exclude=config.bn_exclude,
+                                          proximal=config.optimizer != "sgd" or config.sparsity == AUTO)
     if teacher is not None:
         teacher.to(device).eval()
     net = _wrap_distributed(model, config, device, dist_info)
