@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .layers import batch_norms
-from .sparsity_target import LR_FLOOR, TargetController, lam_to_reach, momentum_gain, reach_warning
+from .sparsity_target import LR_FLOOR, TargetController, behind_warning, momentum_gain, reach_warning, stall_warning
 from .stats import scale_stats
 
 KINDS = ("l1", "smooth_l1", "polarization")
@@ -348,27 +348,15 @@ class Sparsity:
         if not self.warn or self.lam <= 0:
             return
         if self.controller is not None:
-            if not self.controller.capped:
-                return
-            lr = max(lr, LR_FLOOR * self.controller.max_lr)
-            cap = self.controller.cap(lr, gain, self.steps, not self.regularizer.proximal)
-            warnings.warn(f"sparsity is not emerging fast enough: half-way {100 * share:.1f}% of BN scales are below "
-                          f"{self.threshold:g}, and reaching target={self.controller.target:g} in time needs a pull "
-                          f"over the cap (λ={cap:.3g} now: more would move a typical γ to zero in under 5% of the "
-                          "run): plan a longer schedule, a later point (by=) or a smaller target", stacklevel=4)
-            return
-        if share >= 0.05:
-            return
-        if not self.regularizer.proximal and lr * self.lam > 5e-3:
-            advice = (f"λ is too strong for SGD, not too weak: each step moves every γ by lr·λ = {lr * self.lam:.3g}, "
-                      "so the scales jump across 0 instead of settling below it; lower λ, or use an Adam-type "
-                      "optimizer (a proximal step that sets them to 0)")
+            message = None if not self.controller.capped else behind_warning(
+                share, self.controller.target, self.controller.cap(max(lr, LR_FLOOR * self.controller.max_lr), gain,
+                                                                   self.steps, not self.regularizer.proximal),
+                self.threshold)
         else:
             left = (1 - self.progress()) * (self.steps or (self.epochs or 1) * (self.steps_per_epoch or 1))
-            advice = (f"λ ≥ {lam_to_reach(median, lr, gain, left):.2g} could still move a typical γ to zero in the "
-                      "steps left, or let netslim choose λ: target=0.5 (--sparsity auto)")
-        warnings.warn(f"sparsity is not emerging: half-way only {100 * share:.1f}% of BN scales are below "
-                      f"{self.threshold:g} (λ={self.lam:g}); {advice}", stacklevel=4)
+            message = stall_warning(share, self.lam, lr, gain, median, left, self.threshold, self.regularizer.proximal)
+        if message is not None:
+            warnings.warn(message, stacklevel=4)
 
     def remove(self) -> None:
         """Detach from the optimizer: from the next step on, plain training (idempotent)."""
