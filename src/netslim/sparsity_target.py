@@ -50,6 +50,7 @@ HOLD_TOLERANCE = 0.02  # once the share is within this of the target (or at ``by
 HOLD_GAIN = 0.25  # log λ moves by this times log(quantile / threshold) outside the band ...
 HOLD_CHANGE = math.log(1.25)  # ... by at most x1.25 per quarter lag ...
 HOLD_CREEP = 0.0  # ... and inside the band it stays (creeping down let collapsed channels regrow, in cycles)
+SWEEP = 0.05  # a lag's pull carries at most this share of the channels past the threshold
 FLOOR = 0.03  # the steps left to ``by`` are counted as at least this fraction of the schedule
 LR_FLOOR = 0.1  # λ's cap counts the learning rate as at least this share of the largest seen
 ARRIVAL = 0.5  # the ramp aims at this fraction of ``by``: the network then trains with the share held
@@ -174,7 +175,12 @@ class TargetController:
             wanted = (quantile - self.threshold / 2) / (left * self.efficiency)
             pull = self.history[-1][3] if self.history else (self.lam * per_lam if self.lam else wanted)
             limit = MAX_CHANGE * min(1.0, since / lag)
-            lam = pull * math.exp(max(-limit, min(limit, math.log(max(wanted, 1e-30) / max(pull, 1e-30))))) / per_lam
+            pull = pull * math.exp(max(-limit, min(limit, math.log(max(wanted, 1e-30) / max(pull, 1e-30)))))
+            # no lag's worth of pull may sweep more than SWEEP of the channels past the threshold at once: the
+            # scales above those that stop at the target must be able to (the share is reached, then held)
+            upper = float(ordered[min(len(ordered) - 1, int((share + SWEEP) * len(ordered)))])
+            pull = min(pull, max(upper - self.threshold, 1e-12) / (lag if subgradient else 1))
+            lam = pull / per_lam
         else:
             # held: λ itself (a collapsed channel stays while λ is over its data gradient, whatever the lr) keeps
             # the threshold between the quantiles at target and target + band, reacting within a quarter lag
