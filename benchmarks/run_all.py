@@ -57,7 +57,7 @@ def _provenance(rec: dict) -> str:
     return (f"Command: `{rec['command']}` ({rec['mode']} mode, {rec.get('wall_seconds', '?')} s)  \n"
             f"Machine: {m['cpu']} ({m['cpu_count']} cores), {m['platform']}, Python {m['python']}, "
             f"torch {m['torch']}; `torch.set_num_threads({rec['torch_set_num_threads']})`{load_txt}  \n"
-            f"Date: {m['date']}\n")
+            f"Date: {m['date']}" + (f", code at {m['commit']}" if m.get("commit") else "") + "\n")
 
 
 def _notes(rec: dict) -> str:
@@ -510,6 +510,14 @@ def other_sections(results: Path = RESULTS) -> list[str]:
             parts.append(zoo.markdown(zoo_rec) + "\n" + _notes(zoo_rec) + "\n" + _provenance(zoo_rec))
         except Exception as e:  # another script's renderer must not stop this one
             parts.append(f"(zoo.markdown failed: {type(e).__name__}: {e})\n")
+    yolo_recs = [json.loads(p.read_text()) for p in sorted(results.glob("yolo_full*.json"))]
+    if yolo_recs:  # benchmarks/yolo.py (YOLOv8n with Ultralytics' trainer; one record per seed)
+        try:
+            import yolo
+
+            parts.append(yolo.markdown(yolo_recs) + "\n" + _provenance(yolo_recs[0]))
+        except Exception as e:  # another script's renderer must not stop this one
+            parts.append(f"(yolo.markdown failed: {type(e).__name__}: {e})\n")
     path = results / "gpu.json"
     if path.exists():
         rec = json.loads(path.read_text())
