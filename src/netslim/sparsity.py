@@ -65,6 +65,18 @@ class SparsityRegularizer:
         if not self.bns:
             raise ValueError(f"{type(model).__name__} has no BatchNorm with learnable scales: nothing to regularize")
         self.gammas = [bn.weight for bn in self.bns.values()]
+        self.weights: list[torch.Tensor] | None = None  # λ's weight per channel (see focus); None: 1 everywhere
+
+    @torch.no_grad()
+    def focus(self, chosen: torch.Tensor) -> None:
+        """Pull only the channels where ``chosen`` is 1: a flat tensor over every regularized γ, in order (the
+        reweighted L1 of Candès, Wakin & Boyd 2008, with weights 1 and 0). The weights are updated in place,
+        so a captured CUDA graph reads the new ones."""
+        pieces = chosen.to(self.gammas[0].device, self.gammas[0].dtype).split([g.numel() for g in self.gammas])
+        pieces = [piece.view_as(g) for piece, g in zip(pieces, self.gammas, strict=True)]
+        if self.weights is None:
+            self.weights = [torch.empty_like(g) for g in self.gammas]
+        torch._foreach_copy_(self.weights, pieces)
 
     def penalty(self) -> torch.Tensor:
         """The value of λ·Σ g(γ) (for logging; the gradient comes from :meth:`step`)."""
@@ -89,9 +101,10 @@ class SparsityRegularizer:
         lam = self.lam if lam is None else float(lam)
         if lam == 0 or self.proximal:
             return
-        gammas = [g for g in self.gammas if g.grad is not None]
-        if not gammas:
+        present = [k for k, g in enumerate(self.gammas) if g.grad is not None]
+        if not present:
             return
+        gammas = [self.gammas[k] for k in present]
         grads = [g.grad for g in gammas]
         if self.kind == "l1":
             slope = torch._foreach_sign(gammas)
@@ -106,6 +119,8 @@ class SparsityRegularizer:
             away = torch.sign(flat - flat.mean())
             flat_slope = self.t * torch.sign(flat) - away + away.mean()
             slope = [p.view_as(g) for p, g in zip(flat_slope.split([g.numel() for g in gammas]), gammas, strict=True)]
+        if self.weights is not None:
+            torch._foreach_mul_(slope, [self.weights[k] for k in present])
         if scale is not None:
             torch._foreach_mul_(slope, scale)
         torch._foreach_add_(grads, slope, alpha=lam)
@@ -129,7 +144,9 @@ class SparsityRegularizer:
             lrs = list(lr) if isinstance(lr, Sequence) else [lr] * len(self.gammas)
             thresholds = [rate * self.lam for rate in lrs]
             updated = torch._foreach_abs(self.gammas)
-            if any(isinstance(x, torch.Tensor) for x in thresholds):  # tensor learning rates (capturable optimizers)
+            if self.weights is not None:  # per channel: the threshold times its weight
+                torch._foreach_sub_(updated, [w * x for w, x in zip(self.weights, thresholds, strict=True)])
+            elif any(isinstance(x, torch.Tensor) for x in thresholds):  # tensor learning rates (capturable)
                 for shrunk, x in zip(updated, thresholds, strict=True):
                     shrunk.sub_(x)
             elif len(set(thresholds)) == 1:
@@ -288,6 +305,8 @@ class Sparsity:
             lam = self.controller.update(progress, self.step_count, scales, lr, gain,
                                          subgradient=not self.regularizer.proximal)
             self.lam = _same_on_every_rank(lam, self.regularizer.gammas[0].device)
+            if self.controller.chosen is not None:
+                self.regularizer.focus(self.controller.chosen)
         self.trajectory.append((progress, self.lam, share))
         if progress >= 0.5 and "stall" not in self.warned:
             self.warned.add("stall")

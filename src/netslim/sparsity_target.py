@@ -50,7 +50,6 @@ HOLD_TOLERANCE = 0.02  # once the share is within this of the target (or at ``by
 HOLD_GAIN = 0.25  # log λ moves by this times log(quantile / threshold) outside the band ...
 HOLD_CHANGE = math.log(1.25)  # ... by at most x1.25 per quarter lag ...
 HOLD_CREEP = 0.0  # ... and inside the band it stays (creeping down let collapsed channels regrow, in cycles)
-SWEEP = 0.05  # a lag's pull carries at most this share of the channels past the threshold
 FLOOR = 0.03  # the steps left to ``by`` are counted as at least this fraction of the schedule
 LR_FLOOR = 0.1  # λ's cap counts the learning rate as at least this share of the largest seen
 ARRIVAL = 0.5  # the ramp aims at this fraction of ``by``: the network then trains with the share held
@@ -139,6 +138,7 @@ class TargetController:
         self.efficiency = 1.0
         self.max_lr = 0.0  # the largest learning rate seen at a check
         self.held = False  # the target is reached (or ``by`` passed): λ now holds the share
+        self.chosen: torch.Tensor | None = None  # 1 for the channels pulled, over the flattened scales
         self.capped = False  # the λ wanted at the last check was over the cap
         self.history: list[list[float]] = []  # [progress, steps done, quantile, λ·lr·gain] at each check
 
@@ -157,9 +157,20 @@ class TargetController:
         self.max_lr = max(self.max_lr, lr)
         per_lam = max(lr * gain, 1e-30)  # the pull per step of λ = 1 now
         since = steps_done - self.history[-1][1] if self.history else lag
-        ordered = scales.float().sort().values
+        scales = scales.float()
+        ordered, order = scales.sort(stable=True)
         share = float((ordered < self.threshold).float().mean())
-        quantile = float(ordered[min(len(ordered) - 1, int(self.target * len(ordered)))])
+        # The channels pulled (SparsityRegularizer.focus): the smallest |γ| (the paper's ranking), as many as the
+        # target plus what it still lacks. At first every channel is pulled, as in the paper; a channel that
+        # holds up (the data need it) is overtaken by others; as channels collapse, the largest are let go,
+        # so the share stops at the target however bunched the scales are, and the channels kept train free
+        # of the term. The quantile steered is the target's.
+        wanted_count = round(self.target * len(ordered))
+        collapsed = int((ordered < self.threshold).sum())
+        count = min(len(ordered), max(1, wanted_count + max(0, wanted_count - collapsed)))
+        self.chosen = torch.zeros_like(scales)
+        self.chosen[order[:count]] = 1.0
+        quantile = float(ordered[min(len(ordered) - 1, max(0, wanted_count - 1))])
         if self.scale is None:
             self.scale = max(float(ordered[len(ordered) // 2]), self.threshold)
         self.held = self.held or share >= self.target - HOLD_TOLERANCE or progress >= self.by
@@ -169,27 +180,20 @@ class TargetController:
             # too little of the last change to make a full one)
             self._measure_efficiency(progress, steps_done, quantile, max(WINDOW * steps, 2 * lag))
             left = max((ARRIVAL * self.by - progress) * steps, FLOOR * steps)
-            # aimed at half the threshold, so that the quantile crosses it: a pull that closes the gap in
-            # proportion slows down as the scales just above the quantile near it, and they stay (no overshoot
-            # when they are bunched together, as YOLOv8n's, all within 1% of 1.0 after 15 epochs)
+            # aimed at half the threshold, so that the quantile crosses it
             wanted = (quantile - self.threshold / 2) / (left * self.efficiency)
             pull = self.history[-1][3] if self.history else (self.lam * per_lam if self.lam else wanted)
             limit = MAX_CHANGE * min(1.0, since / lag)
             pull = pull * math.exp(max(-limit, min(limit, math.log(max(wanted, 1e-30) / max(pull, 1e-30)))))
-            # no lag's worth of pull may sweep more than SWEEP of the channels past the threshold at once: the
-            # scales above those that stop at the target must be able to (the share is reached, then held)
-            upper = float(ordered[min(len(ordered) - 1, int((share + SWEEP) * len(ordered)))])
-            pull = min(pull, max(upper - self.threshold, 1e-12) / (lag if subgradient else 1))
             lam = pull / per_lam
         else:
-            # held: λ itself (a collapsed channel stays while λ is over its data gradient, whatever the lr) keeps
-            # the threshold between the quantiles at target and target + band, reacting within a quarter lag
+            # held: λ itself (a collapsed channel stays while λ is over its data gradient, whatever the lr)
+            # keeps the channels pulled below the threshold, reacting within a quarter lag
             lam = self.lam if self.lam is not None else lam_to_reach(self.scale, lr, gain, steps)
-            above = float(ordered[min(len(ordered) - 1, int((self.target + HOLD_TOLERANCE) * len(ordered)))])
             if quantile > self.threshold:  # collapsed channels regrow: pull harder
                 change = HOLD_GAIN * math.log(quantile / self.threshold)
-            elif above < self.threshold:  # more than the target collapsed: pull less
-                change = -HOLD_GAIN * math.log(self.threshold / max(above, 1e-12))
+            elif quantile < self.threshold / 100:  # deep at zero: the least λ that keeps them is smaller
+                change = -HOLD_GAIN * math.log(self.threshold / 100 / max(quantile, 1e-12))
             else:
                 change = HOLD_CREEP
             limit = HOLD_CHANGE * min(1.0, 4 * since / lag)
