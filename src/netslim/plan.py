@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGraph, trace_channels
+from .runfolder import check_output, write_atomic
 
 DEFAULT_PERCENT = 0.7  # what the CLI and a config prune when told no amount (the paper's VGG/CIFAR-10 70%)
 COLLAPSED = 1e-6  # |γ| below this is numerically zero: the channel contributes only its shift β
@@ -72,8 +73,9 @@ class PruningPlan:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a pruning plan: {e!r}") from None
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the plan as JSON, whole or not at all; an existing ``path`` is replaced only with ``overwrite``."""
+        write_atomic(check_output(path, overwrite), json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:
