@@ -159,6 +159,11 @@ def _undo(folder: Path, made: list[Path], created_lock: bool) -> None:
 def check_folder(path: str | Path, option: str = "--out") -> Path:
     """An output folder that can be made and written, checked without creating anything."""
     out = Path(path)
+    for part in out.parts:
+        if len(part.encode()) > _longest_name(out):
+            raise OutputRefused(f"cannot create output folder {out} ({option}): the name {part[:20]}... is "
+                                f"{len(part.encode())} bytes long, more than the {_longest_name(out)} this file "
+                                "system allows")
     existing = next(p for p in [out, *out.parents] if p.exists() or p.is_symlink() or p == Path("."))
     if not existing.is_dir():
         raise OutputRefused(f"{option} {out} is a file, not a folder" if existing == out else
@@ -188,27 +193,31 @@ def check_output(path: str | Path, overwrite: bool = False, option: str | None =
     if not str(path).strip():
         raise OutputRefused(f"{option or 'the output'} is empty: give a file name")
     out = Path(path)
+    if len(out.name.encode()) > _longest_name(out.parent):
+        raise OutputRefused(f"{named}: the file name is {len(out.name.encode())} bytes long, more than the "
+                            f"{_longest_name(out.parent)} this file system allows")
+    check_folder(out.parent, option or "the output's folder")
     _refuse_special(out, named)
     if out.exists() and not overwrite:
         raise OutputRefused(f"{named} exists: pass {'--overwrite' if option else 'overwrite=True'} to replace it, "
-                           "or give another name")
-    folder = check_folder(out.parent, option or "the output's folder")
-    existing = next(p for p in [folder, *folder.parents] if p.exists())
-    try:
-        longest = os.pathconf(existing, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        longest = 255
-    if len(out.name.encode()) > longest:
-        raise OutputRefused(f"{named}: the file name is {len(out.name.encode())} bytes long, more than the "
-                            f"{longest} this file system allows")
+                             "or give another name")
     return out
+
+
+def _longest_name(folder: Path) -> int:
+    """The longest file name the file system holding ``folder`` (or its nearest existing parent) allows."""
+    try:
+        existing = next(p for p in [folder, *folder.parents] if os.path.isdir(p))
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, StopIteration):
+        return 255
 
 
 def _refuse_special(out: Path, named: str) -> None:
     """An :class:`OutputRefused` when ``out`` is a link, a folder or anything but a regular file."""
     if out.is_symlink():
         raise OutputRefused(f"{named} is a symbolic link (to {os.readlink(out)}): netslim does not write through "
-                           "links; give the file itself, or remove the link")
+                            "links; give the file itself, or remove the link")
     if not out.exists():
         return
     mode = out.stat().st_mode
