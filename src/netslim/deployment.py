@@ -226,19 +226,26 @@ def export_torchscript(model: nn.Module, path: str | Path, *, input_size: Sequen
     deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
     device = device_of(deployed)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        _quiet_about_jit()
         traced = torch.jit.trace(deployed, torch.zeros(1, *size, device=device))
     buffer = io.BytesIO()  # serialized in memory: write_atomic says when the disk is full (torch's writer aborts)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        _quiet_about_jit()
         torch.jit.save(traced, buffer)
 
     def loaded(written: Path) -> nn.Module:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            _quiet_about_jit()
             return torch.jit.load(str(written), map_location=device)
 
     # the file as written is what is checked, before it replaces the previous one
     write_atomic(path, buffer.getbuffer(), verify=lambda written: _check(deployed, loaded(written), size, device,
                                                                          dtype, path))
     return path
+
+
+def _quiet_about_jit() -> None:
+    """Inside ``warnings.catch_warnings()``: no warning that TorchScript is deprecated (the docstring says so;
+    torch warns with DeprecationWarning or, from 2.14, another category, at every call)."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
