@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runtime the latency is planned and measured on: eager PyTorch, ONNX Runtime on the CPU, "
                         "or torch.compile (TorchInductor; each measured model is compiled first); in the --target's "
                         "format: fp32 on the CPU, bf16 channels_last on the GPU for a gpu target")
+    p.add_argument("--refresh-latency-tables", action="store_true",
+                   help="measure the latency tables again instead of reading them from the cache (they are checked "
+                        "against the whole model measured now either way)")
     p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for models that do not declare one")
     p.add_argument("--num-classes", type=_positive_int, help="for a model factory")
     amount.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
@@ -467,7 +470,8 @@ def _prune(args, fold, out: Path, plan_out: Path | None, yolo_out: Path | None) 
                        target_latency=args.target_latency / 1e3 if args.target_latency else None,
                        target_speedup=args.target_speedup, timing_input=timing_input,
                        max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels,
-                       round_to=args.round_to, target=args.target, latency_backend=args.latency_backend)
+                       round_to=args.round_to, target=args.target, latency_backend=args.latency_backend,
+                       refresh_tables=args.refresh_latency_tables)
     plan = planned.plan
     if planned.round_to > 1:
         why = "the latency tables show layers stepping by such blocks here" if by_latency and not args.round_to \
