@@ -78,6 +78,7 @@ def _corrupt(text):
         "nested inside": json.dumps({key: {}})[:-2] + ": " + nested + "}",
         "NaN": json.dumps({**data, key: {**data[key], pair: float("nan")}}),
         "negative": json.dumps({**data, key: {**data[key], pair: -1e-3}}),
+        "a huge time": json.dumps({**data, key: {**data[key], pair: 10 ** 400}}),
         "a string time": json.dumps({**data, key: {**data[key], pair: "fast"}}),
         "three widths": json.dumps({**data, key: {"16,32,5": 1e-3, **data[key]}}),
         "one sample per layer": json.dumps({k: {p: v[p]} for k, v in data.items() for p in list(v)[:1]}),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 from pathlib import Path
@@ -95,9 +94,8 @@ def _samples(points) -> Samples | None:
         n_in, n_out = int(widths[0]), int(widths[1])
         if not (1 <= n_in <= MAX_WIDTH and 1 <= n_out <= MAX_WIDTH):
             return None
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) \
-                or not 0 < seconds < MAX_SECONDS:
-            return None
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < MAX_SECONDS:
+            return None  # NaN fails the comparison too
         samples[n_in, n_out] = float(seconds)
     return samples
 
