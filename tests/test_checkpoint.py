@@ -154,7 +154,7 @@ def test_a_long_checkpoint_name_still_fits_its_temporary_file(tmp_path):
     (b"model: 1\nnot: pickled\n", "not a PyTorch checkpoint (a text file"),
     (bytes(range(200, 256)) * 4, "not a PyTorch checkpoint (unknown binary data)"),
     (b"", "not a PyTorch checkpoint (an empty file)"),
-    (b"\x80\x02\x95garbage", "not a readable checkpoint"),
+    (b"\x80\x02\x95garbage", "not a PyTorch checkpoint (a truncated or corrupt pickle)"),
 ])
 def test_files_that_are_not_checkpoints_are_named_for_what_they_are(content, message, tmp_path):
     (tmp_path / "x.pt").write_bytes(content)

@@ -74,3 +74,92 @@ def test_malformed_architecture_descriptions_are_one_clear_error(arch, tmp_path)
     save_checkpoint(tmp_path / "c.pt", {"arch": arch, "state_dict": {}})
     with pytest.raises(CheckpointError):
         load_model(tmp_path / "c.pt")
+
+
+# -- resource bombs: what a weights-only file may ask for is bounded before anything is allocated --
+
+_BOMBS = r'''
+import json, os, sys, time, zipfile
+import torch
+from netslim import models
+from netslim.checkpoint import CheckpointError, describe, load_model, save_checkpoint
+
+os.chdir(sys.argv[1])
+mlp = models.create("mlp", widths=[8, 8])
+arch = describe(mlp, "mlp", {"widths": [8, 8]})
+def hostile(name, arch, weights):
+    save_checkpoint(name, {"arch": arch, "state_dict": weights})
+hostile("wide.pt", {"name": "vgg19", "kwargs": {"widths": [10**9] * 16}, "shapes": {}}, {})
+hostile("wide_sized.pt", {"name": "vgg19", "kwargs": {"widths": [60000] * 16}, "shapes": {}}, {})
+hostile("long.pt", {"name": "mlp", "kwargs": {"widths": [1] * 300000}, "shapes": {}}, {})
+hostile("expanded.pt", arch, {**mlp.state_dict(), "hidden.0.weight": torch.zeros(1).expand(100000, 100000)})
+# narrowed to the file's tiny weights, but built wide first: the unnarrowed model is sized too
+hostile("narrowed.pt", {**arch, "kwargs": {"widths": [60000, 60000]}}, mlp.state_dict())
+save_checkpoint("big.pt", {"arch": arch, "state_dict": {**mlp.state_dict(), "extra": torch.zeros(50_000_000)}})
+with zipfile.ZipFile("big.pt") as z, zipfile.ZipFile("deflated.pt", "w", zipfile.ZIP_DEFLATED) as out:
+    for info in z.infolist():
+        out.writestr(info.filename, z.read(info.filename))
+os.remove("big.pt")
+outcome = {}
+for name in ("wide.pt", "wide_sized.pt", "long.pt", "expanded.pt", "narrowed.pt", "deflated.pt"):
+    start = time.perf_counter()
+    try:
+        load_model(name)
+        outcome[name] = ["loaded", time.perf_counter() - start]
+    except CheckpointError as e:
+        outcome[name] = [str(e), time.perf_counter() - start]
+print(json.dumps(outcome))
+'''
+
+
+def test_resource_bombs_in_weights_only_files_are_refused_in_bounded_time_and_memory(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    # its own process, so that its peak memory is its own (os.wait4), and a bomb cannot take the test run down
+    proc = subprocess.Popen([sys.executable, "-c", _BOMBS, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert status == 0, out
+    outcome = json.loads(out.strip().splitlines()[-1])
+    peak_mib = usage.ru_maxrss / 1024
+    assert peak_mib < 1500, (peak_mib, outcome)  # writing the deflated file holds 200 MB; loading adds nothing
+    for name, (message, seconds) in outcome.items():
+        assert message != "loaded" and name in message, (name, message)
+        assert len(message.splitlines()) == 1 and seconds < 5, (name, message, seconds)
+    assert "compressed" in outcome["deflated.pt"][0] and "broadcast view" in outcome["expanded.pt"][0]
+    assert "parameters" in outcome["wide_sized.pt"][0] and "parameters" in outcome["narrowed.pt"][0]
+
+
+@pytest.mark.parametrize("widths,why", [([-5], "cannot rebuild 'mlp'"), (["abc"], "cannot rebuild 'mlp'"),
+                                        ([[[[[[[[1]]]]]]]], "nested"), ([2**40], "value")])
+def test_builder_arguments_a_builder_rejects_name_the_file_on_the_cli_and_the_api(widths, why, tmp_path, capsys):
+    _hostile(tmp_path / "c.pt", "mlp", {"widths": widths})
+    with pytest.raises(CheckpointError, match=why) as e:
+        load_model(tmp_path / "c.pt")
+    assert str(tmp_path / "c.pt") in str(e.value)
+    assert main(["info", str(tmp_path / "c.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "c.pt" in err and why in err
+
+
+def test_weights_that_do_not_fit_are_named_in_one_short_line(tmp_path):
+    model = models.create("mlp", widths=[8, 8])
+    weights = {**model.state_dict(), "hidden.0.weight": torch.zeros(3, 3)}
+    save_checkpoint(tmp_path / "c.pt", {"arch": describe(model, "mlp", {"widths": [8, 8]}), "state_dict": weights})
+    with pytest.raises(CheckpointError, match=r"'hidden.0.weight' is \(3, 3\) in the file") as e:
+        load_model(tmp_path / "c.pt")
+    assert len(str(e.value)) < 200
+
+
+def test_a_plain_pickle_or_legacy_file_is_named_as_such_and_loads_only_when_trusted(tmp_path):
+    import pickle
+
+    with open(tmp_path / "p.pt", "wb") as f:
+        pickle.dump({"a": 1}, f, protocol=4)
+    torch.save(models.create("mlp").state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    for name in ("p.pt", "legacy.pt"):
+        with pytest.raises(CheckpointError, match="plain pickle"):
+            load_model(tmp_path / name)

@@ -146,3 +146,64 @@ def test_cli_reads_an_ultralytics_checkpoint_only_with_trust_pickle(tmp_path, ca
     assert not (tmp_path / "small.pt").exists()
     assert main([*argv, "--trust-pickle"]) == 0
     assert main(["info", str(tmp_path / "small.pt"), "--json"]) == 0  # weights-only from here on
+
+
+_EVIL_CONFIG = """nc: 4
+activation: "__import__('os').system('touch PWNED') or nn.SiLU()"
+backbone:
+  - [-1, 1, Conv, [16, 3, 2]]
+head:
+  - [[0], 1, Detect, [nc]]
+"""
+
+
+def test_an_ultralytics_config_named_in_a_checkpoint_is_read_only_from_the_package(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from netslim.checkpoint import CheckpointError, describe, load_model, save_checkpoint
+    from netslim.cli import main
+    from netslim.models import create_model
+
+    monkeypatch.chdir(tmp_path)
+    real = create_model("ultralytics:yolov8n.yaml", {"nc": 4})
+    save_checkpoint("y.pt", {"arch": describe(real, "ultralytics:yolov8n.yaml", {"nc": 4}),
+                             "state_dict": real.state_dict()})
+    # Ultralytics looks in the working directory first: a config there under any name it could resolve
+    for name in ("evilnet.yaml", "yolov8n.yaml", "yolov8.yaml"):
+        Path(name).write_text(_EVIL_CONFIG)
+    for name in ("ultralytics:evilnet.yaml", "ultralytics:*.yaml", "ultralytics:yolov8?.yaml",
+                 "ultralytics:[y]olov8.yaml"):
+        save_checkpoint("evil.pt", {"arch": {"name": name, "kwargs": {}, "shapes": {}}, "state_dict": {}})
+        assert main(["info", "evil.pt"]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        with pytest.raises(CheckpointError):
+            load_model("evil.pt")
+        assert not Path("PWNED").exists(), name
+    save_checkpoint("evil.pt", {"arch": {"name": "ultralytics:evilnet.yaml", "kwargs": {}, "shapes": {}},
+                                "state_dict": {}})
+    with pytest.raises(CheckpointError, match="--factory ultralytics:evilnet.yaml"):
+        load_model("evil.pt")
+    rebuilt, _ = load_model("y.pt")  # the packaged yolov8.yaml at scale n, not the files of this folder
+    assert not Path("PWNED").exists()
+    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in real.parameters())
+    assert Path(rebuilt.yaml["yaml_file"]).parent != tmp_path
+
+
+def test_a_users_own_ultralytics_config_rebuilds_when_the_user_names_it(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from netslim.checkpoint import CheckpointError, describe, load_model, save_checkpoint
+    from netslim.models import create_model
+
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(ultralytics.__file__).parent / "cfg" / "models" / "v8" / "yolov8.yaml"
+    Path("mynet.yaml").write_text(shipped.read_text())
+    model = create_model("ultralytics:mynet.yaml", {"nc": 3})
+    save_checkpoint("m.pt", {"arch": describe(model, "ultralytics:mynet.yaml", {"nc": 3}),
+                             "state_dict": model.state_dict()})
+    with pytest.raises(CheckpointError, match="does not ship"):
+        load_model("m.pt")
+    rebuilt, _ = load_model("m.pt", factory="ultralytics:mynet.yaml")
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values(),
+                                                  strict=True))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import pickletools
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from . import models
+from . import limits, models
 from .layers import narrowed, selection_of, with_selection
 from .runfolder import tmp_prefix
 
@@ -76,11 +77,15 @@ def restore_input_size(model: nn.Module, arch: Mapping) -> nn.Module:
 Factory = str | Callable[..., nn.Module] | None
 
 
-def build_model(arch: Mapping, factory: Factory = None, origin: str = "the checkpoint") -> nn.Module:
+def build_model(arch: Mapping, factory: Factory = None, origin: str = "the checkpoint", *,
+                weights: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
     """Rebuild a (possibly pruned) model from its ``arch`` description, with untrained weights.
 
     ``factory``: when the architecture was built by a ``package.module:function`` factory, that same
     path (or the function itself); a factory named only in the file is never imported or called.
+    ``weights``: the weights the model is rebuilt for. What the description asks for is bounded
+    (:mod:`netslim.limits`): the model is built on the meta device first (no memory), its size checked
+    and, narrowed as described, its shapes compared with ``weights`` before the real one is built.
     """
     kwargs, shapes = arch.get("kwargs", {}), arch.get("shapes", {})
     if not isinstance(kwargs, Mapping) or not isinstance(shapes, Mapping) or not all(
@@ -89,27 +94,62 @@ def build_model(arch: Mapping, factory: Factory = None, origin: str = "the check
         raise CheckpointError(f"{origin} has a malformed architecture description (arch.kwargs / arch.shapes)")
     kwargs = {k: v for k, v in kwargs.items() if k != "pretrained"}  # weights come from the file
     try:
-        model = models.rebuildable(arch.get("name"), kwargs, factory, origin)()
+        limits.check_arguments(kwargs, origin)
+        builder = models.rebuildable(arch.get("name"), kwargs, factory, origin)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
-    except TypeError as e:  # the file's keyword arguments do not fit the builder
-        raise CheckpointError(f"{origin}: cannot rebuild {arch.get('name')!r}: {str(e).splitlines()[0]}") from None
+    try:
+        with torch.device("meta"):
+            sized = builder()
+    except Exception as e:  # noqa: BLE001  it needs real tensors (Ultralytics runs a forward pass), or fails below
+        if not limits.small_arguments(kwargs):
+            raise CheckpointError(f"{origin}: {arch['name']} cannot be sized before it is built ({_first_line(e)}) "
+                                  "and its arguments are too large to build it unsized: refused") from None
+        sized = None
+    if sized is not None:
+        with torch.device("meta"):
+            sized = _narrowed_as(sized, arch["name"], shapes, origin)
+        if weights is not None:
+            _checked(limits.check_fits, sized, weights, origin, arch["name"])
+    try:
+        model = builder()
+    except Exception as e:  # noqa: BLE001  the file's arguments do not fit the builder, whatever it raises
+        raise CheckpointError(f"{origin}: cannot rebuild {arch['name']!r} from its arguments: "
+                              f"{_first_line(e)}") from None
+    return _narrowed_as(model, arch["name"], shapes, origin)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _checked(check: Callable, *args) -> None:
+    """Run one of :mod:`netslim.limits`' checks, its refusal a :class:`CheckpointError`."""
+    try:
+        check(*args)
+    except limits.FileLimitError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _narrowed_as(model: nn.Module, name: str, shapes: Mapping, origin: str) -> nn.Module:
+    """``model`` (at most ``limits.MAX_MODEL_ELEMENTS``) with its layers narrowed to ``shapes``."""
+    _checked(limits.check_model_size, model, origin)
     for path, (n_in, n_out, bias, select) in shapes.items():
         if min(n_in, n_out) < 1:
             raise CheckpointError(f"{origin} describes layer '{path}' with {n_in} -> {n_out} channels")
         try:
             old = model.get_submodule(path)
         except AttributeError:
-            raise CheckpointError(f"checkpoint describes layer '{path}' that {arch['name']} does not have") from None
+            raise CheckpointError(f"{origin} describes layer '{path}' that {name} does not have") from None
         current = layer_shapes_of(old)
         if not current:
-            raise CheckpointError(f"checkpoint layer '{path}' is a conv/Linear/BN, but in {arch['name']} it is a "
+            raise CheckpointError(f"{origin}: layer '{path}' is a conv/Linear/BN, but in {name} it is a "
                                   f"{type(old).__name__}: the checkpoint belongs to another architecture")
         if current == [n_in, n_out, bias, select]:
             continue
         if n_in > current[0] or n_out > current[1]:
             raise CheckpointError(f"{origin} describes layer '{path}' as {n_in} -> {n_out} channels, wider than "
-                                  f"{arch['name']} builds it ({current[0]} -> {current[1]})")
+                                  f"{name} builds it ({current[0]} -> {current[1]})")
         try:
             if isinstance(old, _BatchNorm):
                 new = narrowed(old, torch.arange(n_out), torch.arange(n_out))
@@ -208,11 +248,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     kind = _file_kind(path)
-    if kind not in ("zip", "pickle"):
+    if kind == "pickle":  # torch.save's legacy format, or a plain pickle: its data cannot be checked before use
+        raise PickledCheckpoint(f"refusing to load {path}: it is a plain pickle (or PyTorch's legacy format), not "
+                                "the zip format netslim writes; pass --trust-pickle (trust_pickle=True) only if you "
+                                "trust the file")
+    if kind != "zip":
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({kind}); netslim saves its own with "
                               "`netslim train` or `netslim prune`")
+    _checked(limits.check_archive, path)
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: tensors are read from the file when used, after their shapes were checked (limits.check_fits)
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e) and "Unsupported operand" not in str(e):
             raise PickledCheckpoint(f"refusing to load {path}: it holds pickled code or objects, not just tensors "
@@ -223,6 +269,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             AttributeError, RecursionError, MemoryError) as e:
         why = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {why}") from None
+    _checked(limits.check_tensors, data, str(path))
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a netslim checkpoint (no '{FORMAT}' header); netslim saves "
                               "its own with `netslim train`")
@@ -240,7 +287,7 @@ def _file_kind(path: Path) -> str:
     if head.startswith(b"PK\x03\x04") or zipfile.is_zipfile(path):  # a zip, maybe truncated
         return "zip"
     if head[:1] == b"\x80" and head[1:2] and 2 <= head[1] <= 5:
-        return "pickle"
+        return "pickle" if _parses_as_pickle(path) else "a truncated or corrupt pickle"
     if not head:
         return "an empty file"
     try:
@@ -248,6 +295,17 @@ def _file_kind(path: Path) -> str:
     except UnicodeDecodeError:
         return "unknown binary data"
     return f"a text file starting {text.splitlines()[0][:30]!r}" if text.strip() else "a text file"
+
+
+def _parses_as_pickle(path: Path) -> bool:
+    """Whether the file starts with one whole pickle: its opcodes read, none of them run (pickletools)."""
+    try:
+        with open(path, "rb") as f:
+            for _ in pickletools.genops(f):
+                pass
+    except (ValueError, EOFError, OverflowError, UnicodeDecodeError, OSError):
+        return False
+    return True
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu",
@@ -267,13 +325,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
         return load_foreign_model(path, map_location, trust_pickle=True)
     if not isinstance(data.get("arch"), Mapping):
         raise CheckpointError(f"{path} does not describe its architecture (no 'arch' entry)")
-    model = restore_input_size(build_model(data["arch"], factory, origin=str(path)), data["arch"])
-    check_finite(data["state_dict"], path)
-    try:
-        model.load_state_dict(data["state_dict"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit architecture {data['arch']['name']}: "
-                              f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+    weights = data["state_dict"]
+    model = restore_input_size(build_model(data["arch"], factory, origin=str(path), weights=weights), data["arch"])
+    _checked(limits.check_fits, model, weights, str(path), data["arch"]["name"])
+    check_finite(weights, path)
+    model.load_state_dict(weights)
     return model.to(map_location), data
 
 

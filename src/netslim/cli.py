@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def factory_option(p):
         p.add_argument("--factory", metavar="MODULE:FUNCTION",
-                       help="the package.module:function that built the checkpoint's model: a factory named in a "
-                            "file runs only when you name it here")
+                       help="the package.module:function (or ultralytics:your.yaml) that built the checkpoint's "
+                            "model: code or a config of your own named in a file runs only when you name it here")
         p.add_argument("--trust-pickle", action="store_true",
                        help="also accept another tool's pickled checkpoint (an Ultralytics .pt): loading it runs "
                             "code from the file, so only for files you trust")

@@ -9,7 +9,9 @@ code chosen by whoever wrote it.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from torch import nn
 
@@ -97,9 +99,44 @@ def rebuildable(name: str, kwargs: Mapping, factory: str | Callable[..., nn.Modu
         if unsafe:
             raise ValueError(f"{origin} asks {source} for {', '.join(unsafe)}: weights come from the file itself, "
                              "so netslim refuses builder arguments that fetch or load others")
+        if source == "ultralytics" and factory != name:
+            # Ultralytics looks for a config in the working directory first and evaluates strings in it
+            # (``activation:``): a name read from a file may only mean a config Ultralytics ships.
+            shipped = packaged_ultralytics_config(attr, origin)
+            return lambda: _ultralytics_model(shipped, kwargs)
     elif name not in names():
         raise ValueError(f"{origin} names model {name!r}, which is not registered; choose one of: {', '.join(names())}")
     return lambda: create_model(name, kwargs)
+
+
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.ya?ml")
+
+
+def packaged_ultralytics_config(config: str, origin: str) -> str:
+    """The path inside the installed Ultralytics package of the model config ``config`` (``yolov8n.yaml``),
+    for a name read from a file (``origin``): never a file of the working directory, never a pattern.
+
+    Ultralytics ships one config per family (``yolov8.yaml``) and reads the scale from the name it is given
+    (``yolov8n.yaml``); the path returned keeps that name, in the folder of the shipped family config.
+    """
+    if not _CONFIG_NAME.fullmatch(config):
+        raise ValueError(f"{origin} names the Ultralytics config {config!r}: a config named in a file must be a "
+                         "plain file name (letters, digits, '_', '-', '.'), without patterns or folders")
+    try:
+        import ultralytics
+    except ImportError:
+        raise ImportError(f"ultralytics:{config} needs ultralytics: pip install ultralytics "
+                          "(an optional extra of netslim)") from None
+    shipped = {path.name: path.parent for path in (Path(ultralytics.__file__).parent / "cfg" / "models").rglob("*")
+               if path.suffix in (".yaml", ".yml") and path.is_file()}
+    stem, suffix = config.rsplit(".", 1)
+    family = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", stem) + "." + suffix  # yolov8n -> yolov8, as Ultralytics does
+    folder = shipped.get(config) or shipped.get(family)
+    if folder is None:
+        raise ValueError(f"{origin} names the Ultralytics config {config!r}, which Ultralytics does not ship; netslim "
+                         f"reads a config named in a file only from the Ultralytics package: if you trust your own "
+                         f"{config}, name it for this load (--factory ultralytics:{config})")
+    return str(folder / config)
 
 
 def _checked(model, name: str) -> nn.Module:
