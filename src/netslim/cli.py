@@ -350,17 +350,9 @@ def _outputs(given: dict[str, str | None], inputs: dict[str, str | None], overwr
             for option, path in given.items()}
 
 
-def _claimed(outputs: dict[str, Path | None]) -> contextlib.ExitStack:
+def _claimed(outputs: dict[str, Path | None]) -> contextlib.AbstractContextManager:
     """Hold, for the command, the run folders the outputs lie in (see :func:`netslim.runfolder.inside_run_folders`)."""
-    stack = contextlib.ExitStack()
-    try:
-        for path in outputs.values():
-            if path is not None:
-                stack.enter_context(inside_run_folders(path.parent))
-    except BaseException:
-        stack.close()
-        raise
-    return stack
+    return inside_run_folders(*(path.parent for path in outputs.values() if path is not None))
 
 
 # -- commands --

@@ -60,7 +60,7 @@ def locked(folder: str | Path) -> Iterator[Path]:
     created_lock = []
     try:
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_holding_around(folder.parent))
+            stack.enter_context(inside_run_folders(folder.parent))
             created_lock.append(stack.enter_context(_hold(folder, exclusive=True, create=True)))
             yield folder
     except BaseException:
@@ -69,23 +69,15 @@ def locked(folder: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def inside_run_folders(folder: str | Path) -> Iterator[None]:
-    """Hold, shared, every run folder (one with a lock file) that ``folder`` is or lies in, for writing a
-    file there: :class:`FolderBusy` while another process owns one. Creates no lock file."""
-    with _holding_around(Path(folder)):
+def inside_run_folders(*folders: str | Path) -> Iterator[None]:
+    """Hold, shared, every run folder (one with a lock file) that one of ``folders`` is or lies in, for
+    writing files there: :class:`FolderBusy` while another process owns one. Creates no lock file."""
+    with contextlib.ExitStack() as stack:
+        for folder in (Path(f).resolve() for f in folders):  # absolute: the folders above the working one too
+            for around in reversed([folder, *folder.parents]):
+                if (around / LOCK_NAME).is_file():
+                    stack.enter_context(_hold(around, exclusive=False, create=False))
         yield
-
-
-def _holding_around(folder: Path) -> contextlib.ExitStack:
-    stack = contextlib.ExitStack()
-    try:
-        for around in reversed([folder, *folder.parents]):
-            if (around / LOCK_NAME).is_file():
-                stack.enter_context(_hold(around, exclusive=False, create=False))
-    except BaseException:
-        stack.close()
-        raise
-    return stack
 
 
 @contextlib.contextmanager

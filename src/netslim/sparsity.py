@@ -63,9 +63,6 @@ class SparsityRegularizer:
         if not self.bns:
             raise ValueError(f"{type(model).__name__} has no BatchNorm with learnable scales: nothing to regularize")
         self.gammas = [bn.weight for bn in self.bns.values()]
-        if any(g.is_meta for g in self.gammas):
-            raise ValueError(f"the BN scales of {type(model).__name__} are on the meta device (shapes, no values): "
-                             "load the weights first (model.to_empty(device=...), then load_state_dict)")
 
     def penalty(self) -> torch.Tensor:
         """The value of λ·Σ g(γ) (for logging; the gradient comes from :meth:`step`)."""
@@ -156,7 +153,7 @@ SCHEDULES = ("constant", "warmup", "step", "linear")
 def check_lambda(lam) -> None:
     """A ValueError unless ``lam`` is a finite number >= 0 (an infinite λ sends every γ to -inf)."""
     if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"sparsity strength λ must be a finite number >= 0 (e.g. 1e-4), got {lam!r}")
+        raise ValueError(f"sparsity strength λ must be >= 0 and a finite number (e.g. 1e-4), got {lam!r}")
 
 
 def lambda_at(lam: float, epoch: int, epochs: int, schedule: str = "constant", warmup: float = 0.1) -> float:
