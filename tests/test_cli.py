@@ -243,7 +243,7 @@ def test_fuzzed_config_files_and_checkpoint_headers_never_escape_as_tracebacks(t
         target[leaf] = rng.choice(junk)
         path = tmp_path / f"h{k}.pt"
         save_checkpoint(path, data)
-        for argv in (["info", str(path)], ["prune", str(path), "--out", str(tmp_path / "s.pt")]):
+        for argv in (["info", str(path)], ["prune", str(path), "--overwrite", "--out", str(tmp_path / "s.pt")]):
             code, _, err = run(capsys, *argv)
             assert code in (0, 2) and "Traceback" not in err and len(err.strip().splitlines()) <= 1, (argv, data, err)
 

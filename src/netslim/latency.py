@@ -179,20 +179,13 @@ def measure_table(model: nn.Module, example_input: torch.Tensor, *, graph: Chann
     # is in the overhead, measured on the compiled whole model.
     layers_on = "eager" if backend == "compile" else backend
     file = latency_cache.cache_file(cache_dir, example_input, layers_on)
-    stored, problem = latency_cache.read(file)
     table, shapes = LatencyTable(), {}
     for path, use in graph.layers.items():
         if use.kind in _TIMED and path in inputs:
             layer = model.get_submodule(path)
             table.shapes[path] = key = _shape_key(layer, use.kind, inputs[path], example_input)
             shapes.setdefault(key, (layer, use, inputs[path]))
-    incomplete = [key for key in shapes if key in stored
-                  and set(stored[key]) != set(probe_pairs(shapes[key][1].kind, *_widths(shapes[key][1])))]
-    for key in incomplete:  # a table from a killed run or an edited file: not the widths this layer is probed at
-        del stored[key]
-    if problem or incomplete:
-        warnings.warn(f"latency cache {file} was corrupt ({problem or f'{len(incomplete)} layer tables incomplete'}"
-                      "): what it lacks is measured again and the file rewritten", stacklevel=2)
+    stored, corrupt = _read_checked(file, {key: use for key, (_, use, _) in shapes.items()})
     table.samples = {key: stored[key] for key in shapes if key in stored and not refresh}
     unsteady: set[str] = set()
 
@@ -219,10 +212,25 @@ def measure_table(model: nn.Module, example_input: torch.Tensor, *, graph: Chann
                       f"layers of a model measured whole at {1e3 * table.measured:.3g} ms: the machine is busy; they "
                       "are not cached (the measured rounds correct the plan)", stacklevel=2)
     fresh = {key: table.samples[key] for key in shapes if key not in cached and key not in unsteady}
-    if fresh or problem or incomplete:
+    if fresh or corrupt:
         latency_cache.write(file, {**stored, **fresh})
     table.overhead = max(table.measured - _layers_alone(table, graph), 0.0)
     return table
+
+
+def _read_checked(file: Path, uses: dict) -> tuple[dict, bool]:
+    """The tables cached in ``file`` that are well formed (:func:`netslim.latency_cache.read`) and, for the layer
+    shapes in ``uses``, hold exactly the widths such a layer is probed at; and whether the file held anything
+    else, which one warning names (the rest is measured again and the file rewritten)."""
+    stored, problem = latency_cache.read(file)
+    incomplete = [key for key, use in uses.items() if key in stored
+                  and set(stored[key]) != set(probe_pairs(use.kind, *_widths(use)))]
+    for key in incomplete:  # a table from a killed run or an edited file: not the widths this layer is probed at
+        del stored[key]
+    if problem or incomplete:
+        warnings.warn(f"latency cache {file} was corrupt ({problem or f'{len(incomplete)} layer tables incomplete'}"
+                      "): what it lacks is measured again and the file rewritten", stacklevel=3)
+    return stored, bool(problem or incomplete)
 
 
 def _widths(use) -> tuple[int, int]:
