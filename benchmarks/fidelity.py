@@ -61,6 +61,7 @@ TRAIN_SUBSET = 20_000
 # epoch): 2e-3..8e-3 brackets the 3e-3 that sparsified accuracy.py's (similar-length) run and the 1e-2
 # that collapsed it.
 SWEEP = (2e-3, 4e-3, 8e-3)
+TARGET = 0.5  # the target stage: the share of channels λ is chosen for (netslim.sparsity_target)
 # 'Without hurting accuracy much': after 3 epochs a single run's test error moves by several points from
 # one epoch to the next (the sweep's histories), so the sparsest λ within 5 points of the baseline is taken.
 SELECT_POINTS = 5
@@ -108,7 +109,8 @@ def _train_vgg(config: ExperimentConfig, out: Path, quick: bool, seed: int = 0) 
             "seconds": sum(r["seconds"] for r in result["history"]),
             "test_error": 1 - final["test_accuracy"], "warnings": [str(w.message) for w in caught],
             "gamma": gamma_stats(model),
-            "history": [{k: r.get(k) for k in ("epoch", "test_accuracy", "gamma_below_1e-2", "seconds")}
+            "history": [{k: r.get(k) for k in ("epoch", "test_accuracy", "gamma_below_1e-2", "seconds", "sparsity",
+                                               "sparsity_min", "sparsity_max") if k in r}
                         for r in result["history"]]}
 
 
@@ -117,6 +119,15 @@ def sweep(out: Path, quick: bool, lam: float | None, percent: float | None, seed
     rows = [_train_vgg(vgg_config(quick, value), _root(out, seed) / "sweep" / f"lambda-{value:g}", quick, seed)
             for value in ((lam,) if lam else SWEEP)]
     return {"rows": rows}
+
+
+def target(out: Path, quick: bool, lam: float | None, percent: float | None, seed: int) -> dict:
+    """The same schedule with λ chosen by netslim for a share of collapsed channels (``--percent``,
+    default 0.5) before the last third, beside the fixed-λ sweep."""
+    share = percent or TARGET
+    row = _train_vgg(vgg_config(quick, "auto", train={"target_sparsity": share}),
+                     _root(out, seed) / "target" / f"target-{share:g}", quick, seed)
+    return {**row, "target": share}
 
 
 def baseline(out: Path, quick: bool, lam: float | None, percent: float | None, seed: int) -> dict:
@@ -289,15 +300,16 @@ def mlp(out: Path, quick: bool, lam: float | None, percent: float | None, seed: 
             "warnings": [str(w.message) for w in caught if "sparsity" in str(w.message)]}
 
 
-STAGES = {"sweep": sweep, "baseline": baseline, "select": select, "figure5": figure5, "table1": table1,
-          "scratch": scratch, "mlp": mlp}
+STAGES = {"sweep": sweep, "target": target, "baseline": baseline, "select": select, "figure5": figure5,
+          "table1": table1, "scratch": scratch, "mlp": mlp}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=[*STAGES, "all"])
     parser.add_argument("--lam", type=float, default=None, help="λ of the sparse run (train) or the MLP (mlp)")
-    parser.add_argument("--percent", type=float, default=None, help="one prune ratio (table1, scratch)")
+    parser.add_argument("--percent", type=float, default=None,
+                        help="one prune ratio (table1, scratch); the target share (target)")
     parser.add_argument("--seed", type=int, default=0, help="initial weights, data order and training subset")
     parser.add_argument("--quick", action="store_true", help="tiny subsets, 1-2 epochs: checks the script only")
     parser.add_argument("--threads", type=int, default=1)
@@ -318,6 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "machine": machine_record(), "result": result}
         label = f"{name}-{args.lam:g}" if name == "sweep" and args.lam else \
             f"{name}-{round(100 * args.percent)}" if name == "table1" and args.percent else \
+            f"{name}-{args.percent or TARGET:g}" if name == "target" else \
             f"{name}-{args.lam or MLP_LAMBDA:g}" if name == "mlp" else name
         write_json(record, Path(args.results) / f"fidelity_{_label(label, args.seed, args.quick)}.json")
         results[name] = record
@@ -436,6 +449,19 @@ def _sweep_section(results: Path) -> list[str]:
                      f"{statistics.median(x['gamma_median'] for x in g) if g else float('nan'):.3g} | "
                      f"{_ms([x['safe_percent'] for x in g], digits=1)} | "
                      f"{statistics.mean(r['seconds'] for r in runs) / 60:.0f} |")
+    targets = _records(f"target-{TARGET:g}", results)
+    if targets:
+        runs = [r["result"] for r in targets]
+        warned += [w for row in runs for w in row.get("warnings", []) if "sparsity" in w]
+        g = [r["gamma"] for r in runs]
+        lams = [h["sparsity"] for h in runs[0]["history"]]
+        lines.append(f"| target {100 * TARGET:g}% | chosen: {', '.join(f'{v:.2g}' for v in lams)} (end of each epoch, "
+                     f"seed 0) | {runs[0]['epochs']} | {_ms([r['test_error'] for r in runs])} | "
+                     f"{_ms([x['gamma_below_1e-2'] for x in g], digits=1)} | "
+                     f"{_ms([x['gamma_below_1e-3'] for x in g], digits=1)} | "
+                     f"{statistics.median(x['gamma_median'] for x in g):.3g} | "
+                     f"{_ms([x['safe_percent'] for x in g], digits=1)} | "
+                     f"{statistics.mean(r['seconds'] for r in runs) / 60:.0f} |")
     lines += ["", "Warnings during sparsity training: " + ("; ".join(sorted(set(warned))) if warned else "none")
               + ".", "",
               "![|γ| at the end of training](benchmarks/results/fidelity/gamma_distribution.png)", "",
@@ -443,6 +469,7 @@ def _sweep_section(results: Path) -> list[str]:
               "at the end of training, seed 0; the paper's Fig. 4.)", ""]
     lines += [_provenance(bases)] if bases else []
     lines += [_provenance(recs) for lam in lambdas if (recs := _records(f"sweep-{lam:g}", results))]
+    lines += [_provenance(targets)] if targets else []
     return lines
 
 

@@ -27,6 +27,13 @@ def main(out: str) -> None:
     config = TrainConfig(epochs=3, batch_size=16, lr=0.05, sparsity=1e-2, bn_init=0.5, progress=False, device="cpu")
     train(model, loader, config, out_dir=f"{out}/run")
     torch.save(model.state_dict(), f"{out}/rank{info.rank}.pt")
+    # λ chosen for a target: every rank must use the same λ at every step
+    torch.manual_seed(0)
+    model = models.create("mlp", widths=[16, 8], input_size=(1, 4, 4), num_classes=3)
+    auto = TrainConfig(epochs=3, batch_size=16, lr=0.05, sparsity="auto", bn_init=0.5, progress=False, device="cpu")
+    history = train(model, loader, auto)["history"]
+    torch.save({"lambda": [[r["sparsity_min"], r["sparsity"], r["sparsity_max"]] for r in history],
+                "weights": model.state_dict()}, f"{out}/auto-rank{info.rank}.pt")
     distributed.shutdown()
 
 

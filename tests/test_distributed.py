@@ -26,3 +26,8 @@ def test_torchrun_two_processes_match_one_process_and_keep_scales_identical(tmp_
     assert not torch.allclose(gamma, torch.full_like(gamma, 0.5))  # training really happened
     # Only rank 0 wrote the run folder's checkpoint and log.
     assert (multi / "run" / "last.pt").exists() and len((multi / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+    # λ chosen for a target: the same on every rank, epoch by epoch, and the same weights
+    auto0 = torch.load(multi / "auto-rank0.pt", weights_only=True)
+    auto1 = torch.load(multi / "auto-rank1.pt", weights_only=True)
+    assert auto0["lambda"] == auto1["lambda"] and len({lam for row in auto0["lambda"] for lam in row}) > 1
+    assert all(torch.equal(a, b) for a, b in zip(auto0["weights"].values(), auto1["weights"].values(), strict=True))

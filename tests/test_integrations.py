@@ -6,6 +6,7 @@ trainer is not installed.
 """
 
 import importlib
+import warnings
 
 import pytest
 import torch
@@ -152,3 +153,27 @@ def test_timm_model_and_optimizer_with_native_scaler():
     hooked, manual = run(manual=False), run(manual=True)
     for (name, a), b in zip(hooked.state_dict().items(), manual.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_lightning_callback_says_when_a_fixed_lambda_cannot_work_and_chooses_lambda_for_a_target():
+    pl = _lightning()
+    from netslim.integrations.lightning import SparsityCallback
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit_lightning(pl, [SparsityCallback(lam=1e-5)], epochs=2)
+    said = [str(w.message) for w in caught]
+    assert sum("can move a BN scale by at most" in m for m in said) == 1  # at the start
+    assert sum("sparsity is not emerging" in m for m in said) == 1  # and half-way
+    seen = []
+
+    class Watch(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            seen.append((callback.sparsity.steps, len(callback.sparsity.trajectory), callback.sparsity.lam))
+
+    callback = SparsityCallback(target=0.5)
+    net, trainer = _fit_lightning(pl, [callback, Watch()], epochs=4, accumulate=2)
+    # planned over the trainer's optimizer steps (8 batches, accumulated in pairs, 4 epochs) and checked each one
+    assert [(steps, checks) for steps, checks, _ in seen] == [(16, 1 + 4 * k) for k in (1, 2, 3, 4)]
+    assert all(lam > 0 for _, _, lam in seen)
+    assert trainer.callback_metrics["sparsity/target"] == pytest.approx(0.5)

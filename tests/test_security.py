@@ -102,12 +102,12 @@ with zipfile.ZipFile("big.pt") as z, zipfile.ZipFile("deflated.pt", "w", zipfile
 os.remove("big.pt")
 outcome = {}
 for name in ("wide.pt", "wide_sized.pt", "long.pt", "expanded.pt", "narrowed.pt", "deflated.pt"):
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: the test machine may be busy with other work
     try:
         load_model(name)
-        outcome[name] = ["loaded", time.perf_counter() - start]
+        outcome[name] = ["loaded", time.process_time() - start]
     except CheckpointError as e:
-        outcome[name] = [str(e), time.perf_counter() - start]
+        outcome[name] = [str(e), time.process_time() - start]
 print(json.dumps(outcome))
 '''
 

@@ -42,10 +42,11 @@ def test_learning_rate_schedule_is_the_papers():
     assert lrs == pytest.approx([0.05] * 4 + [0.005] * 2 + [0.0005] * 2)
 
 
-def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("sparsity", [1e-3, "auto"])  # auto: the λ controller's state resumes too
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, sparsity):
     data = _data()
     straight = _model()
-    train(straight, Loader(data, 32, train=True, seed=1), _config(), out_dir=tmp_path / "a")
+    first = train(straight, Loader(data, 32, train=True, seed=1), _config(sparsity=sparsity), out_dir=tmp_path / "a")
 
     class Stop(Exception):
         pass
@@ -56,10 +57,12 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path):
 
     interrupted = _model()
     with pytest.raises(Stop):
-        train(interrupted, Loader(data, 32, seed=1), _config(), out_dir=tmp_path / "b", on_epoch=stop_after_two)
+        train(interrupted, Loader(data, 32, seed=1), _config(sparsity=sparsity), out_dir=tmp_path / "b",
+              on_epoch=stop_after_two)
     resumed = _model()
-    result = train(resumed, Loader(data, 32, seed=1), _config(), out_dir=tmp_path / "b")
+    result = train(resumed, Loader(data, 32, seed=1), _config(sparsity=sparsity), out_dir=tmp_path / "b")
     assert len(result["history"]) == 4
+    assert [r["sparsity"] for r in result["history"]] == [r["sparsity"] for r in first["history"]]
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 

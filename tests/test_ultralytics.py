@@ -3,6 +3,7 @@ exact pruning → fine-tuning with their trainer → their validation and export
 (an optional extra, installed in CI); skipped where it is missing."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -207,3 +208,53 @@ def test_a_users_own_ultralytics_config_rebuilds_when_the_user_names_it(tmp_path
     rebuilt, _ = load_model("m.pt", factory="ultralytics:mynet.yaml")
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values(),
                                                   strict=True))
+
+
+def test_ultralytics_training_says_when_a_fixed_lambda_cannot_work_and_when_sparsity_stalls(data_yaml, tmp_path):
+    yolo = ultralytics.YOLO("yolov8n.yaml")
+    slim.add_sparsity(yolo, lam=1e-4)  # the value the README used to give, on a 4-step run
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yolo.train(epochs=2, **_args(data_yaml, tmp_path, "fixed"))
+    said = [str(w.message) for w in caught if "sparsity" in str(w.message)]
+    assert sum("can move a BN scale by at most" in m for m in said) == 1, said
+    assert sum("not emerging" in m for m in said) == 1, said
+
+
+def test_ultralytics_training_for_a_target_records_lambda_and_says_when_the_run_is_too_short(data_yaml, tmp_path):
+    import csv
+
+    yolo = ultralytics.YOLO("yolov8n.yaml")
+    slim.add_sparsity(yolo, target=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yolo.train(epochs=3, **_args(data_yaml, tmp_path, "target"))  # 6 optimizer steps
+    with open(tmp_path / "target" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    lams = [float(row["netslim/lambda"]) for row in rows]
+    shares = [float(row["netslim/below_1e-2"]) for row in rows]
+    assert len(lams) == 3 and all(lam > 0 for lam in lams) and all(0 <= s <= 1 for s in shares)
+    assert yolo.trainer.sparsity_stats["target"] == 0.5
+    # 6 steps at lr 0.01 cannot take half of the scales to zero without a pull over the cap: said once
+    said = [str(w.message) for w in caught if "not emerging fast enough" in str(w.message)]
+    assert len(said) == 1 and "target=0.5" in said[0]
+
+
+def test_prune_yolo_recalibrates_on_the_users_own_dataset(data_yaml, recwarn):
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0, 1)
+    plain, _ = slim.prune_yolo(model, 0.5, imgsz=64)
+    calibrated, _ = slim.prune_yolo(model, 0.5, imgsz=64, data=data_yaml, recalibrate=2, batch=8)
+    assert calibrated.recalibrated_batches == 2 and not calibrated.training
+    means = [(a.running_mean, b.running_mean) for a, b in zip(plain.modules(), calibrated.modules(), strict=True)
+             if isinstance(a, torch.nn.BatchNorm2d)]
+    assert all(not torch.allclose(a, b) for a, b in means[:5])  # statistics of the dataset's images now
+    slim.prune_yolo(model, 0.5, imgsz=64, data=data_yaml, recalibrate=50, batch=8)  # 16 images: 2 batches
+    assert any("re-estimated on 2 batches: the data hold 2, not the 50" in str(w.message) for w in recwarn.list)
+    with pytest.raises(ValueError, match="needs data="):
+        slim.prune_yolo(model, 0.5, imgsz=64, recalibrate=2)

@@ -16,6 +16,7 @@ from .latency import measure_table, plan_for_latency
 from .layers import SelectBatchNorm
 from .metrics import count_flops, count_params
 from .plan import PruningPlan, plan_pruning
+from .recalibration import recalibrate_bn
 from .sparsity import Sparsity, SparsityRegularizer, init_bn_scales, sparsify
 from .surgery import apply_plan, masked_model
 
@@ -24,5 +25,5 @@ __all__ = [
     "ChannelGraph", "GraphError", "PruningPlan", "SelectBatchNorm", "Sparsity", "SparsityRegularizer", "apply_plan",
     "count_flops", "count_params", "deploy", "export_aoti", "export_onnx", "export_program", "fold_batchnorm",
     "init_bn_scales", "masked_model", "measure_table", "models", "plan_for_budget", "plan_for_latency", "plan_pruning",
-    "sparsify", "trace_channels", "train",
+    "recalibrate_bn", "sparsify", "trace_channels", "train",
 ]

@@ -46,6 +46,12 @@ _positive_int = _number(int, lambda v: v >= 1, "must be >= 1")
 _non_negative = _number(float, lambda v: v >= 0, "must be >= 0")
 _positive = _number(float, lambda v: v > 0, "must be > 0")
 _seed = _number(int, lambda v: 0 <= v < 1 << 32, "is not a seed: give an integer in [0, 2**32)")
+_share = _number(float, lambda v: 0 < v < 1, "must be a share in (0, 1), e.g. 0.5")
+
+
+def _lam_or_auto(text: str) -> float | str:
+    """--sparsity: λ, or 'auto' (λ chosen by netslim for --target-sparsity)."""
+    return "auto" if text.strip().lower() == "auto" else _non_negative(text)
 
 
 def _input_size(text: str) -> tuple[int, ...]:
@@ -139,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (with --sparsity: the paper's L1 on BN scales)")
     p.add_argument("--model", required=True, help="a registered model name or package.module:factory")
     p.add_argument("--num-classes", type=_positive_int)
-    p.add_argument("--sparsity", type=_non_negative, default=defaults.sparsity,
-                   help="λ of the L1 penalty on BN scales (paper Eq. 1)")
+    p.add_argument("--sparsity", type=_lam_or_auto, default=defaults.sparsity, metavar="LAMBDA|auto",
+                   help="λ of the L1 penalty on BN scales (paper Eq. 1), or auto: λ chosen and corrected during "
+                        "training so that --target-sparsity of the channels become prunable")
+    p.add_argument("--target-sparsity", type=_share, metavar="SHARE",
+                   help="with --sparsity auto (implied): the share of channels made prunable (|γ| < 1e-2) before "
+                        f"the last third of the epochs (default {defaults.target_sparsity})")
     p.add_argument("--sparsity-kind", default=defaults.sparsity_kind, choices=KINDS)
     p.add_argument("--bn-init", type=_positive, default=defaults.bn_init,
                    help="initial BN scale (the paper uses 0.5 with sparsity)")
@@ -206,7 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ultralytics-out", metavar="FILE",
                    help="also write the compact model as an Ultralytics checkpoint (for an Ultralytics model)")
     p.add_argument("--recalibrate", type=_positive_int, metavar="N",
-                   help="re-estimate BN statistics of the compact model on N training batches (needs --dataset)")
+                   help="re-estimate BN statistics of the compact model on N training batches (of --dataset, or "
+                        "of --data for an Ultralytics model)")
+    p.add_argument("--data", metavar="DATA.YAML",
+                   help="an Ultralytics dataset yaml: --recalibrate reads its training images with Ultralytics' "
+                        "own loader")
     factory_option(p)
     data_options(p)
 
@@ -370,8 +384,11 @@ def cmd_train(args) -> int:
     resolve_device(args.device)  # before the folder is made
     if args.from_checkpoint:
         _refuse_reading_what_training_writes(args.from_checkpoint, "--from", out)
+    auto = args.sparsity == "auto" or args.target_sparsity is not None
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         sparsity=args.sparsity, sparsity_kind=args.sparsity_kind, bn_init=args.bn_init,
+                         sparsity="auto" if auto else args.sparsity,
+                         target_sparsity=args.target_sparsity or TrainConfig.target_sparsity,
+                         sparsity_kind=args.sparsity_kind, bn_init=args.bn_init,
                          sparsity_schedule=args.sparsity_schedule, bn_exclude=tuple(args.bn_exclude),
                          optimizer=args.optimizer, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
                          progress=not args.no_progress, sync_bn=args.sync_bn, amp=args.amp, compile=args.compile,
@@ -450,6 +467,14 @@ def _prune(args, fold, out: Path, plan_out: Path | None, yolo_out: Path | None) 
     model.eval()
     if yolo_out is not None and not type(model).__module__.startswith("ultralytics."):
         raise UsageError(f"--ultralytics-out: {args.checkpoint} is not an Ultralytics model")
+    if args.recalibrate and not (args.dataset or args.data):
+        raise UsageError("--recalibrate needs the training batches to re-estimate BN statistics on: --dataset NAME, "
+                         "or --data data.yaml for an Ultralytics model")
+    if args.data is not None:
+        if not type(model).__module__.startswith("ultralytics."):
+            raise UsageError(f"--data: {args.checkpoint} is not an Ultralytics model; use --dataset")
+        if not Path(args.data).is_file():
+            raise UsageError(f"--data: {args.data} does not exist (an Ultralytics dataset yaml)")
     example = torch.zeros(2, *model.input_size)
     by_latency = args.target_latency is not None or args.target_speedup is not None
     from .deployment import resolve_target
@@ -508,8 +533,10 @@ def _prune(args, fold, out: Path, plan_out: Path | None, yolo_out: Path | None) 
         budget = args.target_latency / 1e3 if args.target_latency else check.original / args.target_speedup
         if warning := check.missed(budget, args.latency_batch):
             print(warning)
-    if args.recalibrate and not args.dataset:
-        raise UsageError("--recalibrate needs --dataset (the training batches to re-estimate BN statistics on)")
+    if args.data is not None and args.recalibrate:
+        from .integrations.ultralytics import recalibrate_yolo
+        recalibrate_yolo(compact, args.data, args.recalibrate, imgsz=model.input_size[-1])
+        print(f"BN statistics re-estimated on {compact.recalibrated_batches} batches of {args.data}")
     if args.dataset:
         from .data import DEFAULT_AUGMENT, Loader, load_dataset
         from .train import evaluate, recalibrate_bn
@@ -520,7 +547,7 @@ def _prune(args, fold, out: Path, plan_out: Path | None, yolo_out: Path | None) 
             train_set = load_dataset(args.dataset, args.data_dir, "train", not args.no_download)
             augment = DEFAULT_AUGMENT.get(args.dataset, "none")
             recalibrate_bn(compact, Loader(train_set, 64, train=True, augment=augment), args.recalibrate)
-            print(f"test accuracy after re-estimating BN statistics on {args.recalibrate} batches: "
+            print(f"test accuracy after re-estimating BN statistics on {compact.recalibrated_batches} batches: "
                   f"{100 * evaluate(compact, test)['accuracy']:.2f}%")
     from .checkpoint import layer_shapes
     arch["shapes"], arch["input_size"] = layer_shapes(compact), list(model.input_size)

@@ -327,7 +327,9 @@ def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: 
     current = model
     for k in range(1, config.passes + 1):
         stage = out / f"pass{k}"
-        log(f"pass {k}/{config.passes}: training with sparsity λ={sparse_cfg.sparsity:g}")
+        how = f"λ={sparse_cfg.sparsity:g}" if sparse_cfg.sparsity != "auto" else \
+            f"λ chosen for {100 * sparse_cfg.target_sparsity:g}% of channels below 1e-2"
+        log(f"pass {k}/{config.passes}: training with sparsity {how}")
         pass_cfg = copy.deepcopy(sparse_cfg)
         if k > 1:
             pass_cfg.bn_init = None  # later passes continue from the fine-tuned weights

@@ -213,7 +213,7 @@ def restore(data: Mapping, path: Path, model, optimizer, scheduler, scaler) -> d
         if "cuda" in data["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in data["rng"]["cuda"]])
         state = {"epoch": int(data["epoch"]), "history": list(data["history"]), "gammas": dict(data["gammas"]),
-                 "best": data["best"]}
+                 "best": data["best"], "sparsity": data.get("sparsity")}
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise CheckpointError(f"cannot resume from {path}: its training state is incomplete ({type(e).__name__}: "
                               f"{e}); use another --out folder or --no-resume") from None
@@ -234,6 +234,7 @@ def persist(out: Path, model, optimizer, scheduler, scaler, state: dict, arch: M
         "arch": arch, "state_dict": weights, "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": state["epoch"],
         "history": state["history"], "gammas": state["gammas"], "best": state["best"], "config": plain,
+        "sparsity": state.get("sparsity"),
         "rng": {"torch": torch.get_rng_state(),
                 **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
     })

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 import weakref
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .layers import batch_norms
+from .sparsity_target import LR_FLOOR, TargetController, behind_warning, momentum_gain, reach_warning, stall_warning
 from .stats import scale_stats
 
 KINDS = ("l1", "smooth_l1", "polarization")
@@ -176,6 +178,8 @@ def lambda_at(lam: float, epoch: int, epochs: int, schedule: str = "constant", w
     return lam
 
 
+CHECKS = 100  # how many times over a planned schedule the share of collapsed channels is measured
+
 _ATTACHED: weakref.WeakKeyDictionary[torch.optim.Optimizer, Sparsity] = weakref.WeakKeyDictionary()
 
 
@@ -196,7 +200,9 @@ class Sparsity:
     """
 
     def __init__(self, regularizer: SparsityRegularizer, optimizer: torch.optim.Optimizer, *,
-                 schedule: str = "constant", epochs: int | None = None, warmup: float = 0.1) -> None:
+                 schedule: str = "constant", epochs: int | None = None, warmup: float = 0.1,
+                 target: float | None = None, by: float = 2 / 3, steps: int | None = None,
+                 threshold: float = 1e-2, warn: bool = True) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"sparsity attaches to the torch.optim.Optimizer that trains the model, got "
                              f"{optimizer!r:.60} (e.g. sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1)))")
@@ -204,14 +210,33 @@ class Sparsity:
             raise ValueError("this optimizer already has a sparsity term attached; .remove() that one first")
         if schedule != "constant" and epochs is None:
             raise ValueError(f"the λ schedule {schedule!r} needs the number of epochs (epochs=...)")
+        if steps is not None and not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+            raise ValueError(f"steps is the number of optimizer steps planned, an integer >= 1, got {steps!r}")
+        if target is not None:
+            if steps is None:
+                raise ValueError("target= needs the length of the schedule to plan λ over: steps=N (the optimizer "
+                                 "steps planned, e.g. epochs * len(loader) / accumulation)")
+            if schedule != "constant":
+                raise ValueError(f"target= chooses λ itself: it takes no λ schedule ({schedule!r})")
         lambda_at(regularizer.lam, 0, epochs or 1, schedule, warmup)  # validates the schedule
         self.regularizer = regularizer
         self._optimizer = weakref.ref(optimizer)  # weakly: _ATTACHED's entry must not keep the optimizer alive
         self.base_lam, self.schedule, self.epochs, self.warmup = regularizer.lam, schedule, epochs, warmup
+        self.steps, self.threshold, self.warn = steps, float(threshold), warn
         self.groups = _param_groups_of(regularizer, optimizer)
+        self.controller = None if target is None else TargetController(
+            target, by=by, threshold=threshold, lam=regularizer.lam if regularizer.lam > 0 else None, steps=steps)
+        self.step_count, self.epoch, self.epoch_started_at, self.steps_per_epoch = 0, 0, 0, None
+        self._progress: float | None = None
+        self.warned: set[str] = set()
+        self.trajectory: list[tuple[float, float, float]] = []  # (progress, λ, share collapsed) at each check
         self.hooks = [optimizer.register_step_pre_hook(self._before_step),
                       optimizer.register_step_post_hook(self._after_step)]
         _ATTACHED[optimizer] = self
+        if self.controller is not None:
+            self.check()  # λ for the first steps, from the schedule
+        elif steps is not None:
+            self._warn_unreachable(steps, f"the {steps} optimizer steps planned")
 
     @property
     def lam(self) -> float:
@@ -224,15 +249,125 @@ class Sparsity:
         self.regularizer.lam = float(value)
 
     def set_epoch(self, epoch: int) -> float:
-        """λ for ``epoch`` (0-based) from the schedule (:func:`lambda_at`); returns it."""
-        self.lam = lambda_at(self.base_lam, epoch, self.epochs or 1, self.schedule, self.warmup)
+        """Start epoch ``epoch`` (0-based): λ from the schedule (:func:`lambda_at`), or the controller's; the
+        length of an epoch is learnt from the first, for the checks of a run planned in epochs; returns λ."""
+        if epoch >= 1 and self.epoch == 0 and self.steps_per_epoch is None and self.step_count > 0:
+            self.steps_per_epoch = self.step_count / epoch
+            if self.steps is None and self.controller is None:  # a fixed λ: its reach, now that an epoch is known
+                planned = self.epochs * self.steps_per_epoch if self.epochs else self.steps_per_epoch
+                where = f"the {self.epochs} epochs planned" if self.epochs else \
+                    f"one epoch of {self.steps_per_epoch:.0f} optimizer steps"
+                self._warn_unreachable(planned, where)
+        self.epoch, self.epoch_started_at = epoch, self.step_count
+        if self.controller is None:
+            self.lam = lambda_at(self.base_lam, epoch, self.epochs or 1, self.schedule, self.warmup)
+            if self.epochs and epoch >= self.epochs / 2 and "stall" not in self.warned:
+                self.check()  # half-way: is sparsity emerging?
         return self.lam
+
+    def set_progress(self, fraction: float) -> None:
+        """Where training stands, as a fraction of the schedule (a trainer that counts it itself, such as
+        Ultralytics with its warm-up accumulation, says so here; otherwise optimizer steps are counted)."""
+        self._progress = float(fraction)
+
+    def progress(self) -> float:
+        """The fraction of the schedule done: as told (:meth:`set_progress`), else optimizer steps over
+        ``steps``, else epochs over ``epochs``; 0 when the length is unknown."""
+        if self._progress is not None:
+            return self._progress
+        if self.steps:
+            return self.step_count / self.steps
+        if self.epochs:
+            within = (self.step_count - self.epoch_started_at) / self.steps_per_epoch if self.steps_per_epoch else 0
+            return (self.epoch + min(within, 1.0)) / self.epochs
+        return 0.0
+
+    def collapsed(self) -> tuple[float, float]:
+        """The share of regularized channels with |γ| < ``threshold``, and the median |γ| (one host sync)."""
+        flat = torch.cat([g.detach().flatten().abs().float() for g in self.regularizer.gammas])
+        share, median = torch.stack([(flat < self.threshold).float().mean(), flat.median()]).tolist()
+        return share, median
+
+    def check(self) -> None:
+        """Measure the share of collapsed channels: the controller corrects λ (the same λ on every rank of a
+        distributed run), and half-way through, a share that is not emerging is said once."""
+        scales = torch.cat([g.detach().flatten().abs().float() for g in self.regularizer.gammas]).cpu()
+        share, median = float((scales < self.threshold).float().mean()), float(scales.median())
+        progress = self.progress()
+        lr, gain = self._learning_rate()
+        if self.controller is not None:
+            lam = self.controller.update(progress, self.step_count, scales, lr, gain,
+                                         subgradient=not self.regularizer.proximal)
+            self.lam = _same_on_every_rank(lam, self.regularizer.gammas[0].device)
+        self.trajectory.append((progress, self.lam, share))
+        if progress >= 0.5 and "stall" not in self.warned:
+            self.warned.add("stall")
+            self._warn_stall(share, lr, gain, median)
 
     def stats(self) -> dict[str, float]:
         """Is sparsity happening? |γ| quantiles, fractions near zero and the largest safe prune percent
-        over the regularized BNs (:func:`netslim.stats.scale_stats`), with λ and the penalty's value."""
+        over the regularized BNs (:func:`netslim.stats.scale_stats`), with λ, the penalty's value and,
+        for a target, the target and the λ trajectory's range since the last call."""
         scales = {name: bn.weight.detach().abs().float().cpu() for name, bn in self.regularizer.bns.items()}
-        return {**scale_stats(scales), "lambda": self.lam, "penalty": self.regularizer.penalty().item()}
+        stats = {**scale_stats(scales), "lambda": self.lam, "penalty": self.regularizer.penalty().item()}
+        if self.controller is not None:
+            seen = [lam for _, lam, _ in self.trajectory[self._reported:]] or [self.lam]
+            self._reported = len(self.trajectory)
+            stats.update({"target": self.controller.target, "lambda_min": min(seen), "lambda_max": max(seen)})
+        return stats
+
+    _reported = 0
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on with the same λ (plain numbers, weights-only friendly)."""
+        return {"steps_done": self.step_count, "steps_per_epoch": self.steps_per_epoch, "lam": self.lam,
+                "warned": sorted(self.warned),
+                "controller": self.controller.state_dict() if self.controller is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            return
+        if isinstance(state.get("steps_done"), int):
+            self.step_count = self.epoch_started_at = state["steps_done"]
+        if isinstance(state.get("steps_per_epoch"), int | float):
+            self.steps_per_epoch = float(state["steps_per_epoch"])
+        self.warned = {w for w in state.get("warned", []) if isinstance(w, str)}
+        if self.controller is not None and isinstance(state.get("controller"), dict):
+            self.controller.load_state_dict(state["controller"])
+            if self.controller.lam is not None:
+                self.lam = self.controller.lam
+        self.trajectory, self._reported = [], 0  # the check made when attached belongs to no epoch of the run
+
+    def _learning_rate(self) -> tuple[float, float]:
+        """The largest learning rate among the γ's parameter groups, and the momentum gain of that group."""
+        optimizer = self._optimizer()
+        if optimizer is None:
+            return 0.0, 1.0
+        group = max((optimizer.param_groups[i] for i in set(self.groups)), key=lambda g: float(g["lr"]))
+        return float(group["lr"]), momentum_gain(group, self.regularizer.proximal)
+
+    def _warn_unreachable(self, steps: float, where: str) -> None:
+        if not self.warn or self.regularizer.kind != "l1" or self.lam <= 0:
+            return
+        lr, gain = self._learning_rate()
+        message = reach_warning(self.lam, lr, gain, steps, self.collapsed()[1], where)
+        if message is not None:
+            self.warned.add("reach")
+            warnings.warn(message, stacklevel=4)
+
+    def _warn_stall(self, share: float, lr: float, gain: float, median: float) -> None:
+        if not self.warn or self.lam <= 0:
+            return
+        if self.controller is not None:
+            message = None if not self.controller.capped else behind_warning(
+                share, self.controller.target, self.controller.cap(max(lr, LR_FLOOR * self.controller.max_lr), gain,
+                                                                   self.steps, not self.regularizer.proximal),
+                self.threshold)
+        else:
+            left = (1 - self.progress()) * (self.steps or (self.epochs or 1) * (self.steps_per_epoch or 1))
+            message = stall_warning(share, self.lam, lr, gain, median, left, self.threshold, self.regularizer.proximal)
+        if message is not None:
+            warnings.warn(message, stacklevel=4)
 
     def remove(self) -> None:
         """Detach from the optimizer: from the next step on, plain training (idempotent)."""
@@ -271,6 +406,28 @@ class Sparsity:
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         lrs = [optimizer.param_groups[i]["lr"] for i in self.groups]
         self.regularizer.after_step(lrs, skipped=getattr(optimizer, "found_inf", None))
+        if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            self.count_step()  # a captured step is counted at each replay (steps.GraphedStep), where no hook runs
+
+    def count_step(self) -> None:
+        """One optimizer step done: counted towards the schedule, and the share measured when a check is due."""
+        self.step_count += 1
+        if self.steps and (self.controller is not None or "stall" not in self.warned):
+            interval = max(1, round(self.steps / CHECKS))
+            if self.step_count % interval == 0 and (self.controller is not None or self.progress() >= 0.5):
+                self.check()
+
+
+def _same_on_every_rank(lam: float, device: torch.device) -> float:
+    """λ of rank 0 on every rank of a distributed run (γ are equal on all ranks, λ computed from them
+    should be too; this makes it exact whatever the floating point does)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return lam
+    if torch.distributed.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    value = torch.tensor([lam], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(value, src=0)
+    return float(value.item())
 
 
 def _param_groups_of(regularizer: SparsityRegularizer, optimizer: torch.optim.Optimizer) -> list[int]:
@@ -289,21 +446,31 @@ def attached(optimizer: torch.optim.Optimizer) -> Sparsity | None:
     return _ATTACHED.get(optimizer)
 
 
-def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, lam: float = 1e-4, kind: str = "l1", *,
+def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, lam: float | None = None, kind: str = "l1", *,
+             target: float | None = None, by: float = 2 / 3, steps: int | None = None, threshold: float = 1e-2,
              schedule: str = "constant", epochs: int | None = None, warmup: float = 0.1,
              include: Sequence[str] = ("*",), exclude: Sequence[str] = (), proximal: bool | None = None,
-             beta: float = 1e-2, t: float = 1.2, upper: float = 1.0) -> Sparsity:
+             beta: float = 1e-2, t: float = 1.2, upper: float = 1.0, warn: bool = True) -> Sparsity:
     """Train ``model`` sparse (paper Eq. 1) in any loop that calls ``optimizer.step()``/``scaler.step(optimizer)``.
 
-        sparsity = netslim.sparsify(model, optimizer, lam=1e-4)   # then train as usual
+        sparsity = netslim.sparsify(model, optimizer, target=0.5, steps=epochs * len(loader))  # λ chosen
+        sparsity = netslim.sparsify(model, optimizer, lam=1e-4)    # or a fixed λ (the paper's way)
         sparsity.set_epoch(epoch); log(sparsity.stats())           # λ schedule; is sparsity happening?
         sparsity.remove()                                          # plain training again
 
+    ``target``: the share of channels to make prunable (|γ| < ``threshold``) by the fraction ``by`` of the
+    ``steps`` optimizer steps planned; λ is then the tool's job (:mod:`netslim.sparsity_target`): set from
+    how far the term can move a γ in the schedule, corrected from the measured share, held after ``by``
+    (``lam``, if given, is where it starts). Without a target, ``lam`` (default 1e-4) is fixed; when the
+    optimizer's learning rate and momentum cannot carry it far enough over ``steps`` (or, without them,
+    the first epoch), one warning says so at the start with a λ that could; half-way, a share that is
+    not emerging is said once either way.
     Covers every affine BN (any ``_BatchNorm`` subclass, timm's ``BatchNormAct2d`` included) whose
     module path matches ``include`` and not ``exclude`` (fnmatch patterns); a DDP or ``torch.compile``
     wrapper is looked through. ``kind``, ``beta``, ``t``, ``upper``: see :class:`SparsityRegularizer`.
-    ``proximal``: None chooses the paper's subgradient for SGD and, for L1 with any other optimizer
-    (Adam-type ones rescale a subgradient per parameter), the proximal step after ``optimizer.step()``.
+    ``proximal``: None chooses the paper's subgradient for SGD with a fixed λ and, for L1 with any other
+    optimizer (Adam-type ones rescale a subgradient per parameter) or a target, the proximal step after
+    ``optimizer.step()``.
     ``schedule``/``epochs``/``warmup``: λ per epoch through :meth:`Sparsity.set_epoch` (:func:`lambda_at`).
     The order of operations (clipping, AMP, accumulation, closures) is :class:`Sparsity`'s.
     """
@@ -311,11 +478,18 @@ def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, lam: float = 1e
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"sparsify(model, optimizer): the optimizer must be a torch.optim.Optimizer that trains the "
                          f"model, got {optimizer!r:.60} (e.g. torch.optim.SGD(model.parameters(), lr=0.1))")
+    if target is not None and kind != "l1":
+        raise ValueError(f"target= plans the reach of the L1 term; the {kind!r} penalty takes a fixed λ")
     if proximal is None:
-        proximal = kind == "l1" and not isinstance(optimizer, torch.optim.SGD)
-    regularizer = SparsityRegularizer(model, lam, kind, beta=beta, t=t, upper=upper, include=include,
+        # With a target, λ grows as large as the schedule needs: the subgradient then leaves collapsed scales
+        # swinging around zero (by lr·λ a step, changing sign), so the network trains on noise where the
+        # channels should be gone; the proximal step sets them to exactly 0 and keeps them there.
+        proximal = kind == "l1" and (target is not None or not isinstance(optimizer, torch.optim.SGD))
+    start = (0.0 if target is not None else 1e-4) if lam is None else lam
+    regularizer = SparsityRegularizer(model, start, kind, beta=beta, t=t, upper=upper, include=include,
                                       exclude=exclude, proximal=proximal)
-    return Sparsity(regularizer, optimizer, schedule=schedule, epochs=epochs, warmup=warmup)
+    return Sparsity(regularizer, optimizer, schedule=schedule, epochs=epochs, warmup=warmup, target=target, by=by,
+                    steps=steps, threshold=threshold, warn=warn)
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,14 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import describe
 from .layers import batch_norms, device_of, evaluating
+from .recalibration import recalibrate_bn  # noqa: F401  (netslim.train.recalibrate_bn, as before)
 from .runstate import TrainingDiverged, check_weights, owning_out_dir, persist, start
 from .sparsity import KINDS, Sparsity, SparsityRegularizer, init_bn_scales, lambda_at
 from .stats import gamma_stats
 from .steps import CompiledForward, EagerStep, GraphedStep, autocast, make_step
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+AUTO = "auto"  # the sparsity setting that lets netslim choose λ (netslim.sparsity_target)
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -48,7 +49,9 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 1e-4
     milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs where lr /= 10
-    sparsity: float = 0.0  # λ of Eq. 1; 0 = plain training
+    sparsity: float | str = 0.0  # λ of Eq. 1; 0 = plain training; "auto": λ chosen to reach target_sparsity
+    target_sparsity: float = 0.5  # with sparsity "auto": the share of channels made prunable (|γ| < 1e-2) ...
+    sparsity_by: float = 2 / 3  # ... by this fraction of the epochs, then held
     sparsity_kind: str = "l1"
     sparsity_schedule: str = "constant"  # constant, warmup, step, linear (see sparsity.lambda_at)
     sparsity_warmup: float = 0.1  # fraction of the epochs for the warm-up schedule
@@ -81,7 +84,13 @@ class TrainConfig:
             raise ValueError(problems[0])
         self.milestones = tuple(self.milestones)
         self.bn_include, self.bn_exclude = tuple(self.bn_include), tuple(self.bn_exclude)
-        lambda_at(self.sparsity, 0, self.epochs, self.sparsity_schedule, self.sparsity_warmup)  # validates
+        if self.sparsity != AUTO:
+            lambda_at(self.sparsity, 0, self.epochs, self.sparsity_schedule, self.sparsity_warmup)  # validates
+
+    @property
+    def sparse(self) -> bool:
+        """Whether this stage trains with the sparsity term (a fixed λ > 0, or λ chosen for a target)."""
+        return self.sparsity == AUTO or self.sparsity > 0
 
 
 def _is_int(v) -> bool:
@@ -107,7 +116,16 @@ def _config_problems(c: TrainConfig):
          f"weight_decay must be a number >= 0, got {c.weight_decay!r}"),
         (isinstance(c.milestones, list | tuple) and all(_is_real(m) and 0 < m <= 1 for m in c.milestones),
          f"milestones are fractions of the epochs in (0, 1], got {c.milestones!r}"),
-        (_is_real(c.sparsity) and c.sparsity >= 0, f"sparsity λ must be a number >= 0, got {c.sparsity!r}"),
+        (c.sparsity == AUTO or (_is_real(c.sparsity) and c.sparsity >= 0),
+         f"sparsity is λ, a number >= 0, or 'auto' (λ chosen for target_sparsity), got {c.sparsity!r}"),
+        (_is_real(c.target_sparsity) and 0 < c.target_sparsity < 1,
+         f"target_sparsity is the share of channels to make prunable, in (0, 1), got {c.target_sparsity!r}"),
+        (_is_real(c.sparsity_by) and 0 < c.sparsity_by <= 1,
+         f"sparsity_by is the fraction of the epochs by which target_sparsity is reached, got {c.sparsity_by!r}"),
+        (c.sparsity != AUTO or c.sparsity_kind == "l1", "sparsity 'auto' plans the L1 term's reach: use "
+         "sparsity_kind l1, or give a fixed λ"),
+        (c.sparsity != AUTO or c.sparsity_schedule == "constant", "sparsity 'auto' chooses λ itself: it takes no "
+         "sparsity_schedule"),
         (c.sparsity_kind in KINDS, f"sparsity_kind must be {_one_of(KINDS)}, got {c.sparsity_kind!r}"),
         (_is_real(c.sparsity_warmup) and 0 <= c.sparsity_warmup <= 1,
          f"sparsity_warmup must be a fraction in [0, 1], got {c.sparsity_warmup!r}"),
@@ -241,11 +259,13 @@ def train(
         torch.backends.cudnn.benchmark = config.cudnn_benchmark  # process-wide, as PyTorch has it
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
-    if regularizer is None and config.sparsity > 0:
-        # A subgradient inside Adam is rescaled per parameter and loses its pull to zero: use the
-        # decoupled proximal step there instead.
-        regularizer = SparsityRegularizer(model, config.sparsity, config.sparsity_kind, include=config.bn_include,
-                                          exclude=config.bn_exclude, proximal=config.optimizer != "sgd")
+    if regularizer is None and config.sparse:
+        # A subgradient inside Adam is rescaled per parameter and loses its pull to zero: use the decoupled
+        # proximal step there instead, and with "auto" (λ the controller's from the first step; see sparsify).
+        regularizer = SparsityRegularizer(model, 0.0 if config.sparsity == AUTO else config.sparsity,
+                                          config.sparsity_kind, include=config.bn_include,
+                                          exclude=config.bn_exclude,
+                                          proximal=config.optimizer != "sgd" or config.sparsity == AUTO)
     if teacher is not None:
         teacher.to(device).eval()
     net = _wrap_distributed(model, config, device, dist_info)
@@ -256,9 +276,12 @@ def train(
     optimizer = make_optimizer(model, config, capturable=graphed)
     scheduler = make_scheduler(optimizer, config)
     forward = CompiledForward(net, _compiled(net, device, graphed)) if config.compile else net
-    # λ follows the schedule from the regularizer's own λ (config.sparsity for the one made here)
-    sparsity = None if regularizer is None else Sparsity(regularizer, optimizer, schedule=config.sparsity_schedule,
-                                                         epochs=config.epochs, warmup=config.sparsity_warmup)
+    # λ follows the schedule from the regularizer's own λ (config.sparsity for the one made here), or the
+    # controller's for a target; one optimizer step per batch
+    steps = config.epochs * len(train_loader) if hasattr(train_loader, "__len__") else None
+    sparsity = None if regularizer is None else Sparsity(
+        regularizer, optimizer, schedule=config.sparsity_schedule, epochs=config.epochs, warmup=config.sparsity_warmup,
+        target=config.target_sparsity if config.sparsity == AUTO else None, by=config.sparsity_by, steps=steps)
     step = make_step(EagerStep(forward, model, optimizer, scaler, device, precision,
                                grad_clip=config.grad_clip, teacher=teacher, distill=config.distill,
                                temperature=config.temperature),
@@ -274,6 +297,8 @@ def train(
         state = start(out, resume, model, optimizer, scheduler, scaler, device, config, arch, say)
         if graphed and state["epoch"]:
             _make_capturable(optimizer, device)
+        if sparsity is not None and state.get("sparsity"):
+            sparsity.load_state_dict(state["sparsity"])
 
     for epoch in range(state["epoch"], config.epochs):
         if hasattr(train_loader, "set_epoch"):
@@ -292,8 +317,12 @@ def train(
         record["seconds"] = time.perf_counter() - started
         record.update(gamma_stats(model))
         if sparsity is not None:
-            record["sparsity"] = sparsity.lam  # λ this epoch, under the name a config gives it
-            _warn_if_sparsity_stalls(state["history"] + [record], config)
+            record["sparsity"] = sparsity.lam  # λ at the end of the epoch, under the name a config gives it
+            if sparsity.controller is not None:  # the λ trajectory: its range over the epoch
+                seen = sparsity.stats()
+                record.update(sparsity_min=seen["lambda_min"], sparsity_max=seen["lambda_max"],
+                              target_sparsity=seen["target"])
+            state["sparsity"] = sparsity.state_dict()
         _append_gammas(state["gammas"], model)
         state["history"].append(record)
         score = record.get("val_accuracy", record.get("test_accuracy", record["train_accuracy"]))
@@ -320,25 +349,6 @@ def _wrap_distributed(model: nn.Module, config: TrainConfig, device: torch.devic
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def _warn_if_sparsity_stalls(history: list[dict], config: TrainConfig) -> None:
-    """Half-way through sparsity training with almost no small |γ|: say so, with what to try."""
-    epoch = history[-1]["epoch"]
-    if epoch != max(2, config.epochs // 2) or config.sparsity == 0:
-        return
-    small = history[-1].get("gamma_below_1e-2", 0.0)
-    if small >= 0.05:
-        return
-    jump = history[-1].get("lr", config.lr) * config.sparsity  # how far one SGD step moves every γ towards 0
-    if config.optimizer == "sgd" and jump > 5e-3:
-        advice = (f"λ is too strong for SGD, not too weak: each step moves every γ by lr·λ = {jump:.3g}, so the "
-                  "scales jump across 0 instead of settling below 1e-2; lower λ, or use --optimizer adam "
-                  "(a proximal step that sets them to 0)")
-    else:
-        advice = "raise λ (e.g. x10) or train longer"
-    warnings.warn(f"sparsity is not emerging: after {epoch} of {config.epochs} epochs only {100 * small:.1f}% of "
-                  f"BN scales are below 1e-2 (λ={config.sparsity:g}); {advice}", stacklevel=3)
 
 
 def _compiled(net: nn.Module, device: torch.device, graphed: bool) -> Callable:
@@ -378,34 +388,6 @@ def _train_epoch(step: EagerStep | GraphedStep, loader, optimizer, config, devic
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"the loss became {train_loss} in epoch {epoch + 1}", epoch + 1)
     return {"lr": lr, "train_loss": train_loss, "train_accuracy": correct / max(count, 1)}
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 50) -> nn.Module:
-    """Re-estimate every BN's running statistics on ``batches`` training batches (no gradients).
-
-    A pruned network's BN statistics describe the wide network's activations; re-estimating them
-    ("adaptive BN", EagleEye) often restores much of the accuracy lost right after pruning.
-    """
-    if batches < 1:
-        raise ValueError(f"batches must be >= 1, got {batches}")
-    device = device_of(model)
-    bns = list(batch_norms(model).values())
-    saved = [m.momentum for m in bns]
-    with evaluating(model):
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches seen
-            m.train()
-        try:
-            for k, (images, _) in enumerate(loader):
-                if k >= batches:
-                    break
-                model(images.to(device))
-        finally:
-            for m, momentum in zip(bns, saved, strict=True):
-                m.momentum = momentum
-    return model
 
 
 def _append_gammas(history: dict, model: nn.Module) -> None:

@@ -4,10 +4,10 @@
     from netslim.integrations import ultralytics as slim
 
     yolo = YOLO("yolov8n.yaml")
-    slim.add_sparsity(yolo, lam=1e-4)                       # paper Eq. 1 inside Ultralytics' trainer
+    slim.add_sparsity(yolo, target=0.5)                     # paper Eq. 1 inside Ultralytics' trainer, λ chosen
     yolo.train(data="data.yaml", epochs=100)
     model = slim.load_yolo(yolo.trainer.best, trust_pickle=True)   # Ultralytics' .pt files are pickles
-    compact, plan = slim.prune_yolo(model, percent=0.5, imgsz=640)
+    compact, plan = slim.prune_yolo(model, percent=0.5, imgsz=640, data="data.yaml", recalibrate=50)
     trainer = slim.finetune_yolo(compact, data="data.yaml", epochs=50)   # Ultralytics' trainer again
     YOLO(trainer.best).val(data="data.yaml"); YOLO(trainer.best).export(format="onnx")
 
@@ -19,8 +19,9 @@ which would undo the pruning; :func:`finetune_yolo` hands its trainer the compac
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -28,47 +29,73 @@ from torch import nn
 
 from ..graph import trace_channels
 from ..plan import PruningPlan, plan_pruning
-from ..sparsity import Sparsity, sparsify
+from ..recalibration import recalibrate_bn
+from ..sparsity import sparsify
 from ..surgery import apply_plan
 
-__all__ = ["add_sparsity", "finetune_yolo", "load_yolo", "prune_yolo", "save_yolo", "sparsity_callbacks"]
+__all__ = ["add_sparsity", "finetune_yolo", "load_yolo", "prune_yolo", "recalibrate_yolo", "save_yolo",
+           "sparsity_callbacks", "yolo_batches"]
 
 
-def sparsity_callbacks(lam: float = 1e-4, kind: str = "l1", *, schedule: str = "constant",
-                       log: Callable[[str], None] | None = None, **options) -> dict[str, Callable]:
+def sparsity_callbacks(lam: float | None = None, kind: str = "l1", *, target: float | None = None, by: float = 2 / 3,
+                       schedule: str = "constant", log: Callable[[str], None] | None = None,
+                       **options) -> dict[str, Callable]:
     """Ultralytics trainer callbacks that train with the sparsity term: ``{event: function}``.
 
-    ``options`` go to :func:`netslim.sparsify` (``exclude=[...]``, ``warmup``...). The γ statistics
-    (fraction near zero, largest safe prune percent) are logged after every epoch.
+    ``target``: the share of channels to make prunable (|γ| < 1e-2) by the fraction ``by`` of the run, λ
+    chosen and corrected by netslim (:func:`netslim.sparsify`); else the fixed ``lam`` (default 1e-4), with a
+    warning at the start when the trainer's learning rate, momentum and steps cannot carry it far enough.
+    The length of the run is Ultralytics' own (epochs, batches, accumulation), its progress counted in
+    batches (its warm-up accumulates fewer at first). ``options`` go to :func:`netslim.sparsify`
+    (``exclude=[...]``, ``warmup``...). λ and the share below 1e-2 are columns of Ultralytics' results.csv
+    (``netslim/lambda``, ``netslim/below_1e-2``), and a line of γ statistics is logged after every epoch.
     """
-    state: dict[str, Sparsity] = {}
+    state: dict = {}
 
     def on_train_start(trainer) -> None:
-        state["sparsity"] = sparsify(trainer.model, trainer.optimizer, lam, kind, schedule=schedule,
-                                     epochs=trainer.epochs, **options)
+        batches = len(trainer.train_loader) * trainer.epochs
+        steps = max(1, math.ceil(batches / max(int(getattr(trainer, "accumulate", 1)), 1)))
+        state["sparsity"] = sparsify(trainer.model, trainer.optimizer, lam, kind, target=target, by=by, steps=steps,
+                                     schedule=schedule, epochs=trainer.epochs, **options)
+        state["batches"], state["seen"] = batches, trainer.start_epoch * len(trainer.train_loader)
+
+    def on_train_batch_end(trainer) -> None:
+        if "sparsity" in state:
+            state["seen"] += 1
+            state["sparsity"].set_progress(state["seen"] / state["batches"])
 
     def on_train_epoch_start(trainer) -> None:
         if "sparsity" in state:
             state["sparsity"].set_epoch(trainer.epoch)
 
+    def on_train_epoch_end(trainer) -> None:
+        if "sparsity" in state and isinstance(getattr(trainer, "lr", None), dict):
+            share, _ = state["sparsity"].collapsed()  # trainer.lr is saved with the epoch's metrics (results.csv)
+            trainer.lr.update({"netslim/lambda": state["sparsity"].lam, "netslim/below_1e-2": share})
+
     def on_fit_epoch_end(trainer) -> None:
         if "sparsity" in state:
             s = state["sparsity"].stats()
             trainer.sparsity_stats = s
-            (log or _log)(f"netslim sparsity: λ={s['lambda']:.3g}, median |γ| {s['gamma_median']:.4g}, "
-                          f"|γ|<1e-2: {100 * s['gamma_below_1e-2']:.1f}%, safe prune {100 * s['safe_percent']:.0f}%")
+            aim = f" (target {100 * s['target']:.0f}%)" if "target" in s else ""
+            (log or _log)(f"netslim sparsity: λ={s['lambda']:.3g}, median |γ| {s['gamma_median']:.4g}, |γ|<1e-2: "
+                          f"{100 * s['gamma_below_1e-2']:.1f}%{aim}, safe prune {100 * s['safe_percent']:.0f}%")
 
     def on_train_end(trainer) -> None:
         if "sparsity" in state:
             state.pop("sparsity").remove()
 
-    return {"on_train_start": on_train_start, "on_train_epoch_start": on_train_epoch_start,
+    return {"on_train_start": on_train_start, "on_train_batch_end": on_train_batch_end,
+            "on_train_epoch_start": on_train_epoch_start, "on_train_epoch_end": on_train_epoch_end,
             "on_fit_epoch_end": on_fit_epoch_end, "on_train_end": on_train_end}
 
 
-def add_sparsity(yolo, lam: float = 1e-4, kind: str = "l1", **options) -> None:
-    """Make ``yolo.train(...)`` (an ``ultralytics.YOLO``, or a trainer) train sparse: see :func:`sparsity_callbacks`."""
-    for event, function in sparsity_callbacks(lam, kind, **options).items():
+def add_sparsity(yolo, lam: float | None = None, kind: str = "l1", *, target: float | None = None, **options) -> None:
+    """Make ``yolo.train(...)`` (an ``ultralytics.YOLO``, or a trainer) train sparse: see :func:`sparsity_callbacks`.
+
+        slim.add_sparsity(yolo, target=0.5)   # half of the channels prunable before the last third of the run
+    """
+    for event, function in sparsity_callbacks(lam, kind, target=target, **options).items():
         yolo.add_callback(event, function)
 
 
@@ -91,13 +118,20 @@ def load_yolo(path: str | Path, *, trust_pickle: bool = False) -> nn.Module:
     return load_foreign_model(path, trust_pickle=trust_pickle)[0]
 
 
-def prune_yolo(model: nn.Module, percent: float = 0.5, imgsz: int | tuple[int, int] = 640,
+def prune_yolo(model: nn.Module, percent: float = 0.5, imgsz: int | tuple[int, int] = 640, *,
+               data: str | Path | None = None, recalibrate: int = 0, batch: int = 16,
                **plan_options) -> tuple[nn.Module, PruningPlan]:
     """Prune an Ultralytics model (``DetectionModel``, ``SegmentationModel``...) exactly: the compact model
     and the plan. ``plan_options`` go to :func:`netslim.plan_pruning` (``max_layer_fraction``,
     ``round_to``...). Detection and segmentation outputs keep their width; attention blocks keep their
     channels (the analysis proves which channels may go).
+
+    ``data`` (a dataset yaml, as for ``yolo.train``) with ``recalibrate=N``: re-estimate the compact model's
+    BN statistics on N batches of its training images, loaded by Ultralytics (:func:`yolo_batches`), so
+    that the compact model is usable before fine-tuning.
     """
+    if recalibrate and data is None:
+        raise ValueError("recalibrate= needs data= (the dataset yaml whose training images re-estimate BN statistics)")
     model = model.float().eval()
     channels = int(getattr(model, "yaml", {}).get("channels", 3))
     example = torch.zeros(1, channels, *_pair(imgsz), device=next(model.parameters()).device)
@@ -107,7 +141,44 @@ def prune_yolo(model: nn.Module, percent: float = 0.5, imgsz: int | tuple[int, i
         warnings.simplefilter("ignore", UserWarning)  # inexact β folds are reported by the plan's layers
         compact = apply_plan(model, plan, graph=graph)
     compact.input_size = (channels, *_pair(imgsz))
+    if recalibrate:
+        recalibrate_yolo(compact, data, recalibrate, imgsz, batch=batch)
     return compact, plan
+
+
+def recalibrate_yolo(model: nn.Module, data: str | Path, batches: int, imgsz: int | tuple[int, int] = 640, *,
+                     batch: int = 16) -> nn.Module:
+    """Re-estimate the BN statistics of an Ultralytics model on ``batches`` batches of the training images of
+    the dataset yaml ``data`` (:func:`yolo_batches`, :func:`netslim.recalibrate_bn`); returns it in eval mode."""
+    stride = getattr(model, "stride", None)
+    stride = int(max(stride.max().item(), 32)) if torch.is_tensor(stride) else 32
+    recalibrate_bn(model, yolo_batches(data, imgsz, batch=batch, stride=stride), batches, inputs=_yolo_input)
+    return model.eval()
+
+
+def yolo_batches(data: str | Path, imgsz: int | tuple[int, int] = 640, *, batch: int = 16, split: str = "train",
+                 stride: int = 32) -> Iterable[dict]:
+    """Batches of a dataset yaml's ``split`` images, loaded and letterboxed by Ultralytics' own dataloader
+    (no augmentation, shuffled with a fixed seed): ``batch["img"]`` is uint8, as Ultralytics trains on it."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    info = check_det_dataset(str(data), autodownload=False)
+    if split not in info:
+        raise ValueError(f"{data} has no '{split}' split")
+    side = max(_pair(imgsz))
+    cfg = get_cfg(overrides={"imgsz": side, "batch": batch, "workers": 0, "cache": False, "task": "detect"})
+    dataset = build_yolo_dataset(cfg, info[split], batch, info, mode="val", stride=stride)
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(int(torch.randint(1 << 30, (1,), generator=generator)))
+        loader = build_dataloader(dataset, batch, workers=0, shuffle=True, device="cpu")
+    return loader
+
+
+def _yolo_input(batch: dict) -> torch.Tensor:
+    return batch["img"].float() / 255  # as Ultralytics' trainer and validator preprocess a batch
 
 
 def save_yolo(model: nn.Module, path: str | Path, *, overwrite: bool = False) -> Path:
