@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from netslim.latency import cpu_model
+from netslim.latency_cache import cpu_model
 from netslim.testing import randomize_bn  # noqa: F401  (the benchmarks import it from here)
 
 RESULTS = Path(__file__).resolve().parent / "results"

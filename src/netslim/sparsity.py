@@ -11,6 +11,7 @@ trains sparse; netslim's own loop uses it too (one mechanism).
 from __future__ import annotations
 
 import fnmatch
+import math
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -53,8 +54,7 @@ class SparsityRegularizer:
                  exclude: Sequence[str] = (), proximal: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown sparsity kind {kind!r}; choose one of {', '.join(KINDS)}")
-        if not lam >= 0:
-            raise ValueError(f"sparsity strength λ must be >= 0, got {lam!r}")
+        check_lambda(lam)
         if beta <= 0 or upper <= 0:
             raise ValueError("beta and upper must be > 0")
         if proximal and kind != "l1":
@@ -169,13 +169,22 @@ class SparsityRegularizer:
 SCHEDULES = ("constant", "warmup", "step", "linear")
 
 
+def check_lambda(lam) -> None:
+    """A ValueError unless ``lam`` is a finite number >= 0 (an infinite λ sends every γ to -inf)."""
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"sparsity strength λ must be >= 0 and a finite number (e.g. 1e-4), got {lam!r}")
+
+
 def lambda_at(lam: float, epoch: int, epochs: int, schedule: str = "constant", warmup: float = 0.1) -> float:
     """λ for ``epoch`` (0-based) of ``epochs``: constant; linear warm-up over the first ``warmup``
     fraction; step decay (/10 at 50% and 75%, like the learning rate); or linear decay to 0."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown λ schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if lam < 0 or not 0 <= warmup <= 1:
-        raise ValueError("λ must be >= 0 and the warm-up fraction in [0, 1]")
+    check_lambda(lam)
+    if not 0 <= warmup <= 1:
+        raise ValueError(f"the warm-up fraction must be in [0, 1], got {warmup!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be an integer >= 0 (0-based), got {epoch!r}")
     progress = epoch / max(epochs, 1)
     if schedule == "warmup":
         return lam * min(1.0, (epoch + 1) / max(1.0, warmup * epochs))
@@ -211,6 +220,9 @@ class Sparsity:
                  schedule: str = "constant", epochs: int | None = None, warmup: float = 0.1,
                  target: float | None = None, by: float = 2 / 3, steps: int | None = None,
                  threshold: float = 1e-2, warn: bool = True) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"sparsity attaches to the torch.optim.Optimizer that trains the model, got "
+                             f"{optimizer!r:.60} (e.g. sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1)))")
         if optimizer in _ATTACHED:
             raise ValueError("this optimizer already has a sparsity term attached; .remove() that one first")
         if schedule != "constant" and epochs is None:
@@ -250,8 +262,7 @@ class Sparsity:
 
     @lam.setter
     def lam(self, value: float) -> None:
-        if not value >= 0:
-            raise ValueError(f"sparsity strength λ must be >= 0, got {value!r}")
+        check_lambda(value)
         self.regularizer.lam = float(value)
 
     def set_epoch(self, epoch: int) -> float:
@@ -483,6 +494,9 @@ def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, lam: float | No
     The order of operations (clipping, AMP, accumulation, closures) is :class:`Sparsity`'s.
     """
     model = _unwrapped(model)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"sparsify(model, optimizer): the optimizer must be a torch.optim.Optimizer that trains the "
+                         f"model, got {optimizer!r:.60} (e.g. torch.optim.SGD(model.parameters(), lr=0.1))")
     if target is not None and kind != "l1":
         raise ValueError(f"target= plans the reach of the L1 term; the {kind!r} penalty takes a fixed λ")
     if proximal is None:

@@ -138,7 +138,7 @@ def _config_problems(c: TrainConfig):
          f"bn_init must be a number > 0 (the paper uses 0.5), got {c.bn_init!r}"),
         (c.grad_clip is None or (_is_real(c.grad_clip) and c.grad_clip > 0),
          f"grad_clip must be a number > 0 (the largest gradient norm), got {c.grad_clip!r}"),
-        (_is_int(c.seed), f"seed must be an integer, got {c.seed!r}"),
+        (_is_int(c.seed) and 0 <= c.seed < 1 << 32, f"seed must be an integer in [0, 2**32), got {c.seed!r}"),
         (isinstance(c.device, str) and c.device.strip() != "",
          f"device must be auto, cpu or cuda[:N], got {c.device!r}"),
         (c.amp in AMP_MODES, f"amp must be {_one_of(AMP_MODES)}, got {c.amp!r}"),
