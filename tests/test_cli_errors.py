@@ -162,9 +162,9 @@ def test_names_that_cannot_be_outputs(trained, tmp_path, capsys):
 
 
 def test_a_full_disk_is_one_line(trained, tmp_path, capsys, monkeypatch):
-    import netslim.checkpoint as checkpoint
+    import tempfile
 
-    real = checkpoint.tempfile.mkstemp
+    real = tempfile.mkstemp
 
     def on_a_full_disk(**kw):
         fd, path = real(**kw)
@@ -173,7 +173,7 @@ def test_a_full_disk_is_one_line(trained, tmp_path, capsys, monkeypatch):
         os.close(full)
         return fd, path
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", on_a_full_disk)
+    monkeypatch.setattr(tempfile, "mkstemp", on_a_full_disk)
     one_line_error(capsys, "prune", trained, "--out", tmp_path / "s.pt", message="the disk is full")
     one_line_error(capsys, *TRAIN, "--out", tmp_path / "t", message="the disk is full")
 

@@ -224,16 +224,16 @@ def _refuse_special(out: Path, named: str) -> None:
 @contextlib.contextmanager
 def replacing(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder for a writer that needs a file name (``suffix``: for one
-    that insists on an extension); when the block ends, it is renamed over ``path`` (see :func:`_temporary`)."""
-    with _temporary(path, suffix) as (_, tmp):
+    that insists on an extension); when the block ends, it is renamed over ``path`` (see :func:`writing`)."""
+    with writing(path, suffix) as (_, tmp):
         yield tmp
 
 
 def write_atomic(path: str | Path, data: bytes | str, verify: Callable[[Path], object] | None = None) -> None:
-    """Write ``data`` to ``path`` (see :func:`_temporary`): a kill leaves the old or the new file.
+    """Write ``data`` to ``path`` (see :func:`writing`): a kill leaves the old or the new file.
     ``verify(tmp)``: a check of the written file that must pass before it replaces ``path``."""
     view = memoryview(data.encode() if isinstance(data, str) else data).cast("B")
-    with _temporary(path) as (fd, tmp):
+    with writing(path) as (fd, tmp):
         while view:
             view = view[os.write(fd, view):]
         if verify is not None:
@@ -241,7 +241,7 @@ def write_atomic(path: str | Path, data: bytes | str, verify: Callable[[Path], o
 
 
 @contextlib.contextmanager
-def _temporary(path: str | Path, suffix: str = "") -> Iterator[tuple[int, Path]]:
+def writing(path: str | Path, suffix: str = "") -> Iterator[tuple[int, Path]]:
     """A temporary file next to ``path`` (its descriptor and path), renamed over ``path`` when the block
     ends, after an fsync. A failure (an exception, a full disk) removes it and keeps the previous ``path``:
     an ``OSError`` becomes :class:`DiskFull` or an OSError saying so; any other exception gets a note saying
@@ -261,7 +261,8 @@ def _temporary(path: str | Path, suffix: str = "") -> Iterator[tuple[int, Path]]
             fcntl.flock(fd, fcntl.LOCK_EX)  # a live writer's file: clean_stale leaves it alone
             umask = os.umask(0)
             os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)  # as open() would make it (mkstemp's file is private)
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # (a test may stand a device in for the file: leave it be)
+                os.fchmod(fd, 0o666 & ~umask)  # as open() would make it (mkstemp's file is private)
             yield fd, Path(tmp)
             _fsync(tmp)
             _refuse_special(path, str(path))  # nothing slipped in meanwhile
