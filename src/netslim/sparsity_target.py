@@ -50,6 +50,7 @@ HOLD_TOLERANCE = 0.02  # once the share is within this of the target (or at ``by
 HOLD_GAIN = 0.25  # log λ moves by this times log(quantile / threshold) outside the band ...
 HOLD_CHANGE = math.log(1.25)  # ... by at most x1.25 per quarter lag ...
 HOLD_CREEP = 0.0  # ... and inside the band it stays (creeping down let collapsed channels regrow, in cycles)
+SWEEP = 0.05  # a lag's pull carries at most this share of the channels past the threshold
 FLOOR = 0.03  # the steps left to ``by`` are counted as at least this fraction of the schedule
 LR_FLOOR = 0.1  # λ's cap counts the learning rate as at least this share of the largest seen
 ARRIVAL = 0.5  # the ramp aims at this fraction of ``by``: the network then trains with the share held
@@ -185,6 +186,11 @@ class TargetController:
             pull = self.history[-1][3] if self.history else (self.lam * per_lam if self.lam else wanted)
             limit = MAX_CHANGE * min(1.0, since / lag)
             pull = pull * math.exp(max(-limit, min(limit, math.log(max(wanted, 1e-30) / max(pull, 1e-30)))))
+            # and no lag's worth of pull carries more than SWEEP of the channels past the threshold at once: a
+            # proximal step zeroes every scale within lr·λ of zero, and the channels let go as the share fills
+            # must still be above it (YOLOv8n: 5% -> 68% in one epoch without this)
+            upper = float(ordered[min(len(ordered) - 1, int((share + SWEEP) * len(ordered)))])
+            pull = min(pull, max(upper - self.threshold, 1e-12) / (lag if subgradient else 1))
             lam = pull / per_lam
         else:
             # held: λ itself (a collapsed channel stays while λ is over its data gradient, whatever the lr)
