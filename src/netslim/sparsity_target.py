@@ -47,8 +47,9 @@ EFFICIENCY = (0.3, 1.5)  # the range it is believed in: a quantile held up harde
 # the network needing those channels now, and pulling harder only breaks it (seen on YOLOv8n in a 15-epoch run)
 MAX_CHANGE = math.log(1.5)  # the ramp's pull changes by at most x1.5 or /1.5 per lag
 HOLD_TOLERANCE = 0.02  # once the share is within this of the target (or at ``by``), it is held:
-HOLD_GAIN = 0.25  # log λ moves by this times log(quantile / threshold) outside the band ...
+HOLD_GAIN = 0.25  # log λ moves by this times the log of how far the quantile is out of its band ...
 HOLD_CHANGE = math.log(1.25)  # ... by at most x1.25 per quarter lag ...
+HOLD_DEPTH = 0.1  # ... towards this fraction of the threshold ...
 HOLD_CREEP = 0.0  # ... and inside the band it stays (creeping down let collapsed channels regrow, in cycles)
 SWEEP = 0.05  # a lag's pull carries at most this share of the channels past the threshold
 FLOOR = 0.03  # the steps left to ``by`` are counted as at least this fraction of the schedule
@@ -196,10 +197,13 @@ class TargetController:
             # held: λ itself (a collapsed channel stays while λ is over its data gradient, whatever the lr)
             # keeps the channels pulled below the threshold, reacting within a quarter lag
             lam = self.lam if self.lam is not None else lam_to_reach(self.scale, lr, gain, steps)
-            if quantile > self.threshold:  # collapsed channels regrow: pull harder
-                change = HOLD_GAIN * math.log(quantile / self.threshold)
-            elif quantile < self.threshold / 100:  # deep at zero: the least λ that keeps them is smaller
-                change = -HOLD_GAIN * math.log(self.threshold / 100 / max(quantile, 1e-12))
+            # the channels pulled are driven well below the threshold (a tenth of it: they must be pruned without
+            # being missed, and not hover at its edge), and λ then eases to the least that keeps them there
+            deep, floor = self.threshold * HOLD_DEPTH, self.threshold * HOLD_DEPTH / 100
+            if quantile > deep:  # not deep enough, or regrowing: pull harder
+                change = HOLD_GAIN * math.log(quantile / deep)
+            elif quantile < floor:  # at zero: the least λ that keeps them there is smaller
+                change = -HOLD_GAIN * math.log(floor / max(quantile, 1e-12))
             else:
                 change = HOLD_CREEP
             limit = HOLD_CHANGE * min(1.0, 4 * since / lag)
