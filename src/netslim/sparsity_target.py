@@ -162,17 +162,18 @@ class TargetController:
         scales = scales.float()
         ordered, order = scales.sort(stable=True)
         share = float((ordered < self.threshold).float().mean())
-        # The channels pulled (SparsityRegularizer.focus): the smallest |γ| (the paper's ranking), as many as the
-        # target plus what it still lacks. At first every channel is pulled, as in the paper; a channel that
-        # holds up (the data need it) is overtaken by others; as channels collapse, the largest are let go,
-        # so the share stops at the target however bunched the scales are, and the channels kept train free
-        # of the term. The quantile steered is the target's.
-        wanted_count = round(self.target * len(ordered))
+        # The channels pulled (SparsityRegularizer.focus): the target's share with the smallest |γ| (the paper's
+        # ranking) in full; the others as much as the data hold the first ones up (1 − the pull's efficiency)
+        # times the share still lacking, so that a channel the data need can be overtaken by another. Once the
+        # share is reached, the channels kept train free of the term, however bunched the scales are (YOLOv8n:
+        # a pull on every channel there left them all at the threshold). The quantile steered is the target's.
+        wanted_count = max(1, round(self.target * len(ordered)))
         collapsed = int((ordered < self.threshold).sum())
-        count = min(len(ordered), max(1, wanted_count + max(0, wanted_count - collapsed)))
-        self.chosen = torch.zeros_like(scales)
-        self.chosen[order[:count]] = 1.0
-        quantile = float(ordered[min(len(ordered) - 1, max(0, wanted_count - 1))])
+        shortfall = max(0.0, 1.0 - collapsed / wanted_count)
+        # the data holding the pulled channels up (a low efficiency) widens the pull to the others
+        self.chosen = torch.full_like(scales, shortfall * min(1.0, max(0.0, 1.0 - self.efficiency)))
+        self.chosen[order[:wanted_count]] = 1.0
+        quantile = float(ordered[min(len(ordered), wanted_count) - 1])
         if self.scale is None:
             self.scale = max(float(ordered[len(ordered) // 2]), self.threshold)
         self.held = self.held or share >= self.target - HOLD_TOLERANCE or progress >= self.by
