@@ -378,7 +378,8 @@ class Sparsity:
         if not self.warn or self.lam <= 0:
             return
         if self.controller is not None:
-            message = None if not self.controller.capped else behind_warning(
+            behind = self.controller.capped and share < 0.5 * self.controller.target
+            message = None if not behind else behind_warning(
                 share, self.controller.target, self.controller.cap(max(lr, LR_FLOOR * self.controller.max_lr), gain,
                                                                    self.steps, not self.regularizer.proximal),
                 self.threshold)
