@@ -314,7 +314,8 @@ class Sparsity:
         lr, gain = self._learning_rate()
         if self.controller is not None:
             lam = self.controller.update(progress, self.step_count, scales, lr, gain,
-                                         subgradient=not self.regularizer.proximal)
+                                         subgradient=not self.regularizer.proximal,
+                                         sizes=[g.numel() for g in self.regularizer.gammas])
             self.lam = _same_on_every_rank(lam, self.regularizer.gammas[0].device)
             if self.controller.chosen is not None:
                 self.regularizer.focus(self.controller.chosen)

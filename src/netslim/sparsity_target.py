@@ -36,7 +36,7 @@ moves from the first step.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -52,6 +52,7 @@ HOLD_CHANGE = math.log(1.25)  # ... by at most x1.25 per quarter lag ...
 HOLD_DEPTH = 0.1  # ... towards this fraction of the threshold ...
 HOLD_CREEP = 0.0  # ... and inside the band it stays (creeping down let collapsed channels regrow, in cycles)
 SWEEP = 0.05  # a lag's pull carries at most this share of the channels past the threshold
+BUNCHED, SPREAD = 0.05, 0.25  # coefficients of variation of the live |γ|: ranked per layer, then globally
 FLOOR = 0.03  # the steps left to ``by`` are counted as at least this fraction of the schedule
 LR_FLOOR = 0.1  # λ's cap counts the learning rate as at least this share of the largest seen
 ARRIVAL = 0.5  # the ramp aims at this fraction of ``by``: the network then trains with the share held
@@ -115,6 +116,29 @@ def behind_warning(share: float, target: float, cap: float, threshold: float) ->
             "a smaller target")
 
 
+def ranking(scales: torch.Tensor, sizes: Sequence[int], threshold: float) -> torch.Tensor:
+    """The order in which channels are made prunable: by |γ| across the network (the paper's global ranking)
+    while the scales are spread; relative to their layer's median while they are bunched together.
+
+    Bunched scales (all within a few % of each other: γ initialised to one value, or YOLOv8n's after 15
+    epochs, whose layers drift apart by a fraction of a percent) carry no information about the channels
+    but their layers' drift: ranked globally, every channel of the backbone came first, and zeroing them cut
+    the network (mAP 0). Relative to its layer, each layer gives up its own smallest. The weight of the
+    layer's median moves from 1 to 0 as the coefficient of variation of the live scales goes from
+    BUNCHED to SPREAD.
+    """
+    live = scales[scales >= threshold]
+    spread = float(live.std() / live.mean()) if len(live) > 1 and float(live.mean()) > 0 else 0.0
+    weight = min(1.0, max(0.0, (SPREAD - spread) / (SPREAD - BUNCHED)))
+    if weight == 0.0:
+        return scales.argsort(stable=True)
+    medians = []
+    for piece in scales.split(list(sizes)):
+        alive = piece[piece >= threshold]
+        medians.append(torch.full_like(piece, max(float((alive if len(alive) else piece).median()), threshold)))
+    return (scales / torch.cat(medians) ** weight).argsort(stable=True)
+
+
 class TargetController:
     """λ over the schedule so that about ``target`` of the channels have |γ| < ``threshold`` by ``by``.
 
@@ -149,7 +173,7 @@ class TargetController:
         return self.target * min(1.0, max(progress, 0.0) / self.by)
 
     def update(self, progress: float, steps_done: int, scales: torch.Tensor, lr: float, gain: float,
-               subgradient: bool = True) -> float:
+               subgradient: bool = True, sizes: Sequence[int] | None = None) -> float:
         if not bool(torch.isfinite(scales).all()) or not lr > 0:
             # a diverging run (the trainer's to handle), or a warm-up's first step at lr 0 (no pull to steer):
             # λ stays as it is
@@ -160,20 +184,21 @@ class TargetController:
         per_lam = max(lr * gain, 1e-30)  # the pull per step of λ = 1 now
         since = steps_done - self.history[-1][1] if self.history else lag
         scales = scales.float()
-        ordered, order = scales.sort(stable=True)
+        ordered = scales.sort().values
         share = float((ordered < self.threshold).float().mean())
-        # The channels pulled (SparsityRegularizer.focus): the target's share with the smallest |γ| (the paper's
-        # ranking) in full; the others as much as the data hold the first ones up (1 − the pull's efficiency)
-        # times the share still lacking, so that a channel the data need can be overtaken by another. Once the
-        # share is reached, the channels kept train free of the term, however bunched the scales are (YOLOv8n:
-        # a pull on every channel there left them all at the threshold). The quantile steered is the target's.
+        # The channels pulled (SparsityRegularizer.focus): the target's share first in :func:`ranking`, in full;
+        # the others as much as the data hold the first ones up (1 − the pull's efficiency) times the share
+        # still lacking, so that a channel the data need can be overtaken by another. Once the share is reached,
+        # the channels kept train free of the term, however bunched the scales are (YOLOv8n: a pull on every
+        # channel there left them all at the threshold). The quantile steered: the largest |γ| of the first.
         wanted_count = max(1, round(self.target * len(ordered)))
         collapsed = int((ordered < self.threshold).sum())
         shortfall = max(0.0, 1.0 - collapsed / wanted_count)
         # the data holding the pulled channels up (a low efficiency) widens the pull to the others
         self.chosen = torch.full_like(scales, shortfall * min(1.0, max(0.0, 1.0 - self.efficiency)))
-        self.chosen[order[:wanted_count]] = 1.0
-        quantile = float(ordered[min(len(ordered), wanted_count) - 1])
+        first = ranking(scales, sizes or [len(scales)], self.threshold)[:wanted_count]
+        self.chosen[first] = 1.0
+        quantile = float(scales[first].max())
         if self.scale is None:
             self.scale = max(float(ordered[len(ordered) // 2]), self.threshold)
         self.held = self.held or share >= self.target - HOLD_TOLERANCE or progress >= self.by
