@@ -340,9 +340,11 @@ class Sparsity:
 
     def state_dict(self) -> dict:
         """What a resumed run needs to go on with the same λ (plain numbers, weights-only friendly)."""
+        weights = self.regularizer.weights
         return {"steps_done": self.step_count, "steps_per_epoch": self.steps_per_epoch, "lam": self.lam,
                 "warned": sorted(self.warned),
-                "controller": self.controller.state_dict() if self.controller is not None else None}
+                "controller": self.controller.state_dict() if self.controller is not None else None,
+                "focus": torch.cat([w.detach().flatten().cpu() for w in weights]) if weights is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict):
@@ -356,6 +358,9 @@ class Sparsity:
             self.controller.load_state_dict(state["controller"])
             if self.controller.lam is not None:
                 self.lam = self.controller.lam
+        focus = state.get("focus")
+        if torch.is_tensor(focus) and focus.numel() == sum(g.numel() for g in self.regularizer.gammas):
+            self.regularizer.focus(focus)  # the channels pulled when the run stopped, not those chosen on attaching
         self.trajectory, self._reported = [], 0  # the check made when attached belongs to no epoch of the run
 
     def _learning_rate(self) -> tuple[float, float]:
