@@ -316,7 +316,7 @@ def test_schedule_stats_and_which_batchnorms_are_covered():
     assert handle.regularizer.lam == 0.5
     only_first = sparsify(model, _sgd(model), exclude=["4"])
     assert list(only_first.regularizer.bns) == ["1"] and only_first.stats()["gamma_below_1e-2"] == pytest.approx(3 / 6)
-    with pytest.raises(ValueError, match="matches no BatchNorm"):
+    with pytest.raises(ValueError, match="matches no module"):
         sparsify(model, _sgd(model), exclude=["nothing.*"])
 
 
