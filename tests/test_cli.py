@@ -292,7 +292,8 @@ def test_train_from_a_checkpoint_takes_the_model_from_it(trained, tmp_path, caps
 def _tiny_config(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("model: mlp\ndataset: digits\nmodel_kwargs: {widths: [32, 16]}\nbaseline: false\n"
-                      "train: {epochs: 2, sparsity: 0.01, bn_init: 0.5}\nfinetune: {epochs: 1}\nprune: {percent: 0.5}\n")
+                      "train: {epochs: 2, sparsity: 0.01, bn_init: 0.5}\nfinetune: {epochs: 1}\n"
+                      "prune: {percent: 0.5}\n")
     return config
 
 

@@ -117,6 +117,7 @@ def test_torchscript_is_traced_from_the_deployed_model(tmp_path):
         assert relative_error(loaded(x), small(x)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_aoti_package_is_compiled_and_checked(tmp_path):
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("AOTInductor needs a C++ compiler")
