@@ -358,3 +358,17 @@ def test_a_model_factory_in_the_working_directory_is_found(tmp_path):
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert f"working directory ({tmp_path})" in missing.stderr and "folder that holds mypkg/" in missing.stderr
     assert "PYTHONPATH" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_demo_table_shows_what_pruning_costs_and_what_wins_it_back(tmp_path, capsys):
+    """`make demo`: the rows differ visibly (the task is hard enough that test error is not one image)."""
+    code, out, err = run(capsys, "run", "demo", "--out", str(tmp_path / "demo"), "--no-progress")
+    assert code == 0, err
+    error = {r["model"]: r["test_error"] for r in json.loads((tmp_path / "demo" / "results.json").read_text())["rows"]}
+    base, sparse = error["baseline"], error["pass 1 trained with sparsity"]
+    pruned, recalibrated = error["pass 1 pruned, before fine-tuning"], error["pass 1 pruned, BN re-estimated"]
+    tuned = error["pass 1 fine-tuned"]
+    assert base >= 1.5 and abs(sparse - base) < 2  # sparse training costs little
+    assert pruned > sparse + 10 and recalibrated < pruned - 10 and tuned < recalibrated  # 70% > the 50% made free
+    assert tuned < base + 3
