@@ -25,6 +25,7 @@ zoo: pyproject.toml tools/setup-venv
 
 demo: $(STAMP)
 	$(VENV)/bin/netslim run demo --out runs/demo
+	@echo "the netslim command is $(VENV)/bin/netslim: 'source $(VENV)/bin/activate' puts it on your PATH"
 
 test: $(STAMP)
 	$(PY) $(PYTEST) -m "not slow"

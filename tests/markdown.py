@@ -97,10 +97,18 @@ def setup(namespace: dict) -> None:
     if not missing("PIL", "numpy"):
         write_yolo_dataset(work / "shapes")
     os.chdir(work)
+    sys.path.insert(0, str(work))  # as for a reader who runs Python in that folder: its modules import
+    namespace["__modules__"] = set(sys.modules)
 
 
 def teardown(namespace: dict) -> None:
     os.chdir(namespace["__cwd__"])
+    work = str(namespace["__scratch__"] / "work")
+    if work in sys.path:
+        sys.path.remove(work)
+    for name in set(sys.modules) - namespace["__modules__"]:  # modules of the page's own files (mypkg)
+        if (getattr(sys.modules[name], "__file__", None) or "").startswith(work):
+            del sys.modules[name]
     for name, value in namespace["__environ__"].items():
         if value is None:
             os.environ.pop(name, None)

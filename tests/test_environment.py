@@ -23,8 +23,10 @@ def _gpu() -> bool:
 
 
 def _cuda_packages() -> list[str]:
+    """PyTorch's CUDA libraries (nvidia-cublas, cuda-toolkit...); not nvidia-ml-py, the pure-Python NVML
+    binding that Ultralytics requires on every machine."""
     names = (d.metadata["Name"] or "" for d in metadata.distributions())
-    return sorted(n for n in names if n.lower().startswith(("nvidia-", "cuda-")))
+    return sorted(n for n in names if n.lower().startswith(("nvidia-", "cuda-")) and n.lower() != "nvidia-ml-py")
 
 
 def test_a_machine_without_a_gpu_gets_no_cuda_libraries():
