@@ -29,10 +29,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sybil import Sybil
-from sybil.evaluators.python import PythonEvaluator
-from sybil.parsers.markdown import CodeBlockParser, SkipParser
-
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/*.md"]
 LANGUAGES = ("python", "bash", "yaml")  # every fenced block of a page is one of these (tests/test_docs.py)
@@ -130,12 +126,11 @@ def _written(example) -> bool:
     return True
 
 
-_python = PythonEvaluator()
-
-
 def run_python(example) -> None:
+    from sybil.evaluators.python import PythonEvaluator
+
     if not _written(example):
-        _python(example)
+        PythonEvaluator()(example)
 
 
 def run_shell(example) -> str | None:
@@ -159,7 +154,11 @@ def run_yaml(example) -> None:
         raise ValueError("a yaml block must start with '# file: NAME' (the file the next blocks read)")
 
 
-def pages() -> Sybil:
+def pages():
+    """The Sybil that collects the pages (imported here: tests/test_docs.py needs none of it)."""
+    from sybil import Sybil
+    from sybil.parsers.markdown import CodeBlockParser, SkipParser
+
     return Sybil(parsers=[CodeBlockParser("python", run_python), CodeBlockParser("bash", run_shell),
                           CodeBlockParser("yaml", run_yaml), SkipParser()],
                  patterns=PAGES, path=str(ROOT), setup=setup, teardown=teardown)
