@@ -176,6 +176,7 @@ def _zoo_model(source: str, name: str, kwargs: dict) -> nn.Module:
 
 def _ultralytics_model(config: str, kwargs: dict) -> nn.Module:
     """An Ultralytics model built from its yaml config (``yolov8n.yaml``, ``yolo11n-seg.yaml``), random weights."""
+    kwargs = dict(kwargs)  # a rebuild calls this twice (on the meta device first) with the same arguments
     if kwargs.pop("pretrained", False):
         raise ValueError("ultralytics: models are built from their yaml config; for trained weights load the .pt "
                          "with --trust-pickle (it is a pickle)")
