@@ -81,8 +81,12 @@ def setup(namespace: dict) -> None:
     _commands(scratch / ".bin")
     namespace["__scratch__"], namespace["__cwd__"] = scratch, os.getcwd()
     namespace["missing"] = missing
+    import netslim  # the package under test: the shell blocks' netslim imports this one, wherever they run
+
+    paths = [str(Path(netslim.__file__).resolve().parents[1])]
+    paths += [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     namespace["__env__"] = dict(os.environ, PATH=f"{scratch / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-                                YOLO_OFFLINE="1")
+                                PYTHONPATH=os.pathsep.join(paths), YOLO_OFFLINE="1")
     # for the Python blocks too: Ultralytics downloads no font, weight or version; latency tables are cached
     # in the scratch folder, not in the reader's home
     namespace["__environ__"] = {k: os.environ.get(k) for k in ("YOLO_OFFLINE", "NETSLIM_CACHE")}
