@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from netslim.latency import cpu_model
+from netslim.latency_cache import cpu_model
 from netslim.testing import randomize_bn  # noqa: F401  (the benchmarks import it from here)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -101,9 +101,24 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
     return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
+def commit() -> str | None:
+    """The commit the code was measured at (with '+changes' when the tree differs from it), if in git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, text=True,
+                              capture_output=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src"],
+                               cwd=Path(__file__).parent.parent, text=True, capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if dirty.strip() else "")
+
+
 def machine_record() -> dict:
     """Where and with what a result was measured."""
     return {
+        "commit": commit(),
         "platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_model(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_num_threads": torch.get_num_threads(),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),

@@ -449,6 +449,19 @@ def _sweep_section(results: Path) -> list[str]:
                      f"{statistics.median(x['gamma_median'] for x in g) if g else float('nan'):.3g} | "
                      f"{_ms([x['safe_percent'] for x in g], digits=1)} | "
                      f"{statistics.mean(r['seconds'] for r in runs) / 60:.0f} |")
+    targets = _records(f"target-{TARGET:g}", results)
+    if targets:
+        runs = [r["result"] for r in targets]
+        warned += [w for row in runs for w in row.get("warnings", []) if "sparsity" in w]
+        g = [r["gamma"] for r in runs]
+        lams = [h["sparsity"] for h in runs[0]["history"]]
+        lines.append(f"| target {100 * TARGET:g}% | chosen: {', '.join(f'{v:.2g}' for v in lams)} (end of each epoch, "
+                     f"seed 0) | {runs[0]['epochs']} | {_ms([r['test_error'] for r in runs])} | "
+                     f"{_ms([x['gamma_below_1e-2'] for x in g], digits=1)} | "
+                     f"{_ms([x['gamma_below_1e-3'] for x in g], digits=1)} | "
+                     f"{statistics.median(x['gamma_median'] for x in g):.3g} | "
+                     f"{_ms([x['safe_percent'] for x in g], digits=1)} | "
+                     f"{statistics.mean(r['seconds'] for r in runs) / 60:.0f} |")
     lines += ["", "Warnings during sparsity training: " + ("; ".join(sorted(set(warned))) if warned else "none")
               + ".", "",
               "![|γ| at the end of training](benchmarks/results/fidelity/gamma_distribution.png)", "",
@@ -456,6 +469,7 @@ def _sweep_section(results: Path) -> list[str]:
               "at the end of training, seed 0; the paper's Fig. 4.)", ""]
     lines += [_provenance(bases)] if bases else []
     lines += [_provenance(recs) for lam in lambdas if (recs := _records(f"sweep-{lam:g}", results))]
+    lines += [_provenance(targets)] if targets else []
     return lines
 
 

@@ -13,6 +13,7 @@ machine, date and thread count.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def _provenance(rec: dict) -> str:
     return (f"Command: `{rec['command']}` ({rec['mode']} mode, {rec.get('wall_seconds', '?')} s)  \n"
             f"Machine: {m['cpu']} ({m['cpu_count']} cores), {m['platform']}, Python {m['python']}, "
             f"torch {m['torch']}; `torch.set_num_threads({rec['torch_set_num_threads']})`{load_txt}  \n"
-            f"Date: {m['date']}\n")
+            f"Date: {m['date']}" + (f", code at {m['commit']}" if m.get("commit") else "") + "\n")
 
 
 def _notes(rec: dict) -> str:
@@ -501,15 +502,25 @@ def other_sections(results: Path = RESULTS) -> list[str]:
                 text = f"(render_more.{fn} failed: {type(e).__name__}: {e})\n"
             if text:
                 parts.append(text)
-    zoo_rec = next((json.loads(p.read_text()) for p in (results / "zoo_full.json", results / "zoo_quick.json")
-                    if p.exists()), None)
-    if zoo_rec is not None:  # benchmarks/zoo.py (real models beside Torch-Pruning; needs timm, ultralytics, ...)
+    # benchmarks/zoo.py (real models beside Torch-Pruning; needs timm, ultralytics, ...) and
+    # benchmarks/latency_under_load.py (minutes of a busy machine): run on their own, rendered by their markdown()
+    for script in ("zoo", "latency_under_load"):
+        rec = next((json.loads(p.read_text()) for p in (results / f"{script}_full.json",
+                                                         results / f"{script}_quick.json") if p.exists()), None)
+        if rec is None:
+            continue
         try:
-            import zoo
-
-            parts.append(zoo.markdown(zoo_rec) + "\n" + _notes(zoo_rec) + "\n" + _provenance(zoo_rec))
+            parts.append(importlib.import_module(script).markdown(rec) + "\n" + _notes(rec) + "\n" + _provenance(rec))
         except Exception as e:  # another script's renderer must not stop this one
-            parts.append(f"(zoo.markdown failed: {type(e).__name__}: {e})\n")
+            parts.append(f"({script}.markdown failed: {type(e).__name__}: {e})\n")
+    yolo_recs = [json.loads(p.read_text()) for p in sorted(results.glob("yolo_full*.json"))]
+    if yolo_recs:  # benchmarks/yolo.py (YOLOv8n with Ultralytics' trainer; one record per seed)
+        try:
+            import yolo
+
+            parts.append(yolo.markdown(yolo_recs) + "\n" + _provenance(yolo_recs[0]))
+        except Exception as e:  # another script's renderer must not stop this one
+            parts.append(f"(yolo.markdown failed: {type(e).__name__}: {e})\n")
     path = results / "gpu.json"
     if path.exists():
         rec = json.loads(path.read_text())

@@ -1,7 +1,7 @@
 """A seeded, learnable detection dataset in the YOLO format: shapes on noisy backgrounds.
 
-Four classes (rectangle, ellipse, triangle, cross), one to four objects per image in random colours
-and sizes, over a colour gradient with Gaussian noise; PNG images and YOLO label files
+Four classes (rectangle, ellipse, triangle, cross), one to four objects per image in random sizes and
+colours that stand out from where they lie, over a colour gradient with Gaussian noise; PNG images and YOLO label files
 (``class cx cy w h``, normalised), with a ``data.yaml`` that Ultralytics' trainer and validator read
 as they are. Written by the benchmarks and tests that need a detector's data without a download.
 """
@@ -22,7 +22,7 @@ def write_shapes_dataset(root: str | Path, train: int = 400, val: int = 100, siz
 
     root = Path(root)
     stamp = root / ".settings"
-    settings = f"train={train} val={val} size={size} seed={seed}"
+    settings = f"v2 train={train} val={val} size={size} seed={seed}"
     if stamp.exists() and stamp.read_text() == settings:
         return root / "data.yaml"
     rng = np.random.default_rng(seed)
@@ -40,19 +40,22 @@ def write_shapes_dataset(root: str | Path, train: int = 400, val: int = 100, siz
 
 
 def _scene(rng: np.random.Generator, size: int, Image, ImageDraw):
-    """One image: a noisy gradient background and 1-4 non-overlapping-ish shapes, with their labels."""
+    """One image: a noisy gradient background and 1-4 shapes in colours that stand out from it, with labels."""
     ramp = np.linspace(0, 1, size)[None, :, None]
-    low, high = rng.integers(0, 160, 3), rng.integers(60, 256, 3)
+    low, high = rng.integers(0, 120, 3), rng.integers(60, 180, 3)
     background = low + (high - low) * (ramp if rng.random() < 0.5 else ramp.transpose(1, 0, 2))
-    background = background + rng.normal(0, 18, (size, size, 3))
+    background = background + rng.normal(0, 10, (size, size, 3))
     image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     lines = []
     for _ in range(int(rng.integers(1, 5))):
         kind = int(rng.integers(len(CLASSES)))
-        w, h = (int(v) for v in rng.integers(size // 8, size // 3, 2))
+        w, h = (int(v) for v in rng.integers(size // 6, int(size / 2.5), 2))
         x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        local = background[y0:y0 + h, x0:x0 + w].mean()
+        if abs(sum(colour) / 3 - local) < 70:  # a shape that stands out: brighter or darker than where it lies
+            colour = tuple(min(255, c + 120) for c in colour) if local < 128 else tuple(max(0, c - 120) for c in colour)
         box = (x0, y0, x0 + w, y0 + h)
         if kind == 0:
             draw.rectangle(box, fill=colour)

@@ -198,3 +198,30 @@ def test_latency(smoke):
     assert torch.cuda.is_available() or "no CUDA" in on_gpu["skipped"]
     assert model["table_build_s"] > 0 and model["original_ms"] > 0
     assert row["measured_speedup"] > 0 and 0 < row["gamma_kept"] <= 1 and 0 < row["flops_fraction"] <= 1
+
+
+def test_latency_under_load_starts_a_busy_process_and_ends_it(tmp_path, monkeypatch):
+    """benchmarks/latency_under_load.py (run on its own, minutes long): its smoke mode plans beside a busy loop,
+    judges the compact model, renders, and leaves no busy process behind."""
+    import subprocess
+
+    import netslim.timing
+
+    monkeypatch.setattr(netslim.timing, "END_TO_END", 0.05)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    bench = importlib.import_module("latency_under_load")
+    started = []
+    real = subprocess.Popen
+    monkeypatch.setattr(bench.subprocess, "Popen", lambda *a, **k: started.append(real(*a, **k)) or started[-1])
+    threads = torch.get_num_threads()
+    try:
+        rec = bench.main(["--smoke", "--threads", "1", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    busy = [p for p in started if "while True" in " ".join(map(str, p.args))]
+    assert len(busy) == 1 and busy[0].poll() is not None  # the busy loop ran, and was ended
+    for name in ("fresh tables", "cached tables"):
+        row = rec["results"][name]
+        assert row["exit"] == 0 and row["judged_speedup"] > 0 and row["rounds"], row
+    assert "Latency planner on a busy machine" in bench.markdown(rec)
+    assert (tmp_path / "latency_under_load_smoke.json").exists()

@@ -124,11 +124,11 @@ def test_nan_weights_are_refused(tmp_path):
 def test_a_full_disk_is_the_disk_is_full_error_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
     """ENOSPC from the kernel (/dev/full), which torch's zip writer used to report as an inline_container
     RuntimeError; no temporary file is left behind."""
-    import netslim.checkpoint as checkpoint
+    import tempfile
 
     save_checkpoint(tmp_path / "c.pt", {"state_dict": {"w": torch.ones(3)}})
     before = (tmp_path / "c.pt").read_bytes()
-    real = checkpoint.tempfile.mkstemp
+    real = tempfile.mkstemp
 
     def on_a_full_disk(**kw):
         fd, path = real(**kw)
@@ -137,7 +137,7 @@ def test_a_full_disk_is_the_disk_is_full_error_and_the_previous_checkpoint_stays
         os.close(full)
         return fd, path
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", on_a_full_disk)
+    monkeypatch.setattr(tempfile, "mkstemp", on_a_full_disk)
     with pytest.raises(CheckpointError, match="the disk is full; the previous checkpoint is kept"):
         save_checkpoint(tmp_path / "c.pt", {"state_dict": {"w": torch.zeros(100_000)}})
     assert (tmp_path / "c.pt").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]

@@ -243,7 +243,7 @@ def test_fuzzed_config_files_and_checkpoint_headers_never_escape_as_tracebacks(t
         target[leaf] = rng.choice(junk)
         path = tmp_path / f"h{k}.pt"
         save_checkpoint(path, data)
-        for argv in (["info", str(path)], ["prune", str(path), "--out", str(tmp_path / "s.pt")]):
+        for argv in (["info", str(path)], ["prune", str(path), "--overwrite", "--out", str(tmp_path / "s.pt")]):
             code, _, err = run(capsys, *argv)
             assert code in (0, 2) and "Traceback" not in err and len(err.strip().splitlines()) <= 1, (argv, data, err)
 
@@ -372,3 +372,77 @@ def test_the_demo_table_shows_what_pruning_costs_and_what_wins_it_back(tmp_path,
     assert base >= 1.5 and abs(sparse - base) < 2  # sparse training costs little
     assert pruned > sparse + 10 and recalibrated < pruned - 10 and tuned < recalibrated  # 70% > the 50% made free
     assert tuned < base + 3
+
+
+def test_fuzzed_latency_caches_and_plan_files_never_escape_as_tracebacks(trained, tmp_path, capsys, monkeypatch):
+    """What a latency cache or a plan file says, replaced by a hostile value: the answer is a plan (the cache
+    rebuilt, one warning line), or one line and exit 2; never a traceback. Layer timings follow a law here,
+    so that what is fuzzed is the reading, not this machine's speed."""
+    import copy
+
+    import netslim.latency as latency
+    import netslim.timing as timing
+    from netslim import apply_plan
+    from netslim.checkpoint import load_model
+    from netslim.plan import PruningPlan
+
+    rng = random.Random(2)
+    junk = [None, -1, 0, 1.5, float("nan"), float("inf"), 10 ** 400, "x", "", True, [], {}, [1, 2], {"a": 1},
+            [0.9, 1.7], [-1], [10 ** 9], ["a"], [1, 3, 10 ** 6, 10 ** 6], "1,2", "*", ["*"]]
+
+    def mutated(data, depth_limit=3):
+        """``data`` with one value somewhere inside (or one key) replaced by junk."""
+        data = copy.deepcopy(data)
+        target, depth = data, 0
+        while isinstance(target, dict) and target and depth < depth_limit:
+            key = rng.choice(sorted(target))
+            if depth == depth_limit - 1 or not isinstance(target[key], dict | list) or rng.random() < 0.3:
+                if rng.random() < 0.2:
+                    target[rng.choice(["1,2,3", "-1,5", "a,b", "", "１,２", "9999999999,1", "1.5,2"])] = \
+                        target.pop(key)
+                else:
+                    target[key] = rng.choice(junk)
+                return data
+            target, depth = target[key], depth + 1
+        return rng.choice(junk)
+
+    def text_of(data) -> str:
+        text = json.dumps(data)
+        return rng.choice([text, text, text, text[: rng.randrange(len(text))], "[" * 50_000, "null"])
+
+    monkeypatch.setattr(latency, "_time_layer", lambda layer, kind, shape, x, n_in, n_out, repeats, backend="eager": (
+        {(i, o): 1e-6 * i * o for i, o in latency.probe_pairs(kind, n_in, n_out)}, True))
+    monkeypatch.setattr(latency, "deployed_latency", lambda model, x, backend="eager", repeats=20: 1.0)
+    monkeypatch.setattr(latency, "deployed_latencies", lambda models, x, backend="eager", repeats=20:
+                        [1.0] + [0.5] * (len(models) - 1))
+    monkeypatch.setattr(timing, "END_TO_END", 0.02)
+    monkeypatch.setenv("NETSLIM_CACHE", str(tmp_path / "cache"))
+    speedup = ["prune", "mlp", "--target-speedup", "1.5", "--overwrite", "--out", str(tmp_path / "l.pt")]
+    assert main(speedup) == 0
+    cache = next((tmp_path / "cache").rglob("*.json"))
+    good = json.loads(cache.read_text())
+    for _ in range(25):
+        cache.write_text(text_of(mutated(good)))
+        code, _, err = run(capsys, *speedup)
+        assert code in (0, 2) and "Traceback" not in err and "internal error" not in err, (cache.read_text()[:300], err)
+        assert len(err.strip().splitlines()) <= 1, err
+
+    assert main(["prune", str(trained / "last.pt"), "--percent", "0.5", "--out", str(tmp_path / "s.pt"),
+                 "--plan-out", str(tmp_path / "plan.json")]) == 0
+    good = json.loads((tmp_path / "plan.json").read_text())
+    model, _ = load_model(trained / "last.pt")
+    run_dir = tmp_path / "run"
+    (run_dir / "pass1" / "sparse").mkdir(parents=True)
+    (run_dir / "pass1" / "sparse" / "last.pt").write_bytes((trained / "last.pt").read_bytes())
+    for k in range(40):
+        text = text_of(mutated(good))
+        (tmp_path / "p.json").write_text(text)
+        try:
+            plan = PruningPlan.load(tmp_path / "p.json")
+            apply_plan(model, plan)
+        except ValueError as e:
+            assert "\n" not in str(e), (text[:300], e)
+        if k % 8 == 0:
+            (run_dir / "pass1" / "plan.json").write_text(text)
+            code, _, err = run(capsys, "report", str(run_dir))
+            assert code in (0, 2) and "Traceback" not in err and len(err.strip().splitlines()) <= 1, (text[:300], err)

@@ -164,9 +164,9 @@ def test_names_that_cannot_be_outputs(trained, tmp_path, capsys):
 
 
 def test_a_full_disk_is_one_line(trained, tmp_path, capsys, monkeypatch):
-    import netslim.checkpoint as checkpoint
+    import tempfile
 
-    real = checkpoint.tempfile.mkstemp
+    real = tempfile.mkstemp
 
     def on_a_full_disk(**kw):
         fd, path = real(**kw)
@@ -175,7 +175,7 @@ def test_a_full_disk_is_one_line(trained, tmp_path, capsys, monkeypatch):
         os.close(full)
         return fd, path
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", on_a_full_disk)
+    monkeypatch.setattr(tempfile, "mkstemp", on_a_full_disk)
     one_line_error(capsys, "prune", trained, "--out", tmp_path / "s.pt", message="the disk is full")
     one_line_error(capsys, *TRAIN, "--out", tmp_path / "t", message="the disk is full")
 
@@ -245,3 +245,33 @@ def test_export_onnx_without_onnx_says_what_to_install_before_writing(trained, t
     one_line_error(capsys, "export", trained, "--torchscript", tmp_path / "m.ts", "--onnx", tmp_path / "m.onnx",
                    message="--onnx needs the onnx package: pip install onnx")
     assert not (tmp_path / "m.ts").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_numbers_and_sizes_out_of_range_are_one_line_before_any_work(trained, tmp_path, capsys):
+    """Each used to exit 3 or say something cryptic ("Overflow when unpacking long long", "expected non-negative
+    integer", an input of 3,3 for 3,x,3)."""
+    for seed in ("99999999999999999999999", "-1", "4294967296"):
+        one_line_error(capsys, *TRAIN, "--seed", seed, "--out", tmp_path / "t", message="is not a seed")
+    assert not (tmp_path / "t").exists()
+    config = tmp_path / "c.yaml"
+    config.write_text("model: mlp\ndataset: digits\ntrain: {epochs: 1, seed: -1}\n")
+    one_line_error(capsys, "run", config, "--out", tmp_path / "r", message="seed must be an integer in [0, 2**32)")
+    for size in ("3,x,3", "3,,3", "x", "3,32,32,32,32", "3,100000,3"):
+        one_line_error(capsys, "info", "mlp", "--input-size", size, message="is not a size")
+    one_line_error(capsys, "prune", "mlp", "--target-speedup", "2", "--latency-batch", "100000000",
+                   "--out", tmp_path / "s.pt", message="latency batch of 100000000")
+    one_line_error(capsys, "export", trained, "--onnx", tmp_path / "m.onnx", "--opset", "9999",
+                   message="is not an opset the ONNX exporter writes")
+    one_line_error(capsys, "export", trained, "--onnx", tmp_path / "m.onnx", "--opset", "1", message="(7 to")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_resuming_with_other_builder_arguments_names_them(tmp_path, capsys):
+    assert main([*TRAIN, "--out", str(tmp_path)]) == 0
+    err = one_line_error(capsys, *TRAIN, "--num-classes", "12", "--out", tmp_path,
+                         message="model kwargs.num_classes 10 (now 12)")
+    assert "'mlp' (now 'mlp')" not in err
+
+
+def test_a_report_of_a_file_says_it_is_a_file(trained, capsys):
+    one_line_error(capsys, "report", trained, message="is a file, not a run folder")

@@ -220,3 +220,70 @@ def test_printing_a_plan_gives_a_short_summary():
     assert len(text.splitlines()) <= 12 and "more layers in plan.layers" in text
     worst = min(plan.layers, key=lambda p: plan.layers[p].kept / plan.layers[p].width)
     assert worst in text.splitlines()[2]
+
+
+def test_a_nan_scale_is_refused_by_name_not_ranked():
+    """A NaN γ sorts anywhere: the plan kept 1 of 16 channels of that layer without a word."""
+    model = _vgg()
+    with torch.no_grad():
+        model.features[1].weight[3] = float("nan")
+    with pytest.raises(ValueError, match="BN 'features.1' has 1 NaN or infinite scale") as e:
+        plan_pruning(model, 0.5)
+    assert "\n" not in str(e.value)
+
+
+def test_a_model_without_weight_values_is_one_line():
+    with torch.device("meta"):
+        model = models.create("vgg11", widths=[8, 16, 16, 16, 32, 32, 32, 32])
+    with pytest.raises(ValueError, match="meta device"):
+        plan_pruning(model, 0.5)
+
+
+def _plan_data():
+    return plan_pruning(_vgg(), 0.5).to_dict()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["kept"].update({"features.1": [0.9, 1.7]}), "integer channel indices"),
+    (lambda d: d["kept"].update({"features.1": [True, 2]}), "integer channel indices"),
+    (lambda d: d["kept"].update({"features.1": [3, 1]}), "increasing order"),
+    (lambda d: d["kept"].update({"features.1": [1, 1]}), "distinct"),
+    (lambda d: d["kept"].update({"features.1": [-1]}), "keeps channel -1 of layer 'features.1'"),
+    (lambda d: d["kept"].update({"features.1": list(range(9))}), "keeps channel 8 of layer 'features.1'"),
+    (lambda d: d["kept"].update({"features.1": [0]}), "as its layer report says"),
+    (lambda d: d["kept"].pop("features.1"), "name different layers"),
+    (lambda d: d["options"].update(input_shape=[1, 3, 10 ** 6, 10 ** 6]), "input_shape"),
+    (lambda d: d["options"].update(input_shape=["a", 3]), "input_shape"),
+    (lambda d: d["options"].update(input_shape=[1, 3, 40000, 40000]), "input_shape"),
+    (lambda d: d["options"].update(fixed="features.*"), "options.fixed"),
+])
+def test_a_plan_file_is_checked_when_read(tmp_path, edit, message):
+    data = _plan_data()
+    edit(data)
+    with pytest.raises(ValueError, match=message):
+        PruningPlan.from_dict(data)
+    import json
+
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as e:
+        PruningPlan.load(tmp_path / "p.json")
+    assert str(tmp_path / "p.json") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_plan_file_nested_past_the_parser_is_one_line(tmp_path):
+    (tmp_path / "p.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        PruningPlan.load(tmp_path / "p.json")
+    (tmp_path / "q.json").write_text("[]")
+    with pytest.raises(ValueError, match="not an object"):
+        PruningPlan.load(tmp_path / "q.json")
+
+
+def test_a_plan_fixing_every_layer_says_so():
+    import netslim
+
+    model = _vgg()
+    data = _plan_data()
+    data["options"]["fixed"] = ["*"]
+    with pytest.raises(ValueError, match="fixed=\\['\\*'\\].*nothing is left to prune"):
+        netslim.apply_plan(model, PruningPlan.from_dict(data))

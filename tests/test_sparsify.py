@@ -389,3 +389,27 @@ def test_ddp_two_ranks_on_gloo(tmp_path):
             assert torch.equal(value, ranks[0]["hooked"][name]), name  # identical on every rank
         torch.testing.assert_close(r["zero"]["1.weight"], g0 - LR * LAM * torch.sign(g0), rtol=0, atol=1e-7)
     assert not torch.equal(ranks[0]["hooked"]["1.weight"], g0)
+
+
+@pytest.mark.parametrize("lam", [float("inf"), float("nan"), "1e-4", True, -1.0])
+def test_a_lambda_that_is_not_a_finite_number_is_one_line(lam):
+    """λ = inf used to send every γ to -inf; a string λ failed deep inside with a TypeError."""
+    model = toy_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    with pytest.raises(ValueError, match="λ must be >= 0 and a finite number"):
+        sparsify(model, optimizer, lam=lam)
+    sparsity = sparsify(model, optimizer, lam=LAM)
+    with pytest.raises(ValueError, match="λ must be >= 0 and a finite number"):
+        sparsity.lam = lam
+    assert sparsity.lam == LAM
+
+
+def test_an_optimizer_that_is_not_one_and_a_negative_epoch_are_named():
+    model = toy_model()
+    with pytest.raises(ValueError, match="torch.optim.Optimizer.*'sgd'"):
+        sparsify(model, "sgd")
+    sparsity = sparsify(model, torch.optim.SGD(model.parameters(), lr=LR), lam=LAM, schedule="linear", epochs=10)
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0") as e:
+        sparsity.set_epoch(-5)
+    assert "λ" not in str(e.value)
+

@@ -6,6 +6,8 @@ running the captured function again (``RerunBackend``): that checks everything a
 graph's buffers, fp16 with a GradScaler, failures) against the eager loop, bitwise.
 """
 
+from unittest import mock
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -47,6 +49,32 @@ def rerun(monkeypatch):
 def _same_weights(a, b):
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
+
+
+class CountlessReplay(steps.RerunBackend):
+    """Replays as a CUDA graph does for the sparsity term's bookkeeping: the step's device work runs, but the
+    optimizer hook's Python sees a capture (it does not run on a real replay), so nothing is counted there."""
+
+    reruns = False
+
+    def replay(self) -> None:
+        with mock.patch("torch.cuda.is_available", return_value=True), \
+                mock.patch("torch.cuda.is_current_stream_capturing", return_value=True):
+            self.fn()
+
+
+def test_replays_count_towards_a_targets_schedule_as_eager_steps_do(monkeypatch):
+    """λ for a target is corrected from the steps counted: replays of a captured step, where no Python
+    hook runs, are counted by the graphed step itself, so λ and the weights follow the eager run."""
+    made = []
+    monkeypatch.setattr(steps, "graph_backend", lambda device: made.append(CountlessReplay(device)) or made[-1])
+    data = _data()
+    eager, graphed = _model(), _model()
+    a = train(eager, Loader(data, 32, seed=1), _config(sparsity="auto"))
+    b = train(graphed, Loader(data, 32, seed=1), _config(sparsity="auto", cuda_graph=True))
+    assert made and made[0].captures > 3  # λ changed along the way: new captures
+    assert [r["sparsity"] for r in a["history"]] == [r["sparsity"] for r in b["history"]]
+    _same_weights(eager, graphed)
 
 
 @pytest.mark.parametrize("kw", [{}, {"sparsity_schedule": "warmup"}, {"amp": "fp16"}, {"optimizer": "adam"}],

@@ -14,7 +14,6 @@ import errno
 import os
 import pickle
 import pickletools
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from . import limits, models
 from .layers import narrowed, selection_of, with_selection
-from .runfolder import tmp_prefix
+from .runfolder import DiskFull, writing
 
 FORMAT = "netslim-checkpoint-v1"
 
@@ -188,36 +187,32 @@ def layer_shapes_of(module: nn.Module) -> list:
 # -- files --
 
 def save_checkpoint(path: str | Path, payload: Mapping) -> None:
-    """Write atomically: a temporary file in the same folder, fsynced, then renamed over ``path``.
+    """Write atomically (:func:`netslim.runfolder.writing`): a temporary file in the same folder, fsynced, then
+    renamed over ``path``; never through a link or over a device, never into a run folder another process holds.
 
     A crash at any moment leaves either the previous checkpoint or the new one, never a partial one.
     A full disk or an unwritable folder raises :class:`CheckpointError` and keeps the previous file.
     """
     path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{tmp_prefix(path.name)}.", suffix=".tmp", dir=path.parent)
-        writer = _Writer(fd)
-        try:
-            torch.save({"format": FORMAT, **payload}, writer)
-        except RuntimeError as e:  # torch's zip writer reports a failed write as RuntimeError (inline_container)
-            raise writer.error or OSError(errno.EIO, str(e).splitlines()[0] if str(e) else "write failed") from None
-        finally:
-            writer.close()
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)
+        with writing(path) as (fd, _):
+            writer = _Writer(fd)
+            try:
+                torch.save({"format": FORMAT, **payload}, writer)
+            except RuntimeError as e:  # torch's zip writer reports a failed write as RuntimeError (inline_container)
+                raise writer.error or OSError(errno.EIO, str(e).splitlines()[0] if str(e) else "write failed") \
+                    from None
     except OSError as e:
-        why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-        raise CheckpointError(f"cannot write checkpoint {path}: {why}; the previous checkpoint is kept") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        if isinstance(e, DiskFull) or e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"cannot write checkpoint {path}: the disk is full; the previous checkpoint is "
+                                  "kept") from None
+        raise CheckpointError(e.strerror if e.strerror and str(path) in e.strerror else
+                              f"cannot write checkpoint {path}: {e.strerror or e}; the previous checkpoint is kept") \
+            from None
 
 
 class _Writer:
-    """A file for ``torch.save`` that writes every byte or raises the OSError (ENOSPC included) it met."""
+    """A file for ``torch.save`` that writes every byte to ``fd`` or raises the OSError (ENOSPC included) it met."""
 
     def __init__(self, fd: int) -> None:
         self.fd, self.error = fd, None
@@ -235,29 +230,6 @@ class _Writer:
 
     def flush(self) -> None:
         pass
-
-    def close(self) -> None:
-        try:
-            if self.error is None:
-                os.fsync(self.fd)
-        except OSError as e:
-            self.error = e
-            raise
-        finally:
-            os.close(self.fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from . import distributed
-from .runfolder import locked, refuse_overwriting_inputs
+from .runfolder import check_folder, check_output, clean_stale, inside_run_folders, locked, refuse_overwriting_inputs
 
 EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -45,6 +45,7 @@ _fraction_open = _number(float, lambda v: 0 < v <= 1, "is outside (0, 1] (e.g. 0
 _positive_int = _number(int, lambda v: v >= 1, "must be >= 1")
 _non_negative = _number(float, lambda v: v >= 0, "must be >= 0")
 _positive = _number(float, lambda v: v > 0, "must be > 0")
+_seed = _number(int, lambda v: 0 <= v < 1 << 32, "is not a seed: give an integer in [0, 2**32)")
 _share = _number(float, lambda v: 0 < v < 1, "must be a share in (0, 1), e.g. 0.5")
 
 
@@ -54,11 +55,12 @@ def _lam_or_auto(text: str) -> float | str:
 
 
 def _input_size(text: str) -> tuple[int, ...]:
+    parts = text.lower().replace("x", ",").split(",")
     try:
-        size = tuple(int(s) for s in text.lower().replace("x", ",").split(",") if s)
+        size = tuple(int(s) for s in parts)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 32 or 3,32,32") from None
-    if not size or any(s < 1 for s in size):
+    if not 1 <= len(size) <= 4 or any(not 1 <= s <= 1 << 16 for s in size):
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 32 or 3,32,32")
     return size
 
@@ -92,6 +94,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .deployment import DTYPES, TARGETS, target_defaults
+    from .export import OPSETS
     from .plan import DEFAULT_PERCENT
     from .sparsity import KINDS, SCHEDULES
     from .timing import BACKENDS
@@ -117,12 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also accept another tool's pickled checkpoint (an Ultralytics .pt): loading it runs "
                             "code from the file, so only for files you trust")
 
+    def overwrite_option(p):
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace output files that exist (without it, an existing output is refused)")
+
     def train_options(p):
         p.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
         p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
         p.add_argument("--lr", type=_positive, default=defaults.lr)
         p.add_argument("--weight-decay", type=_non_negative, default=defaults.weight_decay)
-        p.add_argument("--seed", type=int, default=defaults.seed)
+        p.add_argument("--seed", type=_seed, default=defaults.seed)
         p.add_argument("--device", default=defaults.device, help="auto (CUDA if present), cpu, cuda")
         p.add_argument("--out", required=True, help="run folder (created; an existing run there is resumed)")
         p.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
@@ -182,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runtime the latency is planned and measured on: eager PyTorch, ONNX Runtime on the CPU, "
                         "or torch.compile (TorchInductor; each measured model is compiled first); in the --target's "
                         "format: fp32 on the CPU, bf16 channels_last on the GPU for a gpu target")
+    p.add_argument("--refresh-latency-tables", action="store_true",
+                   help="measure the latency tables again instead of reading them from the cache (they are checked "
+                        "against the whole model measured now either way)")
     p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for models that do not declare one")
     p.add_argument("--num-classes", type=_positive_int, help="for a model factory")
     amount.add_argument("--layer-percent", type=_fraction, help="prune this fraction of every layer instead")
@@ -202,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fold", action="store_true", help="the same as --fold none")
     p.add_argument("--approximate-fold", action="store_true", help="the same as --fold approximate")
     p.add_argument("--out", required=True, help="file for the compact checkpoint (.pt)")
+    overwrite_option(p)
     p.add_argument("--plan-out", help="also write the plan as JSON here")
     p.add_argument("--ultralytics-out", metavar="FILE",
                    help="also write the compact model as an Ultralytics checkpoint (for an Ultralytics model)")
@@ -260,7 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(torch._inductor.aoti_load_package; needs a C++ compiler, and CUDA for a gpu target)")
     p.add_argument("--torchscript", metavar="FILE", help="write a traced TorchScript file (deprecated by PyTorch)")
     p.add_argument("--no-fold", action="store_true", help="keep the BatchNorm layers")
-    p.add_argument("--opset", type=_positive_int, default=17)
+    lowest, highest = OPSETS[0], OPSETS[-1]
+    p.add_argument("--opset", type=_number(int, lambda v: v in OPSETS, f"is not an opset the ONNX exporter writes "
+                                           f"({lowest} to {highest})"), default=17)
+    overwrite_option(p)
     p.add_argument("--input-size", type=_input_size, help="input size (C,H,W) for a model that does not declare "
                    "one (stored in checkpoints netslim writes once known)")
     factory_option(p)
@@ -321,8 +335,8 @@ def _main(argv: list[str] | None) -> int:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EROFS):
             return _internal(e)
-        print(f"netslim: error: {_one_line(e) if e.errno != errno.ENOSPC else 'the disk is full: ' + _one_line(e)}",
-              file=sys.stderr)
+        full = e.errno == errno.ENOSPC and "disk is full" not in str(e)
+        print(f"netslim: error: {'the disk is full: ' if full else ''}{_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # an internal error: say so in one line, keep the traceback for debugging
         return _internal(e)
@@ -337,8 +351,9 @@ def _internal(e: BaseException) -> int:
 
 
 def _one_line(e: BaseException) -> str:
+    """The first line of the message, and the notes added on the way out (what a failed write kept)."""
     text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+    return "; ".join([text.splitlines()[0], *getattr(e, "__notes__", ())])
 
 
 def _named(path: str | None, option: str) -> str:
@@ -348,34 +363,21 @@ def _named(path: str | None, option: str) -> str:
 
 
 def _writable_dir(path: str, option: str = "--out") -> Path:
-    out = Path(_named(path, option))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output folder {out} ({option}): {e.strerror}") from None
-    if not out.is_dir():
-        raise UsageError(f"{option} {out} is a file, not a folder")
-    if not os.access(out, os.W_OK):
-        raise UsageError(f"output folder {out} is not writable")
-    return out
+    """An output folder that can be made and written: checked, not created (a refused command leaves nothing)."""
+    return check_folder(_named(path, option), option)
 
 
-def _writable_file(path: str, option: str = "--out") -> Path:
-    """An output file that can be written: its folder exists (or is made), its name fits, it is not a folder."""
-    out = Path(_named(path, option))
-    folder = _writable_dir(str(out.parent), option)
-    try:
-        longest = os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        longest = 255
-    if len(out.name.encode()) > longest:
-        raise UsageError(f"{option}: the file name is {len(out.name.encode())} bytes long, more than the {longest} "
-                         "this file system allows")
-    if out.is_dir():
-        raise UsageError(f"{option} {out} is a folder; give a file name such as {out / 'pruned.pt'}")
-    if out.exists() and not os.access(out, os.W_OK):
-        raise UsageError(f"{option} {out} exists and is not writable")
-    return out
+def _outputs(given: dict[str, str | None], inputs: dict[str, str | None], overwrite: bool) -> dict[str, Path | None]:
+    """The output files named by options, each a new path or (with --overwrite) a regular file, none an input."""
+    named = {option: _named(path, option) for option, path in given.items() if path is not None}
+    refuse_overwriting_inputs(named, inputs)
+    return {option: check_output(path, overwrite, option) if path is not None else None
+            for option, path in given.items()}
+
+
+def _claimed(outputs: dict[str, Path | None]) -> contextlib.AbstractContextManager:
+    """Hold, for the command, the run folders the outputs lie in (see :func:`netslim.runfolder.inside_run_folders`)."""
+    return inside_run_folders(*(path.parent for path in outputs.values() if path is not None))
 
 
 # -- commands --
@@ -392,6 +394,7 @@ def cmd_train(args) -> int:
         raise UsageError("train: give --model NAME (a new model) or --from CKPT (the model of a checkpoint)")
     info = distributed.init_from_env(args.device)
     out = _writable_dir(args.out)
+    resolve_device(args.device)  # before the folder is made
     if args.from_checkpoint:
         _refuse_reading_what_training_writes(args.from_checkpoint, "--from", out)
     auto = args.sparsity == "auto" or args.target_sparsity is not None
@@ -444,21 +447,23 @@ def _refuse_reading_what_training_writes(path: str, option: str, out: Path) -> N
 
 
 def cmd_prune(args) -> int:
+    fold = _fold_mode(args)
+    outputs = _outputs({"--out": args.out, "--plan-out": args.plan_out, "--ultralytics-out": args.ultralytics_out},
+                       {"checkpoint": args.checkpoint if Path(args.checkpoint).exists() else None}, args.overwrite)
+    with _claimed(outputs):  # the run folders they lie in: no other process may own one meanwhile
+        return _prune(args, fold, *outputs.values())
+
+
+def _prune(args, fold, out: Path, plan_out: Path | None, yolo_out: Path | None) -> int:
     import torch
 
+    from . import models
     from .checkpoint import describe, load_model, save_checkpoint
     from .metrics import count_flops, count_params
     from .models import create_model
     from .pruning import plan_for
     from .surgery import apply_plan, fold_report
 
-    fold = _fold_mode(args)
-    out = _writable_file(args.out)
-    plan_out = _writable_file(args.plan_out, "--plan-out") if args.plan_out is not None else None
-    yolo_out = _writable_file(args.ultralytics_out, "--ultralytics-out") if args.ultralytics_out else None
-    refuse_overwriting_inputs({"--out": out, "--plan-out": plan_out, "--ultralytics-out": yolo_out},
-                              {"checkpoint": args.checkpoint if Path(args.checkpoint).exists() else None})
-    from . import models
     if Path(args.checkpoint).is_file() or (":" not in args.checkpoint and args.checkpoint not in models.names()):
         model, data = load_model(args.checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
         arch = dict(data["arch"])
@@ -490,7 +495,8 @@ def cmd_prune(args) -> int:
                        target_latency=args.target_latency / 1e3 if args.target_latency else None,
                        target_speedup=args.target_speedup, timing_input=timing_input,
                        max_layer_fraction=args.max_layer_fraction, min_channels=args.min_channels,
-                       round_to=args.round_to, target=args.target, latency_backend=args.latency_backend)
+                       round_to=args.round_to, target=args.target, latency_backend=args.latency_backend,
+                       refresh_tables=args.refresh_latency_tables)
     plan = planned.plan
     if planned.round_to > 1:
         why = "the latency tables show layers stepping by such blocks here" if by_latency and not args.round_to \
@@ -554,11 +560,12 @@ def cmd_prune(args) -> int:
     from .checkpoint import layer_shapes
     arch["shapes"], arch["input_size"] = layer_shapes(compact), list(model.input_size)
     if plan_out is not None:  # first: a plan without its model harms less than a model without its plan
-        plan.save(plan_out)
+        plan.save(plan_out, overwrite=args.overwrite)
+    clean_stale(out)  # what a killed writer of this name left
     save_checkpoint(out, {"arch": arch, "state_dict": compact.state_dict(), "plan": plan.to_dict()})
-    if args.ultralytics_out:
+    if yolo_out is not None:
         from .integrations.ultralytics import save_yolo
-        print(f"Ultralytics checkpoint of the compact model: {save_yolo(compact, yolo_out)} "
+        print(f"Ultralytics checkpoint of the compact model: {save_yolo(compact, yolo_out, overwrite=args.overwrite)} "
               "(fine-tune it with netslim.integrations.ultralytics.finetune_yolo)")
     print(f"compact model saved to {out}" + (f", plan to {plan_out}" if plan_out is not None else ""))
     return 0
@@ -582,6 +589,7 @@ def cmd_finetune(args) -> int:
 
     info = distributed.init_from_env(args.device)
     out = _writable_dir(args.out)
+    resolve_device(args.device)  # before the folder is made
     _refuse_reading_what_training_writes(args.checkpoint, "checkpoint", out)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          seed=args.seed, device=args.device, progress=not args.no_progress, sync_bn=args.sync_bn,
@@ -612,8 +620,10 @@ def cmd_run(args) -> int:
                         device=args.device, cuda_graph=args.cuda_graph)
     distributed.init_from_env(config.train.get("device", "auto"))
     out = _writable_dir(args.out if args.out is not None else f"runs/{Path(args.config).stem}")
-    refuse_overwriting_inputs({"--out (results.md)": out / "results.md", "--out (results.json)": out / "results.json"},
-                              {"config": args.config}, advice="give another --out")
+    written = {f"--out ({name})": out / name for name in ("results.md", "results.json", "config.yaml")}
+    refuse_overwriting_inputs(written, {"config": args.config}, advice="give another --out")
+    for option, path in written.items():  # the run's own files: replaced, but never through a link
+        check_output(path, overwrite=True, option=option)
     run_experiment(config, out, progress=not args.no_progress, resume=not args.no_resume)
     if not distributed.current().is_main:
         return 0
@@ -684,6 +694,17 @@ def _input_of(model, size: tuple[int, ...] | None, what: str) -> tuple[int, ...]
 
 
 def cmd_export(args) -> int:
+    if all(x is None for x in (args.onnx, args.program, args.aoti, args.torchscript)):
+        raise UsageError("give at least one of --onnx FILE, --program FILE, --aoti FILE, --torchscript FILE")
+    outputs = _outputs({"--onnx": args.onnx, "--program": args.program, "--aoti": args.aoti,
+                        "--torchscript": args.torchscript}, {"checkpoint": args.checkpoint}, args.overwrite)
+    with _claimed(outputs):  # the run folders they lie in: no other process may own one meanwhile
+        return _export(args, outputs)
+
+
+def _export(args, outputs: dict[str, Path | None]) -> int:
+    import importlib.util
+
     import torch
 
     from .checkpoint import load_model
@@ -698,12 +719,6 @@ def cmd_export(args) -> int:
     )
     from .export import export_onnx
 
-    if all(x is None for x in (args.onnx, args.program, args.aoti, args.torchscript)):
-        raise UsageError("give at least one of --onnx FILE, --program FILE, --aoti FILE, --torchscript FILE")
-    outputs = {f"--{k}": _writable_file(v, f"--{k}") if v is not None else None
-               for k, v in (("onnx", args.onnx), ("program", args.program), ("aoti", args.aoti),
-                            ("torchscript", args.torchscript))}
-    refuse_overwriting_inputs(outputs, {"checkpoint": args.checkpoint})
     target = resolve_target(args.target)
     defaults = target_defaults(target)
     dtype = DTYPES[args.dtype] if args.dtype != "auto" else defaults["dtype"]
@@ -714,7 +729,6 @@ def cmd_export(args) -> int:
                          "run the export there, or write --program instead")
     model, data = load_model(args.checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
     if args.onnx is not None:  # before any artifact is written
-        import importlib.util
         if importlib.util.find_spec("onnx") is None:
             raise UsageError("--onnx needs the onnx package: pip install onnx onnxruntime (or pip install "
                              "'netslim[export]'); onnxruntime checks the file against PyTorch")
@@ -741,9 +755,11 @@ def cmd_export(args) -> int:
     dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
     print(f"export for {target}: BN {'kept' if args.no_fold else 'folded'}, {dtype_name}, "
           f"{'channels_last' if channels_last else 'contiguous'}")
-    options = dict(device=device, dtype=dtype, channels_last=channels_last, fold=not args.no_fold)
+    options = dict(device=device, dtype=dtype, channels_last=channels_last, fold=not args.no_fold,
+                   overwrite=args.overwrite)
     if args.onnx:
-        path = export_onnx(model, outputs["--onnx"], size, fold=not args.no_fold, opset=args.opset)
+        path = export_onnx(model, outputs["--onnx"], size, fold=not args.no_fold, opset=args.opset,
+                           overwrite=args.overwrite)
         print(f"ONNX model (fp32) written to {path}")
     if args.program:
         path = export_program(model, outputs["--program"], **options)

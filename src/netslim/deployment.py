@@ -14,6 +14,7 @@ was pruned without it.
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from .export import TOLERANCE, ExportError, fold_batchnorm, relative_error
 from .graph import trace_channels
 from .layers import device_of
 from .metrics import input_size_of
+from .runfolder import check_output, replacing, write_atomic
 
 __all__ = ["GraphedInference", "InferenceModel", "TARGETS", "deploy", "export_aoti", "export_program",
            "export_torchscript", "misaligned_widths", "resolve_target", "target_defaults"]
@@ -161,67 +163,92 @@ def _check(reference: nn.Module, run, size: Sequence[int], device: torch.device,
 
 def export_program(model: nn.Module, path: str | Path, *, input_size: Sequence[int] | None = None,
                    device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-                   channels_last: bool = False, fold: bool = True, max_batch: int = 4096) -> Path:
+                   channels_last: bool = False, fold: bool = True, max_batch: int = 4096,
+                   overwrite: bool = False) -> Path:
     """Write the deployed model (:func:`deploy`) as a ``torch.export`` program with a dynamic batch axis.
 
     Load it with ``torch.export.load(path).module()``. The program is checked against the deployed
-    PyTorch model before it is written; it runs on ``device`` (default: the model's).
+    PyTorch model before it is written; it runs on ``device`` (default: the model's). Written whole or not
+    at all (a failure keeps the previous file); an existing ``path`` is replaced only with ``overwrite``.
     """
+    path = check_output(path, overwrite)
     size = input_size_of(model, input_size)
     deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
     device = device_of(deployed)
     program = _export(deployed, size, device, max_batch)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _check(deployed, program.module(), size, device, dtype, path)
+    buffer = io.BytesIO()  # serialized in memory: write_atomic says when the disk is full (torch's writer aborts)
     with warnings.catch_warnings():
         # torch's archive writer notes weights it stores whole (no tensor shares their storage): not a problem
         warnings.filterwarnings("ignore", message="No complete tensor found in the group")
-        torch.export.save(program, str(path))
+        torch.export.save(program, buffer)
+    # the file as written is what is checked, before it replaces the previous one
+    write_atomic(path, buffer.getbuffer(), verify=lambda written: _check(
+        deployed, torch.export.load(str(written)).module(), size, device, dtype, path))
     return path
 
 
 def export_aoti(model: nn.Module, path: str | Path, *, input_size: Sequence[int] | None = None,
                 device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-                channels_last: bool = False, fold: bool = True, max_batch: int = 4096) -> Path:
+                channels_last: bool = False, fold: bool = True, max_batch: int = 4096,
+                overwrite: bool = False) -> Path:
     """Compile the deployed model ahead of time with AOTInductor (``torch.compile``'s backend) into a
     ``.pt2`` package for ``device``; load it with ``torch._inductor.aoti_load_package(path)``.
 
-    Needs a C++ compiler (and, for CUDA, the GPU it is compiled for). Checked against PyTorch.
+    Needs a C++ compiler (and, for CUDA, the GPU it is compiled for). Checked against PyTorch before it
+    replaces ``path`` (a failure keeps the previous file); an existing ``path`` only with ``overwrite``.
     """
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"an AOTInductor package must be a .pt2 file, got {path.name}")
+    path = check_output(path, overwrite)
     size = input_size_of(model, input_size)
     deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
     device = device_of(deployed)
     program = _export(deployed, size, device, max_batch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            written = torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-            compiled = torch._inductor.aoti_load_package(written)
-    except Exception as e:  # compiler missing, unsupported op, ...
-        raise ExportError(f"AOTInductor compilation failed ({type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0][:300]}); is a C++ compiler installed?") from e
-    _check(deployed, compiled, size, device, dtype, path)
-    return Path(written)
+    with replacing(path, suffix=".pt2") as tmp:  # the packager writes the file itself, named .pt2
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                written = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+                compiled = torch._inductor.aoti_load_package(written)
+        except Exception as e:  # compiler missing, unsupported op, ...
+            raise ExportError(f"AOTInductor compilation failed ({type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0][:300]}); is a C++ compiler installed?") from e
+        _check(deployed, compiled, size, device, dtype, path)
+    return path
 
 
 def export_torchscript(model: nn.Module, path: str | Path, *, input_size: Sequence[int] | None = None,
                        device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
-                       channels_last: bool = False, fold: bool = True) -> Path:
+                       channels_last: bool = False, fold: bool = True, overwrite: bool = False) -> Path:
     """Write the deployed model (:func:`deploy`) traced to TorchScript (``torch.jit.load``; deprecated by
-    PyTorch, kept for runtimes that still read it). Checked against the deployed PyTorch model."""
+    PyTorch, kept for runtimes that still read it). Checked against the deployed PyTorch model; written
+    whole or not at all; an existing ``path`` is replaced only with ``overwrite``."""
+    path = check_output(path, overwrite)
     size = input_size_of(model, input_size)
     deployed = deploy(model, device=device, dtype=dtype, channels_last=channels_last, fold=fold)
     device = device_of(deployed)
-    path = Path(path)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        _quiet_about_jit()
         traced = torch.jit.trace(deployed, torch.zeros(1, *size, device=device))
-    _check(deployed, traced, size, device, dtype, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    traced.save(str(path))
+    buffer = io.BytesIO()  # serialized in memory: write_atomic says when the disk is full (torch's writer aborts)
+    with warnings.catch_warnings():
+        _quiet_about_jit()
+        torch.jit.save(traced, buffer)
+
+    def loaded(written: Path) -> nn.Module:
+        with warnings.catch_warnings():
+            _quiet_about_jit()
+            return torch.jit.load(str(written), map_location=device)
+
+    # the file as written is what is checked, before it replaces the previous one
+    write_atomic(path, buffer.getbuffer(), verify=lambda written: _check(deployed, loaded(written), size, device,
+                                                                         dtype, path))
     return path
+
+
+def _quiet_about_jit() -> None:
+    """Inside ``warnings.catch_warnings()``: no warning that TorchScript is deprecated (the docstring says so;
+    torch warns with DeprecationWarning or, from 2.14, another category, at every call)."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,12 +28,26 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .graph import ChannelGraph, trace_channels
 from .layers import device_of, evaluating
 from .metrics import input_size_of
+from .runfolder import check_output, write_atomic
 
 __all__ = ["ExportError", "check_onnx", "export_onnx", "fold_batchnorm", "foldable_pairs", "relative_error"]
 
 _PRODUCERS = ("conv", "linear", "depthwise", "conv_t")
 _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 TOLERANCE = 1e-4  # relative: max |a - b| / max |reference|
+
+
+def _opsets() -> range:
+    """The opsets the TorchScript-based exporter writes (what ``export_onnx`` uses)."""
+    try:
+        from torch.onnx import _constants
+
+        return range(_constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET + 1)
+    except (ImportError, AttributeError):  # a torch that moved them: the range of torch 2.x
+        return range(7, 21)
+
+
+OPSETS = _opsets()
 
 
 class ExportError(RuntimeError):
@@ -113,7 +128,8 @@ def _fold_into(layer: nn.Module, bn: _BatchNorm) -> None:
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] | None = None, fold: bool = True,
-                opset: int = 17, *, check: bool = True, dynamo: bool = False, batch: int = 2) -> Path:
+                opset: int = 17, *, check: bool = True, dynamo: bool = False, batch: int = 2,
+                overwrite: bool = False) -> Path:
     """Export ``model`` (eval mode) to ONNX at ``path``, with a dynamic batch axis.
 
     ``input_size``: (C, H, W) of one sample (default: ``model.input_size``). ``fold``: fold the BNs
@@ -122,15 +138,20 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] | 
     ``onnxscript`` too (an ImportError says what to install). If onnxruntime is installed and
     ``check`` is set, the file is run at another batch size and its output must match the PyTorch
     model within 1e-4 (relative to the output's largest magnitude); an :class:`ExportError` says by
-    how much it does not.
+    how much it does not. The file is written whole or not at all: checked before it replaces ``path``
+    (:func:`netslim.runfolder.write_atomic`), so a failed export keeps the previous file. An existing
+    ``path`` is replaced only with ``overwrite``.
     """
+    if not (isinstance(opset, int) and not dynamo and opset in OPSETS or dynamo and isinstance(opset, int)
+            and opset >= 18):
+        raise ValueError(f"opset {opset!r} is not one the ONNX exporter writes: give {OPSETS[0]} to {OPSETS[-1]}"
+                         + (" (18 or more with dynamo=True)" if dynamo else ""))
+    path = check_output(path, overwrite)
     missing = [m for m in ("onnx",) + (("onnxscript",) if dynamo else ()) if importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(f"ONNX export needs {' and '.join(missing)}: pip install {' '.join(missing)} "
                           "(or pip install 'netslim[export]', which adds onnxruntime to check the file)")
     size = input_size_of(model, input_size)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     device = device_of(model)
     reference = copy.deepcopy(model).eval()
     to_export = fold_batchnorm(model, torch.zeros(2, *size, device=device)) if fold else reference
@@ -143,21 +164,29 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] | 
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(to_export, (example,), str(path), dynamo=dynamo, **kwargs)
+            if dynamo:
+                serialized = torch.onnx.export(to_export, (example,), dynamo=True, **kwargs).model_proto
+                serialized = serialized.SerializeToString()
+            else:  # into memory: the file itself is written by write_atomic, which says when the disk is full
+                buffer = io.BytesIO()
+                torch.onnx.export(to_export, (example,), buffer, dynamo=False, **kwargs)
+                serialized = buffer.getvalue()
     except Exception as e:  # the exporters raise many types
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__} "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})") from e
-    if check:
-        check_onnx(reference, path, size, batch=batch + 1)
+    write_atomic(path, serialized, verify=lambda written: check and check_onnx(reference, written, size,
+                                                                               batch=batch + 1, shown_as=path))
     return path
 
 
 def check_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], batch: int = 3,
-               tolerance: float = TOLERANCE) -> float | None:
+               tolerance: float = TOLERANCE, shown_as: str | Path | None = None) -> float | None:
     """Run the ONNX file with onnxruntime (if installed) and compare with ``model`` in eval mode.
 
-    Returns the relative error, or None when onnxruntime is not installed (nothing checked).
+    Returns the relative error, or None when onnxruntime is not installed (nothing checked). ``shown_as``:
+    the name errors give the file (the one it will have, for a file checked before it is renamed).
     """
+    shown_as = shown_as or path
     try:
         import onnxruntime as ort
     except ImportError:
@@ -165,13 +194,16 @@ def check_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], ba
     x = torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(1))
     with evaluating(model), torch.no_grad():
         expected = model(x.to(device_of(model))).float().cpu()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    except Exception as e:  # onnxruntime's own exception types
+        raise ExportError(f"{shown_as}: onnxruntime cannot run the file ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:300]})") from e
     if tuple(got.shape) != tuple(expected.shape):
-        raise ExportError(f"{path}: onnxruntime gives shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+        raise ExportError(f"{shown_as}: onnxruntime gives shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
     error = relative_error(got, expected)
     if not error <= tolerance:
-        raise ExportError(f"{path}: onnxruntime output differs from PyTorch by {error:.3g} (relative to the "
+        raise ExportError(f"{shown_as}: onnxruntime output differs from PyTorch by {error:.3g} (relative to the "
                           f"largest output), more than the tolerance {tolerance:g}")
     return error

@@ -236,6 +236,9 @@ def _analyse(model: nn.Module, example_input, fixed: Sequence[str]) -> ChannelGr
         model.train(was_training)
     graph.notes.extend(f"module '{p}' reads channel counts in its Python code (a probe with narrower widths "
                        "failed there): its channels are kept" for p in kept)
+    if not graph.bns and fixed and any(isinstance(m, _BatchNorm) and m.affine for m in model.modules()):
+        raise GraphError(f"every BatchNorm of {type(model).__name__} lies in a module the patterns fixed={fixed!r} "
+                         "keep as it is: nothing is left to prune; fix fewer modules")
     if not graph.bns:
         raise GraphError(f"{type(model).__name__} has no BatchNorm layer with a learnable scale: there are no "
                          "scaling factors to prune by (if BN was fused into the convs, prune the unfused model)")

@@ -257,11 +257,11 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     out = Path(out_dir)
     main = distributed.current().is_main  # under torchrun, rank 0 alone logs and writes
     log = log if main else (lambda *a, **k: None)
+    for stage_config in (config.train_config(), config.finetune_config()):  # before the folder is touched
+        resolve_device(stage_config.device)
     with locked(out) if main else contextlib.nullcontext():
         if main and resume:
             check_resumable(config, out)
-        if main:
-            write_atomic(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
         try:
             return _run_stages(config, out, progress, log, main, resume)
         except TrainingDiverged as e:
@@ -302,6 +302,8 @@ def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: 
     model, kwargs = build_model_for(config, train_set)
     size = model.input_size
     prune_options = prune_options_for(config, device)
+    if main:  # the data and the model are ready: from here on the folder holds this config's run
+        write_atomic(out / "config.yaml", yaml.safe_dump(asdict(config), sort_keys=False))
     rows = []
 
     def row(label: str, net: nn.Module, error: float, base: nn.Module) -> dict:
@@ -343,7 +345,7 @@ def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: 
         guard = f" (guard kept channels in {len(plan.guarded)} layers)" if plan.guarded else ""
         log(f"pass {k}: pruned {plan.pruned_channels}/{plan.total_channels} channels{guard}")
         if main:
-            plan.save(stage / "plan.json")
+            plan.save(stage / "plan.json", overwrite=True)  # the run's own file (a resumed pass plans again)
             save_checkpoint(stage / "pruned.pt", {"arch": describe(compact, config.model, kwargs),
                                                   "state_dict": compact.state_dict(), "plan": plan.to_dict()})
         row(f"pass {k} pruned, before fine-tuning", compact, _test_error(compact, test_loader), original)
@@ -361,8 +363,8 @@ def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: 
         row(f"pass {k} fine-tuned", current, _test_error(current, test_loader), original)
 
     if main:
-        (out / "results.json").write_text(json.dumps({"config": asdict(config), "rows": rows}, indent=1))
-        (out / "results.md").write_text(results_markdown(rows, config))
+        write_atomic(out / "results.json", json.dumps({"config": asdict(config), "rows": rows}, indent=1))
+        write_atomic(out / "results.md", results_markdown(rows, config))
     distributed.barrier()
     return {"rows": rows}
 

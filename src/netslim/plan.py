@@ -19,6 +19,7 @@ from torch import nn
 
 from .graph import ChannelGraph, trace_channels
 from .layers import check_patterns, selected
+from .runfolder import check_output, write_atomic
 
 DEFAULT_PERCENT = 0.7  # what the CLI and a config prune when told no amount (the paper's VGG/CIFAR-10 70%)
 COLLAPSED = 1e-6  # |γ| below this is numerically zero: the channel contributes only its shift β
@@ -83,26 +84,72 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> PruningPlan:
+        """A plan from plain data (a JSON file), checked: each layer's kept indices are integers inside its width,
+        in order, once; its report agrees with them; an input shape is a few positive sizes of a tensor of at
+        most :data:`MAX_INPUT_ELEMENTS`; fixed patterns are strings. A ValueError names what is wrong."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"not a pruning plan: a JSON {type(d).__name__}, not an object")
         try:
-            return cls(
-                kept={k: tuple(int(i) for i in v) for k, v in d["kept"].items()},
-                layers={k: LayerReport(**v) for k, v in d["layers"].items()},
-                threshold=float(d["threshold"]), percent=float(d["percent"]),
-                total_channels=int(d["total_channels"]), pruned_channels=int(d["pruned_channels"]),
-                options=dict(d.get("options", {})),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            layers = {k: LayerReport(**v) for k, v in d["layers"].items()}
+            kept = {k: _kept_indices(k, v, layers.get(k)) for k, v in d["kept"].items()}
+            plan = cls(kept=kept, layers=layers,
+                       threshold=float(d["threshold"]), percent=float(d["percent"]),
+                       total_channels=int(d["total_channels"]), pruned_channels=int(d["pruned_channels"]),
+                       options=dict(d.get("options", {})))
+        except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not a pruning plan: {e!r}") from None
+        if set(layers) != set(kept):
+            raise ValueError("not a pruning plan: its layer reports and its kept indices name different layers")
+        _check_options(plan.options)
+        return plan
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+    def save(self, path: str | Path, *, overwrite: bool = False) -> None:
+        """Write the plan as JSON, whole or not at all; an existing ``path`` is replaced only with ``overwrite``."""
+        write_atomic(check_output(path, overwrite), json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not a JSON pruning plan: {e}") from None
+            data = json.loads(Path(path).read_text())
+        except (ValueError, RecursionError) as e:  # not JSON, not text, or nested past what the parser follows
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0]
+            raise ValueError(f"{path} is not a JSON pruning plan: {why}") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+MAX_INPUT_ELEMENTS = 1 << 28  # an example input of 1 GiB in fp32: more than any analysis needs
+
+
+def _kept_indices(path: str, values, report: LayerReport | None) -> tuple[int, ...]:
+    """The kept channel indices of one layer, checked against its report (see PruningPlan.from_dict)."""
+    if not isinstance(values, list | tuple) or not all(type(i) is int for i in values):  # no floats, no bools
+        raise ValueError(f"not a pruning plan: kept['{path}'] must list integer channel indices, got "
+                         f"{str(values)[:60]}")
+    if report is None or not (type(report.width) is int and type(report.kept) is int):
+        raise ValueError(f"not a pruning plan: layer '{path}' has no report of integer width and kept count")
+    outside = [i for i in values if not 0 <= i < report.width]
+    if outside:
+        raise ValueError(f"plan is corrupt: it keeps channel {outside[0]} of layer '{path}', which has channels "
+                         f"0..{report.width - 1}")
+    if list(values) != sorted(set(values)) or len(values) != report.kept or not 1 <= report.kept <= report.width:
+        raise ValueError(f"not a pruning plan: kept['{path}'] must list {report.kept} distinct channels (at least one) "
+                         "in increasing order, as its layer report says")
+    return tuple(values)
+
+
+def _check_options(options: dict) -> None:
+    shape, fixed = options.get("input_shape"), options.get("fixed", [])
+    if shape is not None and not (isinstance(shape, list | tuple) and 1 <= len(shape) <= 6
+                                  and all(type(s) is int and 1 <= s <= 1 << 16 for s in shape)
+                                  and math.prod(shape) <= MAX_INPUT_ELEMENTS):
+        raise ValueError(f"not a pruning plan: options.input_shape must be a few positive sizes (a tensor of at most "
+                         f"{MAX_INPUT_ELEMENTS:,} elements), got {str(shape)[:60]}")
+    if not isinstance(fixed, list | tuple) or not all(isinstance(p, str) for p in fixed):
+        raise ValueError(f"not a pruning plan: options.fixed must be a list of module-path patterns, got "
+                         f"{str(fixed)[:60]}")
 
 
 def channel_scores(model: nn.Module, graph: ChannelGraph, aggregate: str = "max") -> dict[int, float]:
@@ -112,7 +159,7 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, aggregate: str = "max"
     prunable = graph.prunable_roots()
     scores: dict[int, float] = {}
     for path, use in graph.bns.items():
-        gamma = model.get_submodule(path).weight.detach().abs().float().cpu().tolist()
+        gamma = scales_of(model, path)
         for pos, i in enumerate(use.out_ids):
             r = graph.root(i)
             if r not in prunable:
@@ -123,6 +170,20 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, aggregate: str = "max"
             else:
                 scores[r] = max(old, gamma[pos]) if aggregate == "max" else old + gamma[pos]
     return scores
+
+
+def scales_of(model: nn.Module, path: str) -> list[float]:
+    """|γ| of the BN at ``path``; a ValueError naming it when its scales are NaN or infinite (a ranking of
+    them would keep arbitrary channels) or hold no data (the meta device)."""
+    weight = model.get_submodule(path).weight.detach()
+    if weight.is_meta:
+        raise ValueError(f"the weights of {type(model).__name__} are on the meta device (shapes, no values): load "
+                         "them first (model.to_empty(device='cpu'), then load_state_dict)")
+    gamma = weight.abs().float().cpu()
+    if not torch.isfinite(gamma).all():
+        raise ValueError(f"BN '{path}' has {int((~torch.isfinite(gamma)).sum())} NaN or infinite scale(s): the model "
+                         "diverged; prune an earlier checkpoint")
+    return gamma.tolist()
 
 
 def plan_pruning(

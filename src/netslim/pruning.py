@@ -34,13 +34,15 @@ def plan_for(model: nn.Module, example_input: torch.Tensor, *, percent: float | 
              target_params: float | None = None, target_latency: float | None = None,
              target_speedup: float | None = None, timing_input: torch.Tensor | None = None,
              max_layer_fraction: float | None = None, min_channels: int = 1, round_to: int | None = None,
-             target: str = "auto", measured_rounds: int = 3, latency_backend: str = "eager") -> Planned:
+             target: str = "auto", measured_rounds: int = 3, latency_backend: str = "eager",
+             refresh_tables: bool = False) -> Planned:
     """Plan the pruning of ``model`` by at most one amount (none: ``DEFAULT_PERCENT`` globally).
 
     ``target_latency`` (seconds) or ``target_speedup``: planned from latency tables measured on this machine
     at ``timing_input`` (default ``example_input``), trying width multiples ``round_to`` or the target's
     :data:`LATENCY_WIDTH_MULTIPLES`, then corrected by timing the compact model up to ``measured_rounds``
-    times, all on ``latency_backend`` (see ``plan_for_latency``).
+    times, all on ``latency_backend`` (see ``plan_for_latency``); ``refresh_tables``: measured again, not read
+    from the cache.
     Otherwise widths are rounded to ``round_to``, by default the ``target``'s (8 for a gpu, 1 for a cpu).
     """
     given = [name for name, value in zip(AMOUNTS, (percent, layer_percent, target_flops, target_params,
@@ -55,7 +57,7 @@ def plan_for(model: nn.Module, example_input: torch.Tensor, *, percent: float | 
             example_input=timing_input if timing_input is not None else example_input,
             max_layer_fraction=max_layer_fraction, min_channels=min_channels,
             round_to=(round_to,) if round_to else LATENCY_WIDTH_MULTIPLES[target], measured_rounds=measured_rounds,
-            backend=latency_backend)
+            backend=latency_backend, refresh_tables=refresh_tables)
         return Planned(plan, target, plan.options["round_to"], predicted)
     options = dict(max_layer_fraction=max_layer_fraction, min_channels=min_channels, round_to=multiple,
                    example_input=example_input)

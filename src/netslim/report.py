@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_checkpoint
+from .runfolder import OutputRefused, check_output, write_atomic
 
 
 def _pyplot():
@@ -24,6 +26,9 @@ def _pyplot():
 def write_report(run_dir: Path) -> list[Path]:
     """Write PNGs into ``run_dir/report`` from the run's checkpoints, plans and results."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is a file, not a run folder: give the folder `netslim run` or `netslim train` "
+                         f"wrote (e.g. {run_dir.parent})")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     stages = sorted(p.parent for p in run_dir.glob("**/last.pt"))
@@ -36,7 +41,13 @@ def write_report(run_dir: Path) -> list[Path]:
     plans = {path: _plan(path) for path in sorted(run_dir.glob("pass*/plan.json"))}
     plt = _pyplot()
     out = run_dir / "report"
-    out.mkdir(exist_ok=True)
+    if out.is_symlink() or out.exists() and not out.is_dir():
+        raise OutputRefused(f"{out} is a link or a file, not the report folder: netslim does not write through "
+                            "links; remove it and run again")
+    names = ["gamma_distribution.png", "gamma_heatmap.png", "sparsity_progress.png", "savings.png",
+             *(f"widths_{path.parent.name}.png" for path in plans)]
+    for name in names:  # before anything is drawn: the report's own files, replaced but never through a link
+        check_output(out / name, overwrite=True)
     written = []
 
     # Fig. 4: distribution of |γ| at the end of each training stage.
@@ -133,7 +144,9 @@ def _rows(path: Path) -> list[dict]:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format="png")
+    write_atomic(path, image.getbuffer())
     fig.clf()
     import matplotlib.pyplot as plt
 

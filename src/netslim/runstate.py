@@ -123,9 +123,7 @@ def start(out: Path, resume: bool, model, optimizer, scheduler, scaler, device, 
     data = load_checkpoint(last, map_location=device)
     saved = data.get("config") if isinstance(data.get("config"), dict) else {}
     changed = changed_options(saved, _plain(asdict(config)))
-    if _plain(data.get("arch", {}).get("name")) != _plain(arch.get("name")) or \
-            _plain(data.get("arch", {}).get("kwargs", {})) != _plain(arch.get("kwargs", {})):
-        changed["model"] = (data.get("arch", {}).get("name"), arch.get("name"))
+    changed.update(_changed_model(data.get("arch"), arch))
     done = data.get("epoch", 0)
     if diverged is not None:
         if not changed or not set(changed) <= AFTER_DIVERGENCE:
@@ -153,6 +151,21 @@ def start(out: Path, resume: bool, model, optimizer, scheduler, scaler, device, 
     else:
         log(f"resuming {out} from epoch {done} of {config.epochs}")
     return state
+
+
+def _changed_model(saved, now: Mapping) -> dict[str, tuple]:
+    """``{"model": (saved, now)}`` for another model, else ``{"model kwargs.K": ...}`` for each builder keyword
+    that differs (saying "model 'mlp' (now 'mlp')" would not say what changed)."""
+    saved = saved if isinstance(saved, Mapping) else {}
+    if _plain(saved.get("name")) != _plain(now.get("name")):
+        return {"model": (saved.get("name"), now.get("name"))}
+    old, new = _plain(saved.get("kwargs", {})), _plain(now.get("kwargs", {}))
+    if old == new:
+        return {}
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return {"model kwargs": (old, new)}
+    return {f"model kwargs.{k}": (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}
 
 
 def changed_options(saved: Mapping, now: Mapping) -> dict[str, tuple]:

@@ -10,6 +10,7 @@ trains sparse; netslim's own loop uses it too (one mechanism).
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .layers import batch_norms, check_patterns, selected
-from .sparsity_target import TargetController, lam_to_reach, momentum_gain, reach_warning
+from .sparsity_target import LR_FLOOR, TargetController, behind_warning, momentum_gain, reach_warning, stall_warning
 from .stats import scale_stats
 
 KINDS = ("l1", "smooth_l1", "polarization")
@@ -49,8 +50,7 @@ class SparsityRegularizer:
                  exclude: Sequence[str] = (), proximal: bool = False) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown sparsity kind {kind!r}; choose one of {', '.join(KINDS)}")
-        if not lam >= 0:
-            raise ValueError(f"sparsity strength λ must be >= 0, got {lam!r}")
+        check_lambda(lam)
         if beta <= 0 or upper <= 0:
             raise ValueError("beta and upper must be > 0")
         if proximal and kind != "l1":
@@ -61,6 +61,18 @@ class SparsityRegularizer:
         if not self.bns:
             raise ValueError(f"{type(model).__name__} has no BatchNorm with learnable scales: nothing to regularize")
         self.gammas = [bn.weight for bn in self.bns.values()]
+        self.weights: list[torch.Tensor] | None = None  # λ's weight per channel (see focus); None: 1 everywhere
+
+    @torch.no_grad()
+    def focus(self, chosen: torch.Tensor) -> None:
+        """Pull only the channels where ``chosen`` is 1: a flat tensor over every regularized γ, in order (the
+        reweighted L1 of Candès, Wakin & Boyd 2008, with weights 1 and 0). The weights are updated in place,
+        so a captured CUDA graph reads the new ones."""
+        pieces = chosen.to(self.gammas[0].device, self.gammas[0].dtype).split([g.numel() for g in self.gammas])
+        pieces = [piece.view_as(g) for piece, g in zip(pieces, self.gammas, strict=True)]
+        if self.weights is None:
+            self.weights = [torch.empty_like(g) for g in self.gammas]
+        torch._foreach_copy_(self.weights, pieces)
 
     def penalty(self) -> torch.Tensor:
         """The value of λ·Σ g(γ) (for logging; the gradient comes from :meth:`step`)."""
@@ -85,9 +97,10 @@ class SparsityRegularizer:
         lam = self.lam if lam is None else float(lam)
         if lam == 0 or self.proximal:
             return
-        gammas = [g for g in self.gammas if g.grad is not None]
-        if not gammas:
+        present = [k for k, g in enumerate(self.gammas) if g.grad is not None]
+        if not present:
             return
+        gammas = [self.gammas[k] for k in present]
         grads = [g.grad for g in gammas]
         if self.kind == "l1":
             slope = torch._foreach_sign(gammas)
@@ -102,6 +115,8 @@ class SparsityRegularizer:
             away = torch.sign(flat - flat.mean())
             flat_slope = self.t * torch.sign(flat) - away + away.mean()
             slope = [p.view_as(g) for p, g in zip(flat_slope.split([g.numel() for g in gammas]), gammas, strict=True)]
+        if self.weights is not None:
+            torch._foreach_mul_(slope, [self.weights[k] for k in present])
         if scale is not None:
             torch._foreach_mul_(slope, scale)
         torch._foreach_add_(grads, slope, alpha=lam)
@@ -125,7 +140,9 @@ class SparsityRegularizer:
             lrs = list(lr) if isinstance(lr, Sequence) else [lr] * len(self.gammas)
             thresholds = [rate * self.lam for rate in lrs]
             updated = torch._foreach_abs(self.gammas)
-            if any(isinstance(x, torch.Tensor) for x in thresholds):  # tensor learning rates (capturable optimizers)
+            if self.weights is not None:  # per channel: the threshold times its weight
+                torch._foreach_sub_(updated, [w * x for w, x in zip(self.weights, thresholds, strict=True)])
+            elif any(isinstance(x, torch.Tensor) for x in thresholds):  # tensor learning rates (capturable)
                 for shrunk, x in zip(updated, thresholds, strict=True):
                     shrunk.sub_(x)
             elif len(set(thresholds)) == 1:
@@ -148,13 +165,22 @@ class SparsityRegularizer:
 SCHEDULES = ("constant", "warmup", "step", "linear")
 
 
+def check_lambda(lam) -> None:
+    """A ValueError unless ``lam`` is a finite number >= 0 (an infinite λ sends every γ to -inf)."""
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"sparsity strength λ must be >= 0 and a finite number (e.g. 1e-4), got {lam!r}")
+
+
 def lambda_at(lam: float, epoch: int, epochs: int, schedule: str = "constant", warmup: float = 0.1) -> float:
     """λ for ``epoch`` (0-based) of ``epochs``: constant; linear warm-up over the first ``warmup``
     fraction; step decay (/10 at 50% and 75%, like the learning rate); or linear decay to 0."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown λ schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    if lam < 0 or not 0 <= warmup <= 1:
-        raise ValueError("λ must be >= 0 and the warm-up fraction in [0, 1]")
+    check_lambda(lam)
+    if not 0 <= warmup <= 1:
+        raise ValueError(f"the warm-up fraction must be in [0, 1], got {warmup!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be an integer >= 0 (0-based), got {epoch!r}")
     progress = epoch / max(epochs, 1)
     if schedule == "warmup":
         return lam * min(1.0, (epoch + 1) / max(1.0, warmup * epochs))
@@ -190,6 +216,9 @@ class Sparsity:
                  schedule: str = "constant", epochs: int | None = None, warmup: float = 0.1,
                  target: float | None = None, by: float = 2 / 3, steps: int | None = None,
                  threshold: float = 1e-2, warn: bool = True) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"sparsity attaches to the torch.optim.Optimizer that trains the model, got "
+                             f"{optimizer!r:.60} (e.g. sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1)))")
         if optimizer in _ATTACHED:
             raise ValueError("this optimizer already has a sparsity term attached; .remove() that one first")
         if schedule != "constant" and epochs is None:
@@ -229,8 +258,7 @@ class Sparsity:
 
     @lam.setter
     def lam(self, value: float) -> None:
-        if not value >= 0:
-            raise ValueError(f"sparsity strength λ must be >= 0, got {value!r}")
+        check_lambda(value)
         self.regularizer.lam = float(value)
 
     def set_epoch(self, epoch: int) -> float:
@@ -284,6 +312,8 @@ class Sparsity:
             lam = self.controller.update(progress, self.step_count, scales, lr, gain,
                                          subgradient=not self.regularizer.proximal)
             self.lam = _same_on_every_rank(lam, self.regularizer.gammas[0].device)
+            if self.controller.chosen is not None:
+                self.regularizer.focus(self.controller.chosen)
         self.trajectory.append((progress, self.lam, share))
         if progress >= 0.5 and "stall" not in self.warned:
             self.warned.add("stall")
@@ -344,26 +374,15 @@ class Sparsity:
         if not self.warn or self.lam <= 0:
             return
         if self.controller is not None:
-            if not self.controller.capped:
-                return
-            cap = self.controller.cap(lr, gain, self.steps, not self.regularizer.proximal)
-            warnings.warn(f"sparsity is not emerging fast enough: half-way {100 * share:.1f}% of BN scales are below "
-                          f"{self.threshold:g}, and reaching target={self.controller.target:g} in time needs a pull "
-                          f"over the cap (λ={cap:.3g} now: more would move a typical γ to zero in under 5% of the "
-                          "run): plan a longer schedule, a later point (by=) or a smaller target", stacklevel=4)
-            return
-        if share >= 0.05:
-            return
-        if not self.regularizer.proximal and lr * self.lam > 5e-3:
-            advice = (f"λ is too strong for SGD, not too weak: each step moves every γ by lr·λ = {lr * self.lam:.3g}, "
-                      "so the scales jump across 0 instead of settling below it; lower λ, or use an Adam-type "
-                      "optimizer (a proximal step that sets them to 0)")
+            message = None if not self.controller.capped else behind_warning(
+                share, self.controller.target, self.controller.cap(max(lr, LR_FLOOR * self.controller.max_lr), gain,
+                                                                   self.steps, not self.regularizer.proximal),
+                self.threshold)
         else:
             left = (1 - self.progress()) * (self.steps or (self.epochs or 1) * (self.steps_per_epoch or 1))
-            advice = (f"λ ≥ {lam_to_reach(median, lr, gain, left):.2g} could still move a typical γ to zero in the "
-                      "steps left, or let netslim choose λ: target=0.5 (--sparsity auto)")
-        warnings.warn(f"sparsity is not emerging: half-way only {100 * share:.1f}% of BN scales are below "
-                      f"{self.threshold:g} (λ={self.lam:g}); {advice}", stacklevel=4)
+            message = stall_warning(share, self.lam, lr, gain, median, left, self.threshold, self.regularizer.proximal)
+        if message is not None:
+            warnings.warn(message, stacklevel=4)
 
     def remove(self) -> None:
         """Detach from the optimizer: from the next step on, plain training (idempotent)."""
@@ -402,6 +421,11 @@ class Sparsity:
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         lrs = [optimizer.param_groups[i]["lr"] for i in self.groups]
         self.regularizer.after_step(lrs, skipped=getattr(optimizer, "found_inf", None))
+        if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            self.count_step()  # a captured step is counted at each replay (steps.GraphedStep), where no hook runs
+
+    def count_step(self) -> None:
+        """One optimizer step done: counted towards the schedule, and the share measured when a check is due."""
         self.step_count += 1
         if self.steps and (self.controller is not None or "stall" not in self.warned):
             interval = max(1, round(self.steps / CHECKS))
@@ -459,16 +483,23 @@ def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, lam: float | No
     Covers every affine BN (any ``_BatchNorm`` subclass, timm's ``BatchNormAct2d`` included) whose
     module path matches ``include`` and not ``exclude`` (fnmatch patterns); a DDP or ``torch.compile``
     wrapper is looked through. ``kind``, ``beta``, ``t``, ``upper``: see :class:`SparsityRegularizer`.
-    ``proximal``: None chooses the paper's subgradient for SGD and, for L1 with any other optimizer
-    (Adam-type ones rescale a subgradient per parameter), the proximal step after ``optimizer.step()``.
+    ``proximal``: None chooses the paper's subgradient for SGD with a fixed λ and, for L1 with any other
+    optimizer (Adam-type ones rescale a subgradient per parameter) or a target, the proximal step after
+    ``optimizer.step()``.
     ``schedule``/``epochs``/``warmup``: λ per epoch through :meth:`Sparsity.set_epoch` (:func:`lambda_at`).
     The order of operations (clipping, AMP, accumulation, closures) is :class:`Sparsity`'s.
     """
     model = _unwrapped(model)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"sparsify(model, optimizer): the optimizer must be a torch.optim.Optimizer that trains the "
+                         f"model, got {optimizer!r:.60} (e.g. torch.optim.SGD(model.parameters(), lr=0.1))")
     if target is not None and kind != "l1":
         raise ValueError(f"target= plans the reach of the L1 term; the {kind!r} penalty takes a fixed λ")
     if proximal is None:
-        proximal = kind == "l1" and not isinstance(optimizer, torch.optim.SGD)
+        # With a target, λ grows as large as the schedule needs: the subgradient then leaves collapsed scales
+        # swinging around zero (by lr·λ a step, changing sign), so the network trains on noise where the
+        # channels should be gone; the proximal step sets them to exactly 0 and keeps them there.
+        proximal = kind == "l1" and (target is not None or not isinstance(optimizer, torch.optim.SGD))
     start = (0.0 if target is not None else 1e-4) if lam is None else lam
     regularizer = SparsityRegularizer(model, start, kind, beta=beta, t=t, upper=upper, include=include,
                                       exclude=exclude, proximal=proximal)

@@ -121,6 +121,8 @@ class EagerStep:
 class CudaGraphBackend:
     """Capture and replay with ``torch.cuda.CUDAGraph``; warm-up on a side stream, as PyTorch requires."""
 
+    reruns = False  # a replay runs the recorded kernels only: no Python, no optimizer hooks
+
     def __init__(self, device: torch.device) -> None:
         # A high-priority stream: drawn from another pool than torch.cuda.Stream()'s 32 rotating ones, so no
         # other stream (a StreamLoader's) can alias the capturing one and have its work recorded
@@ -149,6 +151,8 @@ class CudaGraphBackend:
 class RerunBackend:
     """Replays by running the captured function again: the static-buffer protocol of :class:`GraphedStep`
     without CUDA (so its bookkeeping is tested on machines without a GPU; see tests/test_steps.py)."""
+
+    reruns = True  # a replay runs the Python of the step again (the optimizer's hooks included)
 
     def __init__(self, device: torch.device | None = None) -> None:
         self.fn: Callable[[], None] | None = None
@@ -217,6 +221,8 @@ class GraphedStep:
         self.replays += 1
         if not self.whole:
             self.step.update()
+        elif not self.backend.reruns and (sparsity := attached(self.step.optimizer)) is not None:
+            sparsity.count_step()  # the graph replays the update without the optimizer's hooks
         totals += static_totals
 
     def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> bool:

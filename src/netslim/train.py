@@ -139,7 +139,7 @@ def _config_problems(c: TrainConfig):
          f"bn_init must be a number > 0 (the paper uses 0.5), got {c.bn_init!r}"),
         (c.grad_clip is None or (_is_real(c.grad_clip) and c.grad_clip > 0),
          f"grad_clip must be a number > 0 (the largest gradient norm), got {c.grad_clip!r}"),
-        (_is_int(c.seed), f"seed must be an integer, got {c.seed!r}"),
+        (_is_int(c.seed) and 0 <= c.seed < 1 << 32, f"seed must be an integer in [0, 2**32), got {c.seed!r}"),
         (isinstance(c.device, str) and c.device.strip() != "",
          f"device must be auto, cpu or cuda[:N], got {c.device!r}"),
         (c.amp in AMP_MODES, f"amp must be {_one_of(AMP_MODES)}, got {c.amp!r}"),
@@ -281,11 +281,12 @@ def train(
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
     if regularizer is None and config.sparse:
-        # A subgradient inside Adam is rescaled per parameter and loses its pull to zero: use the
-        # decoupled proximal step there instead. With "auto", λ is the controller's from the first step.
+        # A subgradient inside Adam is rescaled per parameter and loses its pull to zero: use the decoupled
+        # proximal step there instead, and with "auto" (λ the controller's from the first step; see sparsify).
         regularizer = SparsityRegularizer(model, 0.0 if config.sparsity == AUTO else config.sparsity,
                                           config.sparsity_kind, include=config.bn_include,
-                                          exclude=config.bn_exclude, proximal=config.optimizer != "sgd")
+                                          exclude=config.bn_exclude,
+                                          proximal=config.optimizer != "sgd" or config.sparsity == AUTO)
     if teacher is not None:
         teacher.to(device).eval()
     net = _wrap_distributed(model, config, device, dist_info)

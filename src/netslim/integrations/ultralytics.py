@@ -181,26 +181,31 @@ def _yolo_input(batch: dict) -> torch.Tensor:
     return batch["img"].float() / 255  # as Ultralytics' trainer and validator preprocess a batch
 
 
-def save_yolo(model: nn.Module, path: str | Path) -> Path:
+def save_yolo(model: nn.Module, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``model`` as an Ultralytics checkpoint (``ultralytics.YOLO(path)`` loads, validates, exports it).
 
     Ultralytics' format is a pickle of the model object, so the compact architecture travels with it.
+    Written whole or not at all; an existing ``path`` is replaced only with ``overwrite``.
     """
     import copy
+    import io
     from datetime import datetime
 
     from ultralytics import __version__
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..runfolder import check_output, write_atomic
+
+    path = check_output(path, overwrite)
     model = copy.deepcopy(model).float().eval()
     args = getattr(model, "args", None)
     train_args = dict(args) if isinstance(args, dict) else dict(vars(args)) if hasattr(args, "__dict__") else {}
     if hasattr(model, "input_size"):
         train_args.setdefault("imgsz", model.input_size[-1])
+    buffer = io.BytesIO()
     torch.save({"date": datetime.now().isoformat(), "version": __version__, "epoch": -1, "best_fitness": None,
                 "model": model.half(), "ema": None, "updates": None, "optimizer": None,
-                "train_args": train_args}, path)
+                "train_args": train_args}, buffer)
+    write_atomic(path, buffer.getbuffer())
     return path
 
 
