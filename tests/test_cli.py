@@ -275,6 +275,105 @@ def test_prune_fold_carrier_keeps_the_masked_models_outputs(tmp_path, capsys):
     assert code == 2 and "give one of --fold" in err and not (tmp_path / "t.pt").exists()
 
 
+def test_train_from_a_checkpoint_takes_the_model_from_it(trained, tmp_path, capsys):
+    from netslim.checkpoint import load_checkpoint
+
+    code, out, err = run(capsys, "train", "--from", str(trained / "best.pt"), "--dataset", "digits", "--epochs", "1",
+                         "--sparsity", "auto", "--out", str(tmp_path / "sparse"), "--no-progress")
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "sparse" / "last.pt")["arch"]["name"] == "mlp"
+    code, _, err = run(capsys, "train", "--model", "vgg19", "--from", str(trained / "best.pt"), "--dataset",
+                       "digits", "--out", str(tmp_path / "other"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "holds a mlp" in err and "drop --model" in err
+    code, _, err = run(capsys, "train", "--dataset", "digits", "--out", str(tmp_path / "none"))
+    assert code == 2 and "give --model NAME (a new model) or --from CKPT" in err
+
+
+def _tiny_config(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("model: mlp\ndataset: digits\nmodel_kwargs: {widths: [32, 16]}\nbaseline: false\n"
+                      "train: {epochs: 2, sparsity: 0.01, bn_init: 0.5}\nfinetune: {epochs: 1}\n"
+                      "prune: {percent: 0.5}\n")
+    return config
+
+
+def test_run_has_the_no_resume_its_messages_name(tmp_path, capsys):
+    config, out_dir = _tiny_config(tmp_path), tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out_dir), "--no-progress"]) == 0
+    code, out, err = run(capsys, "run", str(config), "--out", str(out_dir), "--no-progress")
+    assert code == 0, err
+    assert "nothing to train (--no-resume starts over)" in out
+    code, out, err = run(capsys, "run", str(config), "--out", str(out_dir), "--no-progress", "--no-resume")
+    assert code == 0, err
+    assert out.count("starting over in") == 2 and "nothing to train" not in out  # the sparse and fine-tune stages
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(config.read_text().replace("percent: 0.5", "percent: 0.25"))
+    assert run(capsys, "run", str(changed), "--out", str(out_dir), "--no-progress")[0] == 2  # another config
+    code, out, err = run(capsys, "run", str(changed), "--out", str(out_dir), "--no-progress", "--no-resume")
+    assert code == 0, err
+    assert json.loads((out_dir / "results.json").read_text())["config"]["prune"]["percent"] == 0.25
+
+
+def test_progress_off_a_terminal_is_one_line_per_epoch(tmp_path, capsys):
+    """Under capsys, as in a log file or a pipe, stderr is not a terminal: no bar redrawn every few batches."""
+    code, out, err = run(capsys, "train", "--model", "mlp", "--dataset", "digits", "--epochs", "3",
+                         "--out", str(tmp_path / "t"))
+    assert code == 0 and "\r" not in err and "it/s" not in err, err
+    assert [line.split(",")[0] for line in out.splitlines() if line.startswith("epoch")] == \
+        ["epoch 1", "epoch 2", "epoch 3"]
+    code, out, err = run(capsys, "run", str(_tiny_config(tmp_path)), "--out", str(tmp_path / "r"))
+    assert code == 0 and "\r" not in err and "it/s" not in err, err
+    assert [line.split(",")[0] for line in out.splitlines() if line.startswith("epoch")] == \
+        ["epoch 1", "epoch 2", "epoch 1"]  # sparse training 2 epochs, fine-tuning 1
+    assert "(2/2)" in out and "(1/1)" in out
+
+
+def test_a_model_factory_in_the_working_directory_is_found(tmp_path):
+    """As the installed `netslim` script runs (its own folder first on sys.path, not the working directory)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import netslim
+
+    (tmp_path / "work" / "mypkg").mkdir(parents=True)
+    (tmp_path / "work" / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "work" / "mypkg" / "models.py").write_text(
+        "from torch import nn\n\ndef small(num_classes=10):\n"
+        "    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "                         nn.Flatten(), nn.Linear(8, num_classes))\n")
+    (tmp_path / "bin").mkdir()
+    script = tmp_path / "bin" / "netslim"
+    script.write_text("import sys\nfrom netslim.cli import main\nsys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(netslim.__file__).parents[1])}
+
+    def netslim_in(folder):
+        return subprocess.run([sys.executable, str(script), "info", "mypkg.models:small", "--input-size", "3,16,16"],
+                              cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+
+    found = netslim_in(tmp_path / "work")
+    assert found.returncode == 0 and "parameters" in found.stdout, found.stderr
+    missing = netslim_in(tmp_path)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert f"working directory ({tmp_path})" in missing.stderr and "folder that holds mypkg/" in missing.stderr
+    assert "PYTHONPATH" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_demo_table_shows_what_pruning_costs_and_what_wins_it_back(tmp_path, capsys):
+    """`make demo`: the rows differ visibly (the task is hard enough that test error is not one image)."""
+    code, out, err = run(capsys, "run", "demo", "--out", str(tmp_path / "demo"), "--no-progress")
+    assert code == 0, err
+    error = {r["model"]: r["test_error"] for r in json.loads((tmp_path / "demo" / "results.json").read_text())["rows"]}
+    base, sparse = error["baseline"], error["pass 1 trained with sparsity"]
+    pruned, recalibrated = error["pass 1 pruned, before fine-tuning"], error["pass 1 pruned, BN re-estimated"]
+    tuned = error["pass 1 fine-tuned"]
+    assert base >= 1.5 and abs(sparse - base) < 2  # sparse training costs little
+    assert pruned > sparse + 10 and recalibrated < pruned - 10 and tuned < recalibrated  # 70% > the 50% made free
+    assert tuned < base + 3
+
+
 def test_fuzzed_latency_caches_and_plan_files_never_escape_as_tracebacks(trained, tmp_path, capsys, monkeypatch):
     """What a latency cache or a plan file says, replaced by a hostile value: the answer is a plan (the cache
     rebuilt, one warning line), or one line and exit 2; never a traceback. Layer timings follow a law here,

@@ -104,7 +104,9 @@ def test_user_factories_that_raise_or_exit_or_do_not_exist(user_package, capsys)
     one_line_error(capsys, "prune", "usermodels:quits", "--out", "s.pt", message="called sys.exit(0)")
     one_line_error(capsys, *TRAIN, "--model", "usermodels:quits", "--out", "t", message="called sys.exit(0)")
     assert not (user_package / "s.pt").exists() and not (user_package / "t" / "last.pt").exists()
-    err = one_line_error(capsys, "info", "nosuchpkg.models:net", message="cannot import module 'nosuchpkg.models'")
+    err = one_line_error(capsys, "info", "nosuchpkg.models:net",
+                         message="cannot import 'nosuchpkg.models' for model factory")
+    assert "folder that holds nosuchpkg/" in err and "PYTHONPATH" in err
     assert "it must be" not in err
     one_line_error(capsys, "info", "usermodels:nosuch", message="has no function 'nosuch'")
 

@@ -43,6 +43,7 @@ def _train(out, kill_at=None, jitter=0.0):
         proc.stdout.close()
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_gives_bitwise_identical_weights(tmp_path):
     rng = random.Random(1234)
     _train(tmp_path / "straight")

@@ -117,6 +117,7 @@ def test_torchscript_is_traced_from_the_deployed_model(tmp_path):
         assert relative_error(loaded(x), small(x)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_aoti_package_is_compiled_and_checked(tmp_path):
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("AOTInductor needs a C++ compiler")
@@ -195,3 +196,17 @@ def test_cli_export_bad_requests_exit_2_in_one_line(checkpoints, tmp_path, capsy
         code = main(["export", str(checkpoints / "exact.pt"), "--target", "gpu", "--aoti", str(tmp_path / "a.pt2")])
         _, err = capsys.readouterr()
         assert code == 2 and "needs a CUDA GPU" in err and len(err.strip().splitlines()) == 1
+
+
+def test_deploy_says_how_to_give_the_input_it_needs():
+    """A model that declares no input size: the message names deploy's own argument, which then works."""
+    model = randomize_bn(netslim.models.create("vgg11", widths=WIDTHS)).eval()
+    del model.input_size
+    with pytest.raises(ValueError, match=r"pass example_input=torch.zeros\(1, C, H, W\)") as e:
+        deploy(model)
+    assert "input_size=(C, H, W)" not in str(e.value).split("(or")[0]
+    with pytest.raises(ValueError, match=r"pass example_input="):
+        netslim.plan_pruning(model, 0.5)  # the analysis' message names the argument its callers take
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(deploy(model, example_input=x)(x), model(x), atol=1e-4)

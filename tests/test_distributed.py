@@ -9,6 +9,7 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_and_keep_scales_identical(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     single.mkdir(), multi.mkdir()

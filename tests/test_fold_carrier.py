@@ -107,7 +107,8 @@ def test_a_reader_that_cannot_carry_drops_exactly():
                                _run(masked_model(model, plan, fold_bias="carrier"), x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("vgg11a", "resnet164") else n
+                                  for n in models.names()])  # the two largest: the slower tier
 def test_carrying_is_never_worse_than_dropping(name):
     """On every registered model, the β-keeping masked model is the reference a user's trained network
     is: the carried compact model is at least as close to it as the exact-only and approximate ones."""

@@ -35,6 +35,7 @@ def _positive(summary: dict) -> None:
     assert summary["n"] >= 1 and 0 < summary["min"] <= summary["median"] and math.isfinite(summary["median"])
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_part(gpu, tmp_path, capsys):
     rec = gpu.main(["--smoke", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "gpu_smoke.json").read_text())

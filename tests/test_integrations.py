@@ -177,3 +177,13 @@ def test_lightning_callback_says_when_a_fixed_lambda_cannot_work_and_chooses_lam
     assert [(steps, checks) for steps, checks, _ in seen] == [(16, 1 + 4 * k) for k in (1, 2, 3, 4)]
     assert all(lam > 0 for _, _, lam in seen)
     assert trainer.callback_metrics["sparsity/target"] == pytest.approx(0.5)
+
+
+def test_the_lightning_callback_without_lightning_is_one_clear_import_error(monkeypatch):
+    import sys
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "netslim.integrations.lightning"):
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: "not installed"
+    monkeypatch.delitem(sys.modules, "netslim.integrations.lightning")
+    with pytest.raises(ImportError, match=r"needs Lightning: pip install lightning") as e:
+        importlib.import_module("netslim.integrations.lightning")
+    assert e.value.__suppress_context__ and e.value.__cause__ is None  # one error, not a chain of two

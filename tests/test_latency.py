@@ -501,6 +501,7 @@ def test_a_slow_forward_pass_is_timed_a_few_times_not_repeats_times():
     assert 3 + 1 <= len(calls) <= 12  # >= 3 timed runs, stop at 5 x min_seconds, not after 20 runs
 
 
+@pytest.mark.slow
 def test_torch_compile_backend_times_the_compiled_model_on_eager_layer_tables(tmp_path, monkeypatch):
     """torch.compile: the layer tables are eager's (the same conv/matmul kernels; one cache file for
     both), the whole model is timed compiled, and a plan's rounds are measured compiled."""

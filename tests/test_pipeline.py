@@ -162,7 +162,8 @@ def test_every_preset_the_readme_names_exists():
 
     from netslim.pipeline import list_presets
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    root = Path(__file__).parents[1]
+    readme = "".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     named = set()
     for pattern in re.findall(r"`((?:table\d|fmnist|digits)-[\w{},-]+|demo)`", readme):
         parts = re.split(r"\{([^}]*)\}", pattern)  # literal, choices, literal, ...

@@ -152,8 +152,74 @@ def test_a_collapsed_layer_is_reported():
 
 
 def test_exclude_pattern_matching_nothing():
-    with pytest.raises(ValueError, match="matches no BN layer"):
+    with pytest.raises(ValueError, match="matches no module"):
         plan_pruning(_vgg(), 0.5, exclude=["head.*"])
+
+
+class _Blocks(torch.nn.Module):
+    """A stem, a block of two conv+BN pairs, a block-like name that is not the block, a tail, a head with no BN."""
+
+    def __init__(self):
+        super().__init__()
+        def pair(c_in, c_out):
+            return torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, 3, padding=1), torch.nn.BatchNorm2d(c_out),
+                                       torch.nn.ReLU())
+        self.stem = pair(3, 8)
+        self.block = torch.nn.Sequential(pair(8, 8), pair(8, 8))
+        self.blockade = pair(8, 8)
+        self.tail = pair(8, 8)
+        self.head = torch.nn.Linear(8, 4)
+        self.input_size = (3, 8, 8)
+
+    def forward(self, x):
+        return self.head(self.tail(self.blockade(self.block(self.stem(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("pattern, chosen", [
+    ("block", {"block.0.1", "block.1.1"}),      # a module and everything inside it
+    ("block.*", {"block.0.1", "block.1.1"}),    # its children: the same BNs
+    ("block.1", {"block.1.1"}),
+    ("block*", {"block.0.1", "block.1.1", "blockade.1"}),  # fnmatch: '*' also matches 'ade'
+    ("stem", {"stem.1"}),
+])
+def test_exclude_and_fixed_select_the_same_bns_by_one_rule(pattern, chosen):
+    from netslim import sparsify
+    model = randomize_bn(_Blocks())
+    every = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    handle = sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1), lam=1e-4, exclude=[pattern])
+    assert every - set(handle.regularizer.bns) == chosen  # left out of the penalty
+    handle.remove()
+    never_pruned = plan_pruning(model, 0.99, exclude=[pattern])  # excluded BNs keep every channel
+    assert {p for p in every if len(never_pruned.kept[p]) == 8} == chosen
+    kept_as_is = plan_pruning(model, 0.99, fixed=[pattern])  # fixed modules are out of the plan altogether
+    assert every - set(kept_as_is.layers) == chosen
+
+
+@pytest.mark.parametrize("pattern", ["nothere", "head.*", "block.2"])
+def test_a_pattern_matching_no_module_is_the_same_error_for_exclude_and_fixed(pattern):
+    from netslim import sparsify
+    model = randomize_bn(_Blocks())
+    calls = {"sparsify(exclude=)": lambda: sparsify(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                                    exclude=[pattern]),
+             "plan_pruning(exclude=)": lambda: plan_pruning(model, 0.5, exclude=[pattern]),
+             "plan_pruning(fixed=)": lambda: plan_pruning(model, 0.5, fixed=[pattern])}
+    for what, call in calls.items():
+        with pytest.raises(ValueError, match=rf"pattern '{pattern}' matches no module of _Blocks") as e:
+            call()
+        assert "stem" in str(e.value) and "\n" not in str(e.value), what
+    plan_pruning(model, 0.5, fixed=["head"])  # a module without BN is a match: kept as it is
+
+
+def test_printing_a_plan_gives_a_short_summary():
+    model = randomize_bn(models.create("resnet164", num_classes=10))
+    plan = plan_pruning(model, 0.5)
+    text, line = str(plan), repr(plan)
+    assert "\n" not in line and len(line) < 120
+    assert line.startswith(f"PruningPlan({plan.pruned_channels}/{plan.total_channels} channels pruned (50.0%)")
+    assert f"threshold |γ| {plan.threshold:.4g}" in line
+    assert len(text.splitlines()) <= 12 and "more layers in plan.layers" in text
+    worst = min(plan.layers, key=lambda p: plan.layers[p].kept / plan.layers[p].width)
+    assert worst in text.splitlines()[2]
 
 
 def test_a_nan_scale_is_refused_by_name_not_ranked():

@@ -160,7 +160,7 @@ def test_timm_or_torchvision_missing_is_a_clear_error():
 def test_user_model_factory_by_import_path():
     model = create_model("netslim.models:vgg11", {"num_classes": 3})
     assert model.classifier.out_features == 3
-    with pytest.raises(ValueError, match="cannot import module 'nosuchpkg.mod'") as e:
+    with pytest.raises(ValueError, match="cannot import 'nosuchpkg.mod' for model factory") as e:
         create_model("nosuchpkg.mod:f", {})
     assert "must be" not in str(e.value)  # it already has that form (issue 15 #9)
     with pytest.raises(ValueError, match="not of the form 'package.module:function'"):

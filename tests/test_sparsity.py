@@ -86,7 +86,7 @@ def test_init_bn_scales():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(lam=-1.0), "λ must be >= 0"), (dict(kind="l2"), "unknown sparsity kind"),
-    (dict(exclude=["nothing.*"]), "matches no BatchNorm"),
+    (dict(exclude=["nothing.*"]), "matches no module"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -207,6 +207,7 @@ def _cnn():
     return models.create("preresnet20", in_channels=1, input_size=8, num_classes=10)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_loss_curve_matches_fp32_within_seed_noise():
     """Same training semantics at lower precision: over ~300 steps on real digits, the per-epoch loss
     curve with bf16 autocast stays as close to fp32's as two fp32 runs with different data orders are."""

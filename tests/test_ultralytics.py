@@ -258,3 +258,27 @@ def test_prune_yolo_recalibrates_on_the_users_own_dataset(data_yaml, recwarn):
     assert any("re-estimated on 2 batches: the data hold 2, not the 50" in str(w.message) for w in recwarn.list)
     with pytest.raises(ValueError, match="needs data="):
         slim.prune_yolo(model, 0.5, imgsz=64, recalibrate=2)
+
+
+def test_a_pruned_yolo_with_its_own_classes_loads_in_a_fresh_process(tmp_path, capsys):
+    """The rebuild builds twice (on the meta device, then for real) and, in a fresh process, imports
+    Ultralytics for the first time: neither may change the model (its nc, its anchors' device)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import netslim
+    from netslim.checkpoint import load_model
+    from netslim.cli import main
+
+    out = tmp_path / "small.pt"
+    assert main(["prune", "ultralytics:yolov8n.yaml", "--num-classes", "2", "--percent", "0.5", "--input-size",
+                 "3,64,64", "--out", str(out)]) == 0
+    capsys.readouterr()
+    compact, _ = load_model(out)
+    with torch.no_grad():
+        assert compact.eval()(torch.zeros(1, 3, 64, 64))[0].shape[1] == 4 + 2  # boxes and the two classes
+    fresh = subprocess.run([sys.executable, "-c", "import sys; from netslim.cli import main; sys.exit(main())",
+                            "info", str(out)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(Path(netslim.__file__).parents[1])})
+    assert fresh.returncode == 0 and "parameters" in fresh.stdout, fresh.stderr

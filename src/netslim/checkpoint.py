@@ -97,6 +97,7 @@ def build_model(arch: Mapping, factory: Factory = None, origin: str = "the check
         builder = models.rebuildable(arch.get("name"), kwargs, factory, origin)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
+    _import_library_of(arch.get("name"))
     try:
         with torch.device("meta"):
             sized = builder()
@@ -116,6 +117,23 @@ def build_model(arch: Mapping, factory: Factory = None, origin: str = "the check
         raise CheckpointError(f"{origin}: cannot rebuild {arch['name']!r} from its arguments: "
                               f"{_first_line(e)}") from None
     return _narrowed_as(model, arch["name"], shapes, origin)
+
+
+def _import_library_of(name: str) -> None:
+    """Import the library a model comes from before anything is built on the meta device: a library's
+    first import there would make its module-level tensors meta tensors for the whole process (Ultralytics'
+    ``Detect.anchors``: "Cannot copy out of meta tensor" on the real model). Only for names
+    ``models.rebuildable`` accepted; a library that is missing is said by the builder itself."""
+    import importlib
+
+    source = name.partition(":")[0] if isinstance(name, str) and ":" in name else None
+    if source is None:
+        return
+    module = {"ultralytics": "ultralytics.nn.tasks"}.get(source, source)
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001  the builder raises the error that says what to install or fix
+        return
 
 
 def _first_line(error: BaseException) -> str:

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "partial batch of each epoch runs eagerly)")
 
     p = sub.add_parser("train", help="train a model (with --sparsity: the paper's L1 on BN scales)")
-    p.add_argument("--model", required=True, help="a registered model name or package.module:factory")
+    p.add_argument("--model", help="a registered model name or package.module:factory (not with --from: the "
+                   "checkpoint names its model)")
     p.add_argument("--num-classes", type=_positive_int)
     p.add_argument("--sparsity", type=_lam_or_auto, default=defaults.sparsity, metavar="LAMBDA|auto",
                    help="λ of the L1 penalty on BN scales (paper Eq. 1), or auto: λ chosen and corrected during "
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="replay each training step as one CUDA graph (CUDA)")
     p.add_argument("--data-dir")
     p.add_argument("--out", help="run folder (default runs/<preset>)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if --out holds a run (of this config or another): every stage is retrained")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("info", help="parameters, FLOPs and widths of a model or checkpoint")
@@ -288,12 +291,20 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A model factory of your own (--model mypkg.models:resnet50) is found in the working directory, as with
+    # `python -m`; appended, so that an installed package is never shadowed by a folder of the same name.
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
     shown = warnings.showwarning
     warnings.showwarning = _warning_line
     try:
         return _main(argv)
     finally:
         warnings.showwarning = shown
+        if added and here in sys.path:
+            sys.path.remove(here)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -377,8 +388,10 @@ def cmd_train(args) -> int:
     from .checkpoint import describe, load_model
     from .data import make_loaders
     from .pipeline import ExperimentConfig, build_model_for, check_model_fits
-    from .train import TrainConfig, resolve_device, train
+    from .train import TrainConfig, epoch_line, resolve_device, train
 
+    if args.model is None and args.from_checkpoint is None:
+        raise UsageError("train: give --model NAME (a new model) or --from CKPT (the model of a checkpoint)")
     info = distributed.init_from_env(args.device)
     out = _writable_dir(args.out)
     resolve_device(args.device)  # before the folder is made
@@ -396,21 +409,25 @@ def cmd_train(args) -> int:
     model_kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     if args.pretrained:
         model_kwargs["pretrained"] = True
-    experiment = ExperimentConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                                  download=not args.no_download, val_size=args.val_size, model_kwargs=model_kwargs)
+    experiment = ExperimentConfig(model=args.model or args.from_checkpoint, dataset=args.dataset,
+                                  data_dir=args.data_dir, download=not args.no_download, val_size=args.val_size,
+                                  model_kwargs=model_kwargs)
     with _owning(out, info):  # a second run into the same folder stops here, before loading anything
         loader, val, test, train_set = make_loaders(experiment, args.batch_size, resolve_device(args.device),
                                                     args.seed)
         torch.manual_seed(args.seed)  # the same initial weights on every run, rank and resume
         if args.from_checkpoint:
             model, data = load_model(args.from_checkpoint, factory=args.factory, trust_pickle=args.trust_pickle)
+            if args.model is not None and args.model != data["arch"]["name"]:
+                raise UsageError(f"--model {args.model}: {args.from_checkpoint} holds a {data['arch']['name']} "
+                                 "(--from takes the model from the checkpoint: drop --model)")
             check_model_fits(model, train_set, args.from_checkpoint, args.dataset)
             arch = describe(model, data["arch"]["name"], data["arch"].get("kwargs", {}))
         else:
             model, kwargs = build_model_for(experiment, train_set)
             arch = describe(model, args.model, kwargs)
         result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=arch,
-                       resume=not args.no_resume, on_epoch=lambda r: print(_epoch_line(r)), log=print)
+                       resume=not args.no_resume, on_epoch=lambda r: print(epoch_line(r)), log=print)
     final = result["final"]
     if info.is_main:
         print(f"done: test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% after {final.get('epoch')} "
@@ -427,15 +444,6 @@ def _refuse_reading_what_training_writes(path: str, option: str, out: Path) -> N
     """Training rewrites last.pt, best.pt and metrics.jsonl in its folder: an input there would be lost."""
     written = {f"--out ({name})": out / name for name in ("last.pt", "best.pt", "metrics.jsonl")}
     refuse_overwriting_inputs(written, {option: path}, advice="give another --out, or copy the checkpoint out of it")
-def _epoch_line(r: dict) -> str:
-    parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.4f}", f"train {100 * r['train_accuracy']:.2f}%"]
-    if "val_accuracy" in r:
-        parts.append(f"val {100 * r['val_accuracy']:.2f}%")
-    if "test_accuracy" in r:
-        parts.append(f"test {100 * r['test_accuracy']:.2f}%")
-    parts.append(f"|γ|<1e-2: {100 * r.get('gamma_below_1e-2', 0):.1f}%, "
-                 f"safe prune {100 * r.get('safe_percent', 0):.0f}%")
-    return ", ".join(parts)
 
 
 def cmd_prune(args) -> int:
@@ -577,7 +585,7 @@ def cmd_finetune(args) -> int:
     from .checkpoint import load_model
     from .data import make_loaders
     from .pipeline import ExperimentConfig, check_model_fits
-    from .train import TrainConfig, resolve_device, train
+    from .train import TrainConfig, epoch_line, resolve_device, train
 
     info = distributed.init_from_env(args.device)
     out = _writable_dir(args.out)
@@ -594,7 +602,7 @@ def cmd_finetune(args) -> int:
                                                     args.seed)
         check_model_fits(model, train_set, args.checkpoint, args.dataset)
         result = train(model, loader, config, val_loader=val, test_loader=test, out_dir=out, arch=data["arch"],
-                       resume=not args.no_resume, on_epoch=lambda r: print(_epoch_line(r)), log=print)
+                       resume=not args.no_resume, on_epoch=lambda r: print(epoch_line(r)), log=print)
     if info.is_main:
         print(f"done: test accuracy {100 * result['final'].get('test_accuracy', float('nan')):.2f}%; "
               f"checkpoints in {out}")
@@ -616,7 +624,7 @@ def cmd_run(args) -> int:
     refuse_overwriting_inputs(written, {"config": args.config}, advice="give another --out")
     for option, path in written.items():  # the run's own files: replaced, but never through a link
         check_output(path, overwrite=True, option=option)
-    run_experiment(config, out, progress=not args.no_progress)
+    run_experiment(config, out, progress=not args.no_progress, resume=not args.no_resume)
     if not distributed.current().is_main:
         return 0
     print()

@@ -99,6 +99,9 @@ def deploy(model: nn.Module, *, device: str | torch.device | None = None, dtype:
         raise ValueError("deploying for CUDA but no CUDA GPU is available; use device='cpu'")
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU has no bf16 support; deploy with dtype=torch.float16 or torch.float32")
+    if fold and example_input is None and getattr(model, "input_size", None) is None:
+        raise ValueError(f"deploy: {type(model).__name__} declares no input_size, and folding BN runs it once: pass "
+                         "example_input=torch.zeros(1, C, H, W) (or set model.input_size = (C, H, W))")
     net = fold_batchnorm(model, example_input) if fold else copy.deepcopy(model).eval()
     net = net.to(device=device, dtype=dtype)
     if channels_last:

@@ -45,7 +45,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .layers import selection_of
+from .layers import check_patterns, selection_of
 from .metrics import input_size_of
 
 
@@ -168,12 +168,17 @@ def trace_channels(model: nn.Module, example_input: torch.Tensor | None = None,
                    fixed: Sequence[str] = ()) -> ChannelGraph:
     """Analyse ``model``: its prunable BN channels and how they are coupled.
 
-    ``fixed``: module-path patterns (fnmatch, e.g. ``"head.*"``) whose channels are never changed.
+    ``fixed``: module-path patterns (fnmatch, e.g. ``"head"``) whose channels are never changed: a pattern selects
+    the modules it matches and everything inside them, and one that matches no module is a ValueError.
     ``example_input`` defaults to zeros of ``model.input_size`` (batch 2); a tuple or dict of inputs
     is passed on as positional arguments or keywords.
     """
+    check_patterns(model, fixed, "fixed")
     if example_input is None:
         param = next(model.parameters(), None)
+        if getattr(model, "input_size", None) is None:  # the functions that reach here take example_input
+            raise ValueError(f"{type(model).__name__} declares no input_size: pass example_input=torch.zeros(1, C, H, "
+                             "W) (or set model.input_size = (C, H, W))")
         example_input = torch.zeros(2, *input_size_of(model), device=param.device if param is not None else "cpu")
     key = _structure(model, example_input, fixed)
     cached = _ANALYSED.get(model)

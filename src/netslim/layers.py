@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+import fnmatch
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -17,6 +18,30 @@ def batch_norms(model: nn.Module, affine_only: bool = False) -> dict[str, _Batch
     module path; ``affine_only``: only those with a learnable scale γ (the ones Eq. 1 can act on)."""
     return {name: m for name, m in model.named_modules()
             if isinstance(m, _BatchNorm) and (m.affine or not affine_only)}
+
+
+def selected(path: str, patterns: Iterable[str]) -> bool:
+    """Whether module ``path`` is selected by module-path ``patterns`` (fnmatch): a pattern selects every
+    module whose path it matches and everything inside that module, so ``"head"`` and ``"head.*"`` both
+    select the layers of ``head``. The one rule for ``exclude=`` (BNs left out of the penalty) and
+    ``fixed=`` (modules whose channels are kept)."""
+    parts = path.split(".")
+    prefixes = [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(prefix, p) for p in patterns for prefix in prefixes)
+
+
+def check_patterns(model: nn.Module, patterns: Iterable[str], option: str) -> None:
+    """A :class:`ValueError` for a pattern of ``option`` that matches no module path of ``model``: a typo
+    would otherwise leave everything as it was, silently."""
+    paths = [name for name, _ in model.named_modules() if name]
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ValueError(f"{option}: {pattern!r} is not a module-path pattern (a string such as 'head.*')")
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in paths):
+            shown = ", ".join(sorted({n.split(".")[0] for n in paths})[:6])
+            raise ValueError(f"{option} pattern {pattern!r} matches no module of {type(model).__name__} (its "
+                             f"top-level modules: {shown}); a pattern selects the modules whose path it matches "
+                             "and everything inside them")
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -245,12 +245,14 @@ def check_model_fits(model: nn.Module, train_set, name: str, dataset: str) -> No
 RUN_ONLY = {"description", "data_dir", "download"}
 
 
-def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> dict:
+def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: bool = True, resume: bool = True,
+                   log=print) -> dict:
     """Run (or resume) the experiment into ``out_dir``; returns the results table as rows.
 
     The folder is locked while the run lasts. A folder that holds a run of another config is refused
     before anything is written (its stages would no longer fit each other): only where the data is,
-    the device and similar may change on resume.
+    the device and similar may change on resume. ``resume=False`` starts over: every stage is trained
+    again from the start, whatever the folder held.
     """
     out = Path(out_dir)
     main = distributed.current().is_main  # under torchrun, rank 0 alone logs and writes
@@ -258,10 +260,10 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
     for stage_config in (config.train_config(), config.finetune_config()):  # before the folder is touched
         resolve_device(stage_config.device)
     with locked(out) if main else contextlib.nullcontext():
-        if main:
+        if main and resume:
             check_resumable(config, out)
         try:
-            return _run_stages(config, out, progress, log, main)
+            return _run_stages(config, out, progress, log, main, resume)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{str(e).split(';')[0]}; lower lr or sparsity in the config and run it into "
                                    "another --out (this folder's stages were trained with the old values)",
@@ -290,7 +292,7 @@ def check_resumable(config: ExperimentConfig, out: Path) -> None:
                          "the old values. Run the new config into another --out (or delete this folder)")
 
 
-def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: bool) -> dict:
+def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: bool, resume: bool = True) -> dict:
     sparse_cfg, tune_cfg = config.train_config(), config.finetune_config()
     sparse_cfg.progress = tune_cfg.progress = progress
     device = resolve_device(sparse_cfg.device)
@@ -320,7 +322,7 @@ def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: 
         plain = copy.deepcopy(sparse_cfg)
         plain.sparsity, plain.bn_init = 0.0, None
         train(baseline, train_loader, plain, val_loader=val_loader, out_dir=out / "baseline",
-              arch=describe(baseline, config.model, kwargs), log=log)
+              arch=describe(baseline, config.model, kwargs), resume=resume, log=log)
         row("baseline", _selected(baseline, out / "baseline", val_loader), _test_error(baseline, test_loader),
             original)
 
@@ -334,7 +336,7 @@ def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: 
         if k > 1:
             pass_cfg.bn_init = None  # later passes continue from the fine-tuned weights
         train(current, train_loader, pass_cfg, val_loader=val_loader, out_dir=stage / "sparse",
-              arch=describe(current, config.model, kwargs), log=log)
+              arch=describe(current, config.model, kwargs), resume=resume, log=log)
         current = _selected(current, stage / "sparse", val_loader)
         row(f"pass {k} trained with sparsity", current, _test_error(current, test_loader), original)
 
@@ -355,7 +357,8 @@ def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: 
         tune = copy.deepcopy(tune_cfg)
         tune.distill = config.distill
         train(compact, train_loader, tune, val_loader=val_loader, out_dir=stage / "finetune",
-              arch=describe(compact, config.model, kwargs), teacher=current if config.distill else None, log=log)
+              arch=describe(compact, config.model, kwargs), teacher=current if config.distill else None,
+              resume=resume, log=log)
         current = _selected(compact, stage / "finetune", val_loader)
         row(f"pass {k} fine-tuned", current, _test_error(current, test_loader), original)
 

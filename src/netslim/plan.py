@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .graph import ChannelGraph, trace_channels
+from .layers import check_patterns, selected
 from .runfolder import check_output, write_atomic
 
 DEFAULT_PERCENT = 0.7  # what the CLI and a config prune when told no amount (the paper's VGG/CIFAR-10 70%)
@@ -54,6 +55,27 @@ class PruningPlan:
     def guarded(self) -> list[str]:
         """BN layers where a guard kept channels the threshold alone would have pruned."""
         return [p for p, r in self.layers.items() if r.guard]
+
+    def __repr__(self) -> str:  # the dataclass's own would print every kept index
+        ranking = self.options.get("ranking", "|γ|")
+        how = f"threshold |γ| {self.threshold:.4g}" if ranking == "|γ|" else f"ranked by {ranking}"
+        return (f"PruningPlan({self.pruned_channels}/{self.total_channels} channels pruned "
+                f"({100 * self.achieved_percent:.1f}%) in {len(self.layers)} BN layers, {how})")
+
+    def __str__(self) -> str:
+        """A summary: totals, the guards, and the layers that lose the most (plan.layers has them all)."""
+        lines = [repr(self)]
+        if self.guarded:
+            lines.append(f"  guards kept channels in {len(self.guarded)} layers: " + ", ".join(
+                f"{p} ({self.layers[p].guard})" for p in self.guarded[:4]) + (", ..." if len(self.guarded) > 4 else ""))
+        cut = sorted(self.layers.items(), key=lambda kv: kv[1].kept / max(kv[1].width, 1))  # model order on ties
+        shown = [(p, r) for p, r in cut if r.kept < r.width][:8]
+        if shown:
+            lines.append("  most pruned (width before -> after):")
+            lines += [f"    {p:<32} {r.width:>5} -> {r.kept}" for p, r in shown]
+            if len(self.layers) > len(shown):
+                lines.append(f"    ... {len(self.layers) - len(shown)} more layers in plan.layers")
+        return "\n".join(lines)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -188,7 +210,9 @@ def plan_pruning(
     Guards, applied after: keep at least ``min_channels`` per layer, prune at most
     ``max_layer_fraction`` of a layer (the multi-pass scheme uses 0.5), round kept counts up to a
     multiple of ``round_to``. Kept-back channels are those with the largest |γ| among the pruned.
-    ``exclude``: BN path patterns never pruned; ``fixed``: module patterns kept as they are.
+    ``exclude``: module-path patterns whose BNs are never pruned; ``fixed``: module-path patterns kept as
+    they are. Both follow one rule: a pattern selects the modules it matches and everything inside them,
+    and one that matches no module is a ValueError.
     ``channel_cost``: rank by |γ| / cost instead of |γ| (cost per root channel id of ``graph``, e.g. the
     seconds removing it saves: :func:`netslim.latency.plan_for_latency`); inside a layer, where every
     channel costs the same, the smallest |γ| still go first. The threshold is then in those units.
@@ -196,12 +220,9 @@ def plan_pruning(
     _check_args(percent, layer_percent, max_layer_fraction, min_channels, round_to)
     graph = graph or trace_channels(model, example_input, fixed)
     scores = channel_scores(model, graph, aggregate)
-    for pattern in exclude:
-        if not any(fnmatch.fnmatch(path, pattern) for path in graph.bns):
-            raise ValueError(f"exclude pattern {pattern!r} matches no BN layer; BN paths look like "
-                             f"{next(iter(graph.bns))!r}")
+    check_patterns(model, exclude, "exclude")  # the rule of fixed= too (netslim.layers.selected)
     for path, use in graph.bns.items():
-        if any(fnmatch.fnmatch(path, p) for p in exclude):
+        if selected(path, exclude):
             for i in use.out_ids:
                 scores.pop(graph.root(i), None)
     if scores and max(scores.values()) < COLLAPSED:

@@ -10,7 +10,6 @@ trains sparse; netslim's own loop uses it too (one mechanism).
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import warnings
 import weakref
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .layers import batch_norms
+from .layers import batch_norms, check_patterns, selected
 from .sparsity_target import LR_FLOOR, TargetController, behind_warning, momentum_gain, reach_warning, stall_warning
 from .stats import scale_stats
 
@@ -29,15 +28,12 @@ KINDS = ("l1", "smooth_l1", "polarization")
 
 def prunable_bns(model: nn.Module, include: Sequence[str] = ("*",),
                  exclude: Sequence[str] = ()) -> dict[str, _BatchNorm]:
-    """BN layers with a learnable scale, selected by module-path patterns (fnmatch)."""
-    found = {name: m for name, m in batch_norms(model, affine_only=True).items()
-             if any(fnmatch.fnmatch(name, p) for p in include)
-             and not any(fnmatch.fnmatch(name, p) for p in exclude)}
-    every = batch_norms(model)
-    for pattern in list(exclude) + [p for p in include if p != "*"]:
-        if not any(fnmatch.fnmatch(name, pattern) for name in every):
-            raise ValueError(f"BN pattern {pattern!r} matches no BatchNorm layer of {type(model).__name__}")
-    return found
+    """BN layers with a learnable scale, selected by module-path patterns (:func:`netslim.layers.selected`:
+    a pattern selects the modules it matches and everything inside them; one matching no module is an error)."""
+    check_patterns(model, exclude, "exclude")
+    check_patterns(model, [p for p in include if p != "*"], "include")
+    return {name: m for name, m in batch_norms(model, affine_only=True).items()
+            if selected(name, include) and not selected(name, exclude)}
 
 
 class SparsityRegularizer:

@@ -10,6 +10,7 @@ A checkpoint is written atomically after every epoch, and a run resumes from it 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -224,6 +225,24 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> tor
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
 
+def epoch_line(r: Mapping) -> str:
+    """One epoch's record as the one line the command line prints after it."""
+    parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.4f}", f"train {100 * r['train_accuracy']:.2f}%"]
+    if "val_accuracy" in r:
+        parts.append(f"val {100 * r['val_accuracy']:.2f}%")
+    if "test_accuracy" in r:
+        parts.append(f"test {100 * r['test_accuracy']:.2f}%")
+    parts.append(f"|γ|<1e-2: {100 * r.get('gamma_below_1e-2', 0):.1f}%, "
+                 f"safe prune {100 * r.get('safe_percent', 0):.0f}%")
+    return ", ".join(parts)
+
+
+def _on_terminal() -> bool:
+    """Whether the progress bar's stream (stderr) is a terminal: in a log file or a pipe a bar redrawn
+    every few batches is hundreds of lines, so there each epoch is one line instead."""
+    return bool(getattr(sys.stderr, "isatty", None) and sys.stderr.isatty())
+
+
 @owning_out_dir
 def train(
     model: nn.Module,
@@ -247,7 +266,9 @@ def train(
     validation accuracy, and ``metrics.jsonl`` gets one line. An existing ``last.pt`` is resumed
     (``resume=True``), so an interrupted run ends with the same weights as an uninterrupted one;
     it resumes only with the options it was trained with, or more epochs (:mod:`netslim.runstate`).
-    The folder is locked while training. ``log``: where to say that a run resumes or is extended.
+    The folder is locked while training. ``log``: where to say that a run resumes or is extended, and,
+    with ``config.progress`` when stderr is not a terminal (no progress bar then), one line per epoch
+    unless ``on_epoch`` is given.
     """
     device = resolve_device(config.device)
     dist_info = distributed.current()
@@ -300,6 +321,8 @@ def train(
         if sparsity is not None and state.get("sparsity"):
             sparsity.load_state_dict(state["sparsity"])
 
+    if on_epoch is None and log is not None and config.progress and not _on_terminal():
+        on_epoch = lambda r: log(f"{epoch_line(r)} ({r['epoch']}/{config.epochs})")  # noqa: E731
     for epoch in range(state["epoch"], config.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -362,7 +385,7 @@ def _train_epoch(step: EagerStep | GraphedStep, loader, optimizer, config, devic
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss·n and correct, summed on the device
     count = 0
     lr = optimizer.param_groups[0]["lr"]
-    show = config.progress and dist_info.is_main
+    show = config.progress and dist_info.is_main and _on_terminal()
     # The bar is moved when its figures are (tqdm iterating the loader itself updates its count only now
     # and then, so the figures changed while it sat at 0%).
     bar = tqdm(total=len(loader) if hasattr(loader, "__len__") else None, desc=f"epoch {epoch + 1}/{config.epochs}",

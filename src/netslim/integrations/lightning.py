@@ -21,7 +21,11 @@ from ..sparsity import Sparsity, sparsify
 try:
     import lightning.pytorch as pl
 except ImportError:  # the standalone package
-    import pytorch_lightning as pl
+    try:
+        import pytorch_lightning as pl
+    except ImportError:
+        raise ImportError("netslim.integrations.lightning needs Lightning: pip install lightning (or "
+                          "pytorch-lightning; both are in netslim's zoo extra)") from None
 
 
 class SparsityCallback(pl.Callback):

@@ -46,6 +46,13 @@ def create_model(name: str, kwargs: Mapping | None = None) -> nn.Module:
         raise ValueError(f"model factory {name!r} is not of the form 'package.module:function'")
     try:
         module = importlib.import_module(source)
+    except ModuleNotFoundError as e:
+        if e.name is not None and source.split(".")[0] == e.name.split(".")[0]:  # the factory's own package
+            raise ValueError(f"cannot import {source!r} for model factory {name!r} ({e}): Python looks in the "
+                             f"working directory ({Path.cwd()}) and the installed packages; run netslim from the "
+                             f"folder that holds {e.name.split('.')[0]}/, or add that folder to PYTHONPATH") from None
+        raise ValueError(f"importing {source!r} for model factory {name!r} failed: {e} (a package that your "
+                         "module imports is not installed)") from None
     except ImportError as e:
         raise ValueError(f"cannot import module {source!r} of model factory {name!r}: {e}") from None
     except Exception as e:  # importing runs the module's own code; any failure is the user's
@@ -169,6 +176,7 @@ def _zoo_model(source: str, name: str, kwargs: dict) -> nn.Module:
 
 def _ultralytics_model(config: str, kwargs: dict) -> nn.Module:
     """An Ultralytics model built from its yaml config (``yolov8n.yaml``, ``yolo11n-seg.yaml``), random weights."""
+    kwargs = dict(kwargs)  # a rebuild calls this twice (on the meta device first) with the same arguments
     if kwargs.pop("pretrained", False):
         raise ValueError("ultralytics: models are built from their yaml config; for trained weights load the .pt "
                          "with --trust-pickle (it is a pickle)")
