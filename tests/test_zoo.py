@@ -51,6 +51,7 @@ CASES = {
     "timm/cspdarknet53": Case("timm", 96, 128),
     "timm/repvgg_a0": Case("timm", 128, 96),
     "timm/tf_efficientnet_b0": Case("timm", 128, 113),
+    "timm/hgnetv2_b0": Case("timm", 96, 64),
     "torchvision/resnet18": Case("torchvision", 128, 96),
     "torchvision/mobilenet_v3_small": Case("torchvision", 128, 96),
     "ultralytics/yolov8n.yaml": Case("ultralytics", 128, 96),
@@ -193,6 +194,22 @@ def test_timm_batchnorm_act_still_applies_its_activation(pruned):
         assert checked > 0
     if pruned.name == "timm/densenet121":  # pre-activation: BNs reading the concatenated features select
         assert selecting > 0
+
+
+@pytest.mark.parametrize("pruned", ["timm/hgnetv2_b0"], indirect=True)
+def test_hgnetv2_scalar_learnable_affine_does_not_fix_channels(pruned):
+    """PP-HGNetV2's LearnableAffineBlock (``scale * x + bias``, one-element parameters) follows conv-BN-ReLU:
+    those convs narrow, and the affine keeps its two scalars."""
+    from timm.models.hgnet import LearnableAffineBlock
+
+    narrowed = 0
+    for path, old in pruned.original.named_modules():
+        if isinstance(getattr(old, "lab", None), LearnableAffineBlock):
+            new = pruned.compact.get_submodule(path)
+            assert new.lab.scale.shape == new.lab.bias.shape == (1,)
+            narrowed += new.conv.out_channels < old.conv.out_channels
+    assert narrowed >= 10
+    assert not netslim.trace_channels(pruned.original, pruned.inputs["example"]).notes
 
 
 @pytest.mark.parametrize("pruned", ["ultralytics/yolo11n.yaml"], indirect=True)

@@ -73,6 +73,8 @@ _SUMS = {"add", "sub", "rsub", "maximum", "minimum"}
 _PRODUCTS = {"mul"}
 _QUOTIENTS = {"div", "truediv"}  # the dividend is the first operand
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod"}
+_BINARY = _SUMS | _PRODUCTS | _QUOTIENTS | {"rtruediv"}
+_NEW_LIKE = {"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"}
 _SPLITS = {"split", "chunk", "tensor_split", "split_with_sizes", "unbind"}
 _METADATA = {"size", "dim", "numel", "len", "ndimension", "nelement", "is_contiguous", "is_floating_point",
              "element_size", "stride", "storage_offset", "data_ptr", "format", "repr", "hash", "reduce_ex",
@@ -100,7 +102,7 @@ class ChannelGraph:
     parent: list[int] = field(default_factory=list)
     fixed: set[int] = field(default_factory=set)
     scored: set[int] = field(default_factory=set)  # ids zeroed with their BN scales (see the module docstring)
-    gated: set[int] = field(default_factory=set)  # scored ids times an unscored factor: zero only if β is zeroed
+    gated: set[int] = field(default_factory=set)  # scored ids constant only if β is zeroed (an unscored factor, a pad)
     reads: set[int] = field(default_factory=set)  # ids some layer reads
     notes: list[str] = field(default_factory=list)  # ops that forced channels to stay (fixed)
     input_shape: tuple[int, ...] = ()  # of the example input the analysis ran on
@@ -502,13 +504,15 @@ class _Recorder(TorchFunctionMode):
         if any(self.tainted.get(t) for t in inputs):
             for t in outs:
                 self.tainted[t] = True
-        if not inputs:  # created from nothing: zeros, arange, a constant
-            for t in outs:
-                self.ann[t] = self._fresh(t, fixed=True)
+        if name in _NEW_LIKE or all(self.ann.get(t) is None for t in inputs) or all(t.dim() < 2 for t in inputs):
+            # A constant (zeros, arange, anchors, a grid, ``x.new_full``: only x's dtype and device are used)
+            # has no channel of the model: it gets fixed ids where it meets one (``_get``).
             return
-        if all(t.dim() < 2 for t in inputs):
-            return  # no channel dimension anywhere (anchors, scalars)
         x_t = args[0] if args and isinstance(args[0], torch.Tensor) else inputs[0]
+        if x_t.dim() < 2 and name in _BINARY:  # ``scale * x``: a scalar in front broadcasts like one behind
+            x_t = next(t for t in inputs if t.dim() >= 2)
+        elif x_t.dim() < 2 and name in ("to", "type_as"):
+            return  # a tensor without channels takes another's dtype (anchors ``type_as`` the features)
         if x_t.dim() < 2:
             return self._opaque(inputs, result, f"{name} of a tensor without channels with one that has them")
         x = self._get(x_t)
@@ -525,7 +529,7 @@ class _Recorder(TorchFunctionMode):
 
     def _annotate(self, func, name, args, kwargs, result, x_t, x, inputs):
         single = isinstance(result, torch.Tensor)
-        if name in _SUMS or name in _PRODUCTS or name in _QUOTIENTS or name == "rtruediv":
+        if name in _BINARY:
             return self._binary(name, args, result) if single else _OPAQUE
         if name in ("cat", "concat", "concatenate"):
             return self._cat(args, kwargs, result)
@@ -549,7 +553,11 @@ class _Recorder(TorchFunctionMode):
             return x if dim is not None and dim % x_t.dim() != 1 else _OPAQUE
         if name == "pad":
             pad = args[1] if len(args) > 1 else kwargs.get("pad", ())
-            return x if len(pad) <= 2 * (x_t.dim() - 2) and _same_channels(result, x) else _OPAQUE
+            if len(pad) > 2 * (x_t.dim() - 2) or not _same_channels(result, x):
+                return _OPAQUE
+            if (args[2] if len(args) > 2 else kwargs.get("mode", "constant")) == "constant" and any(pad):
+                self.g.gated.update(x)  # a removed channel's constant gets a border of zeros: zero it (β too)
+            return x
         if name in ("permute", "transpose", "swapaxes", "movedim", "unsqueeze", "squeeze", "contiguous"):
             return x if _keeps_batch_and_channels(x_t, result) else _OPAQUE
         if name == "get":  # a property giving a tensor: .data, .T, .mT
@@ -564,15 +572,18 @@ class _Recorder(TorchFunctionMode):
             return _OPAQUE
         channels = result.shape[1]
         aligned: list[tuple[int, Ann]] = []  # (argument position, ids) of operands with a channel per result channel
-        varying = False  # an operand broadcast over the channels, e.g. an (N, 1, H, W) attention map
+        # An operand broadcast over the channels (numel 1, or size 1 on the channel dim) neither couples nor
+        # fixes them. A constant one (a learnable scalar affine, ``scale * x + bias``) keeps a removed channel
+        # a constant; one computed from the input (an (N, 1, H, W) attention map) makes it vary.
+        varying = False
         for pos, value in enumerate(args[:2]):
-            if not isinstance(value, torch.Tensor) or value.numel() == 1:
-                continue  # scalars broadcast over every channel
+            if not isinstance(value, torch.Tensor):
+                continue  # Python numbers broadcast over every channel
             at = 1 - (result.dim() - value.dim())  # where the result's channel dim falls in this operand
-            if value.dim() == result.dim() and value.shape[1] == channels:
+            if value.dim() == result.dim() and value.shape[1] == channels and value.numel() > 1:
                 aligned.append((pos, self._get(value)))
-            elif at < 0 or value.shape[at] == 1:
-                varying = True
+            elif value.numel() == 1 or at < 0 or value.shape[at] == 1:
+                varying = varying or bool(self.tainted.get(value))
             else:  # a per-channel constant such as a (C, 1, 1) layer scale: it cannot be narrowed here
                 return _OPAQUE
         if not aligned:

@@ -1,0 +1,79 @@
+"""How far the channel analysis reaches: operands broadcast over channels, whole groups of grouped
+convolutions, channels moved to another dimension (tokens) and back. Small hand-written models here;
+the same mechanisms on third-party definitions are in test_zoo.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from netslim import apply_plan, count_params, masked_model, plan_pruning, trace_channels
+
+from .conftest import randomize_bn
+
+
+def _close(ref: nn.Module, small: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        expected, got = ref.eval()(x), small.eval()(x)
+    assert got.shape == expected.shape
+    assert float((expected - got).abs().max()) <= 1e-4 * float(expected.abs().max()) + 1e-6
+
+
+class ScalarAffine(nn.Module):
+    """conv-BN-ReLU, then ``scale * x + bias`` with one-element parameters (timm's LearnableAffineBlock),
+    and a second branch scaled by a scalar computed from the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.scale, self.bias = nn.Parameter(torch.tensor([1.5])), nn.Parameter(torch.tensor([0.0]))
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16)
+        self.conv3, self.bn3 = nn.Conv2d(16, 8, 1), nn.BatchNorm2d(8)
+        self.head = nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.scale * torch.relu(self.bn1(self.conv1(x))) + self.bias
+        b = torch.relu(self.bn2(self.conv2(a)))
+        c = self.bn3(self.conv3(b)) + x.amax()  # a scalar of the data: a removed channel would not be constant
+        return self.head(torch.cat([b.mean((2, 3)), c.mean((2, 3))], 1))
+
+
+def test_a_scalar_affine_neither_couples_nor_fixes_channels():
+    model = randomize_bn(ScalarAffine(), seed=0).eval()
+    graph = trace_channels(model, torch.randn(2, 3, 8, 8))
+    assert [n.split(" ")[0] for n in graph.notes] == ["amax"], graph.notes  # of the input, which stays anyway
+    prunable = graph.prunable_roots()
+    roots = {p: {graph.root(i) for i in u.out_ids} for p, u in graph.bns.items()}
+    assert roots["bn1"] <= prunable and roots["bn2"] <= prunable
+    assert not roots["bn3"] & prunable  # + a scalar of the input: not zero when its BN scale is
+    plan = plan_pruning(model, percent=0.4, graph=graph)
+    small = apply_plan(model, plan, graph=graph)
+    assert small.conv1.out_channels < 16 and small.conv2.in_channels == small.conv1.out_channels
+    assert count_params(small) < count_params(model)
+    _close(masked_model(model, plan, graph=graph), small, torch.randn(3, 3, 10, 10))
+
+
+class PaddedStem(nn.Module):
+    """HGNetV2's stem: an explicit zero ``F.pad`` before an unpadded conv, so a removed channel's constant
+    (its β after ReLU) would reach that conv with a border of zeros, which no bias can reproduce."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, stride=2), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 8, 2), nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(nn.functional.pad(x, (0, 1, 0, 1))))
+
+
+@pytest.mark.filterwarnings("error:pruned channels")  # surgery's warning that folding was inexact
+def test_a_zero_pad_before_an_unpadded_conv_zeroes_the_removed_constants():
+    model = randomize_bn(PaddedStem(), seed=0).eval()
+    with torch.no_grad():
+        model.bn1.bias.copy_(torch.linspace(0.2, 1.0, 16))  # every removed channel carries ReLU(β) > 0
+    plan = plan_pruning(model, percent=0.5, example_input=torch.randn(2, 3, 16, 16))
+    small = apply_plan(model, plan)
+    assert small.conv2.in_channels == 8
+    _close(masked_model(model, plan), small, torch.randn(3, 3, 20, 20))
