@@ -42,11 +42,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 from torch.overrides import TorchFunctionMode
-from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .layers import selection_of
 from .metrics import input_size_of
+from .shape_only import HEAVY, StandIns, tensors_in
 
 
 class GraphError(ValueError):
@@ -106,9 +106,12 @@ class ChannelGraph:
     reads: set[int] = field(default_factory=set)  # ids some layer reads
     notes: list[str] = field(default_factory=list)  # ops that forced channels to stay (fixed)
     input_shape: tuple[int, ...] = ()  # of the example input the analysis ran on
+    fixed_modules: tuple[str, ...] = ()  # module-path patterns kept as they are (their code may branch on values)
     calls: dict[str, int] = field(default_factory=dict)  # layer path -> times it ran
     producers: dict[str, str] = field(default_factory=dict)  # owning BN path -> the layer it follows
     width_reads: set[int] = field(default_factory=set)  # ids of tensors whose shape Python code read
+    flat: bool = field(default=False, repr=False, compare=False)  # every id points at its root (see flatten)
+    _prunable: frozenset[int] | None = field(default=None, repr=False, compare=False)
 
     # -- union-find over channel ids --
     def new_ids(self, n: int, fixed: bool = False) -> Ann:
@@ -130,10 +133,33 @@ class ChannelGraph:
         return i
 
     def unify(self, a: Ann, b: Ann) -> None:
+        parent, root = self.parent, self.root
         for i, j in zip(a, b, strict=True):
-            ri, rj = self.root(i), self.root(j)
+            ri, rj = parent[i], parent[j]
+            if parent[ri] != ri:
+                ri = root(i)
+            if parent[rj] != rj:
+                rj = root(j)
             if ri != rj:
-                self.parent[max(ri, rj)] = min(ri, rj)
+                parent[max(ri, rj)] = min(ri, rj)
+                self.flat, self._prunable = False, None
+
+    def flatten(self) -> None:
+        """Point every id at its root: then :meth:`roots` is one lookup per id (planning and surgery ask
+        for millions on a large model)."""
+        parent = self.parent
+        for i in range(len(parent)):
+            r = parent[i]
+            if parent[r] != r:
+                parent[i] = self.root(i)
+        self.flat = True
+
+    def roots(self, ids: Sequence[int]) -> list[int]:
+        """The root of each of ``ids``."""
+        if not self.flat:
+            self.flatten()
+        parent = self.parent
+        return [parent[i] for i in ids]
 
     # -- queries used by planning and surgery --
     @property
@@ -141,11 +167,12 @@ class ChannelGraph:
         """The BN layers (owning and selection), in graph order."""
         return {p: u for p, u in self.layers.items() if u.kind in ("bn", "select_bn")}
 
-    def prunable_roots(self) -> set[int]:
+    def prunable_roots(self) -> frozenset[int]:
         """Channels (root ids) that may be removed: a BN's, every id a layer reads scored, none fixed."""
-        blocked = {self.root(i) for i in range(len(self.parent))
-                   if i in self.fixed or (i in self.reads and i not in self.scored)}
-        return {self.root(i) for u in self.bns.values() for i in u.out_ids} - blocked
+        if self._prunable is None or not self.flat:
+            blocked = set(self.roots(self.fixed | (self.reads - self.scored)))
+            self._prunable = frozenset(r for u in self.bns.values() for r in self.roots(u.out_ids)) - blocked
+        return self._prunable
 
     def close_selection(self, pruned: set[int]) -> set[int]:
         """Keep a channel for every selection BN that would otherwise read nothing at all.
@@ -159,8 +186,8 @@ class ChannelGraph:
         for use in self.bns.values():
             if use.kind != "select_bn":
                 continue
-            inputs = [self.root(i) for i in use.in_ids]
-            kept_out = [k for k, i in enumerate(use.out_ids) if self.root(i) not in pruned]
+            inputs = self.roots(use.in_ids)
+            kept_out = [k for k, r in enumerate(self.roots(use.out_ids)) if r not in pruned]
             if kept_out and all(r in pruned for r in inputs):
                 pruned.discard(inputs[use.source[kept_out[0]]])
         return pruned
@@ -254,8 +281,7 @@ def _op_name(func) -> str:
     return name
 
 
-def _tensors(tree) -> list[torch.Tensor]:
-    return [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+_tensors = tensors_in
 
 
 def _matches(path: str, patterns: Sequence[str]) -> bool:
@@ -279,6 +305,8 @@ class _Recorder(TorchFunctionMode):
         self.busy = False  # our own bookkeeping runs torch ops too
         self.stack: list[tuple] = []
         self.where: list[str] = []  # module paths being run, innermost last
+        self.stand_ins = StandIns()  # heavy ops on tensors computed from the input: shapes only (shape_only.py)
+        self.inside_fixed = 0  # > 0 inside a module of ``fixed``: its code may branch on values, computed as is
 
     # -- running --
     def run(self, example_input) -> ChannelGraph:
@@ -297,6 +325,7 @@ class _Recorder(TorchFunctionMode):
             self.ann[t] = self._fresh(t, fixed=True)
             self.tainted[t] = True
         self.g.input_shape = tuple(_tensors(inputs)[0].shape)
+        self.g.fixed_modules = tuple(self.patterns)
         try:
             with torch.no_grad(), self:
                 out = self.model(**inputs) if isinstance(inputs, dict) else self.model(*inputs)
@@ -312,8 +341,7 @@ class _Recorder(TorchFunctionMode):
         for t in _tensors(out):  # model outputs (classifier, detection heads) keep their width
             self._fix(self._get(t))
         self._settle_batch_norms()
-        for i in range(len(self.g.parent)):  # flatten: every id points at its root
-            self.g.parent[i] = self.g.root(i)
+        self.g.flatten()
         return self.g
 
     def _push(self, path: str) -> None:
@@ -355,11 +383,13 @@ class _Recorder(TorchFunctionMode):
 
     # -- layers (module hooks) --
     def _enter(self, path: str, mod: nn.Module, args, kwargs) -> None:
+        self.inside_fixed += _matches(path, self.patterns)
         if self.depth == 0:
             self.stack.append((path, _tensors((args, kwargs))))
         self.depth += 1
 
     def _leave(self, path: str, mod: nn.Module, out) -> None:
+        self.inside_fixed -= _matches(path, self.patterns)
         self.depth -= 1
         if self.depth:
             return
@@ -475,8 +505,18 @@ class _Recorder(TorchFunctionMode):
             raise GraphError(f"{self._where()} makes a tensor whose shape depends on the values of its input "
                              f"({raw}): a compact model could not be proven exact for other inputs. Move that code "
                              "into a submodule listed in fixed=[...] (it is then kept as it is)")
-        result = func(*args, **kwargs)
-        if self.depth or self.busy:
+        if self.busy:
+            return func(*args, **kwargs)
+        from_input = any(self.tainted.get(t) for t in _tensors((args, kwargs)))
+        result = None
+        if from_input and raw in HEAVY and not self.inside_fixed:
+            result = self.stand_ins(func, args, kwargs)  # nothing here reads what it computes from the input
+        if result is None:
+            result = func(*args, **kwargs)
+        if self.depth:
+            if from_input:  # inside a layer (a conv that pads first): its own heavy ops get stand-ins too
+                for t in _tensors(result):
+                    self.tainted[t] = True
             return result
         if raw in ("__get__", "size", "numel") and (isinstance(result, torch.Size) or raw == "numel"):
             # Python code sees a width: a later probe checks that narrower widths still run (see _analyse)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import torch
@@ -127,6 +128,29 @@ def with_selection(bn: nn.Module, index: torch.Tensor, in_channels: int) -> nn.M
     return bn
 
 
+def _copied(module: nn.Module, memo: dict) -> nn.Module:
+    """``copy.deepcopy(module, memo)``, with the empty hook dicts every module holds made anew instead of
+    through deepcopy's generic path (copying a model's ~250 layers took 0.15 s that way). A class with
+    its own copy or pickling protocol is deep-copied as it asks."""
+    cls = type(module)
+    if any(name in vars(c) for c in cls.__mro__ if c is not nn.Module and c is not object
+           for name in ("__deepcopy__", "__getstate__", "__setstate__", "__reduce_ex__", "__reduce__")):
+        return copy.deepcopy(module, memo)
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    state = {}
+    for key, value in module.__dict__.items():
+        if key == "_modules":
+            state[key] = type(value)((name, memo[id(sub)] if id(sub) in memo else _copied(sub, memo))
+                                     if sub is not None else (name, None) for name, sub in value.items())
+        elif type(value) in (dict, OrderedDict) and not value:
+            state[key] = type(value)()
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    new.__dict__ = state
+    return new
+
+
 @torch.no_grad()
 def narrowed(old: nn.Module, in_keep: torch.Tensor, out_keep: torch.Tensor, bias: bool | None = None) -> nn.Module:
     """A copy of a conv, Linear or BN that keeps only the input channels ``in_keep`` and output channels
@@ -137,8 +161,8 @@ def narrowed(old: nn.Module, in_keep: torch.Tensor, out_keep: torch.Tensor, bias
     adds a zero bias (True) where the checkpoint being rebuilt has one, or removes it (False).
     """
     # the tensors about to be sliced are not copied first (they can be large)
-    new = copy.deepcopy(old, memo={id(t): t for name in ("weight", "bias", "running_mean", "running_var")
-                                   if (t := getattr(old, name, None)) is not None})
+    new = _copied(old, {id(t): t for name in ("weight", "bias", "running_mean", "running_var")
+                        if (t := getattr(old, name, None)) is not None})
     device = old.weight.device if getattr(old, "weight", None) is not None else None
     out_keep, in_keep = out_keep.to(device), in_keep.to(device)
 
