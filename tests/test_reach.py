@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from netslim import apply_plan, count_params, masked_model, plan_pruning, trace_channels
+from netslim.plan import channel_scores
 
 from .conftest import randomize_bn
 
@@ -77,3 +78,43 @@ def test_a_zero_pad_before_an_unpadded_conv_zeroes_the_removed_constants():
     small = apply_plan(model, plan)
     assert small.conv2.in_channels == 8
     _close(masked_model(model, plan), small, torch.randn(3, 3, 20, 20))
+
+
+class GroupedKinds(nn.Module):
+    """A grouped conv (4 groups, 4 -> 8 channels each), a depthwise conv with a channel multiplier of 2 (each
+    input channel writes two outputs) and a grouped transposed conv, each with a BN after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.grouped, self.bn2 = nn.Conv2d(16, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32)
+        self.multiplier, self.bn3 = nn.Conv2d(32, 64, 3, padding=1, groups=32), nn.BatchNorm2d(64)
+        self.up, self.bn4 = nn.ConvTranspose2d(64, 16, 2, stride=2, groups=4), nn.BatchNorm2d(16)
+        self.head = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.grouped(x)))
+        x = torch.relu(self.bn3(self.multiplier(x)))
+        return self.head(torch.relu(self.bn4(self.up(x))))
+
+
+@pytest.mark.filterwarnings("error:pruned channels")
+@pytest.mark.parametrize("fold", [True, False, "carrier"])
+def test_grouped_convs_of_every_kind_lose_whole_groups(fold):
+    model = randomize_bn(GroupedKinds(), seed=0).eval()
+    with torch.no_grad():  # the inputs of group 1 of ``grouped`` and of channel 5 of ``multiplier`` rank last
+        model.bn1.weight[4:8] = 1e-4
+        model.bn2.weight[5] = 1e-4
+        model.bn3.weight[16:32] = 1e-4  # the inputs of group 1 of ``up`` (channels 16..31)
+    graph = trace_channels(model, torch.randn(2, 3, 8, 8))
+    scores = channel_scores(model, graph)
+    assert sum(v < 1e-3 for v in scores.values()) == 3  # a group is one channel of the plan
+    plan = plan_pruning(model, percent=3.5 / len(scores), graph=graph)
+    small = apply_plan(model, plan, graph=graph, fold_bias=fold)
+    assert (small.grouped.groups, small.grouped.in_channels, small.grouped.out_channels) == (3, 12, 24)
+    # bn2 selects from the grouped conv's output: its channel 5 goes alone, taking its two multiplier outputs
+    assert (small.multiplier.groups, small.multiplier.in_channels, small.multiplier.out_channels) == (31, 31, 62)
+    assert (small.up.groups, small.up.in_channels, small.up.out_channels) == (3, 48, 12)
+    assert torch.equal(small.up.weight, torch.cat([model.up.weight[:16], model.up.weight[32:]]))
+    _close(masked_model(model, plan, graph=graph, fold_bias=fold), small, torch.randn(3, 3, 12, 12))

@@ -240,6 +240,52 @@ def test_ultralytics_fuse_runs_on_the_compact_model(pruned):
             assert max(errs) <= TOLERANCE, errs
 
 
+@pytest.mark.parametrize("name", ["timm/regnetx_002", "torchvision/resnext50_32x4d"])
+def test_grouped_convs_lose_whole_groups_exactly(name):
+    """γ = β = 0 on the inputs of the last group of every grouped conv (its own conv-BN in front): removing
+    exactly the zero channels removes those groups, in and out, and every output stays as it was."""
+    pytest.importorskip(name.partition("/")[0])
+    model = randomize_bn(build(name), seed=1).eval()
+    blocks = {}
+    with torch.no_grad():
+        for path, block in model.named_modules():
+            first, grouped = _conv_bn(block, 1), _conv_bn(block, 2)
+            if grouped is not None and first is not None and grouped[0].groups > 1:
+                per_group = grouped[0].in_channels // grouped[0].groups
+                first[1].weight[-per_group:] = 0
+                first[1].bias[-per_group:] = 0
+                blocks[path] = grouped[0].groups
+    assert len(blocks) >= 4
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(1, 3, 64, 64, generator=g), torch.randn(2, 3, 96, 96, generator=g)]
+    graph = netslim.trace_channels(model, inputs[0])
+    scores = netslim.plan.channel_scores(model, graph)
+    zeros = sum(v == 0 for v in scores.values())
+    assert zeros == len(blocks)  # each group is one channel of the plan
+    plan = netslim.plan_pruning(model, (zeros + 0.5) / len(scores), graph=graph)
+    compact = netslim.apply_plan(model, plan, graph=graph).eval()
+    for path, groups in blocks.items():
+        assert _conv_bn(compact.get_submodule(path), 2)[0].groups == groups - 1, path
+    assert netslim.count_params(compact) < netslim.count_params(model)
+    with torch.no_grad():
+        for x in inputs:
+            assert max(relative_errors(compact(x), model(x))) <= TOLERANCE
+    # a checkpoint's description rebuilds the narrower grouped convs (prefix groups of the right count)
+    rebuilt = netslim.checkpoint.build_model(netslim.checkpoint.describe(compact, name.replace("/", ":")))
+    rebuilt.load_state_dict(compact.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(inputs[0]), compact(inputs[0]), rtol=0, atol=0)
+
+
+def _conv_bn(block: nn.Module, k: int) -> tuple[nn.Module, nn.Module] | None:
+    """The k-th conv of a bottleneck and its BN: timm's ``conv{k}.conv``/``conv{k}.bn``, torchvision's
+    ``conv{k}``/``bn{k}``."""
+    conv, bn = getattr(block, f"conv{k}", None), getattr(block, f"bn{k}", None)
+    if conv is not None and hasattr(conv, "conv") and hasattr(conv, "bn"):
+        conv, bn = conv.conv, conv.bn
+    return (conv, bn) if isinstance(conv, nn.Conv2d) and isinstance(bn, _BatchNorm) else None
+
+
 def test_timm_convnext_without_batchnorm_is_refused_in_one_line():
     timm = pytest.importorskip("timm")
     model = timm.create_model("convnext_atto", pretrained=False).eval()

@@ -12,8 +12,10 @@ Every tensor is annotated with one *channel id* per position of its channel dime
 Convolutions and Linear layers create new ids for their outputs; channel-preserving ops pass ids
 on; ``add``/``mul`` unify the ids of their operands (a residual group, an SE gate) with their
 result; ``cat`` concatenates them and ``chunk`` slices them (equal chunks are unified: they must
-stay equal); ``flatten`` repeats each id once per spatial position. Ids that end up unified are
-one channel: kept or removed together.
+stay equal); ``flatten`` repeats each id once per spatial position. A grouped convolution unifies
+each group's input and output ids: a group is removed whole (every group must read as many
+channels), while the BN after it selects single output channels; a depthwise one passes its ids
+on. Ids that end up unified are one channel: kept or removed together.
 
 A BN owns the channels of the conv/linear it directly follows when it is that layer's only reader:
 pruning them narrows that layer. Any other BN (one reading the residual stream or a concatenation,
@@ -24,7 +26,7 @@ A channel may be pruned only if every id of it that a layer reads is *scored* (s
 scales zeroes what that layer reads exactly): a BN output, a sum of scored ids, or a product with a
 scored factor (an SE gate's own channel need not be scored: it only multiplies a zeroed one). And
 none of its ids may be fixed: model inputs and outputs, parameters and constants, the inputs and
-outputs of ops we cannot narrow (grouped convs, attention's ``view`` of channels into heads,
+outputs of ops we cannot narrow (attention's ``view`` of channels into heads,
 matrix products, reductions over channels, unknown ops), and tensors split or sliced along
 channels at sizes written in the forward code. Unknown ops are never assumed to preserve
 channels; they are fixed and named in ``ChannelGraph.notes``.
@@ -88,7 +90,7 @@ class LayerUse:
     """One module's role in the graph: which channel ids it reads and writes."""
 
     path: str
-    kind: str  # "conv", "conv_t", "linear", "depthwise", "bn" (owning), "select_bn"
+    kind: str  # "conv", "conv_t", "linear", "depthwise", "grouped", "bn" (owning), "select_bn"
     in_ids: Ann
     out_ids: Ann
     source: tuple[int, ...] = ()  # select_bn: the input position each output channel reads
@@ -304,6 +306,7 @@ class _Recorder(TorchFunctionMode):
         self.depth = 0  # > 0 while inside a layer: its own ops are not looked at
         self.busy = False  # our own bookkeeping runs torch ops too
         self.stack: list[tuple] = []
+        self.groups: list[tuple[Ann, Ann]] = []  # (input ids, output ids) of each group of a grouped conv
         self.where: list[str] = []  # module paths being run, innermost last
         self.stand_ins = StandIns()  # heavy ops on tensors computed from the input: shapes only (shape_only.py)
         self.inside_fixed = 0  # > 0 inside a module of ``fixed``: its code may branch on values, computed as is
@@ -341,6 +344,7 @@ class _Recorder(TorchFunctionMode):
         for t in _tensors(out):  # model outputs (classifier, detection heads) keep their width
             self._fix(self._get(t))
         self._settle_batch_norms()
+        self._settle_groups()
         self.g.flatten()
         return self.g
 
@@ -434,8 +438,9 @@ class _Recorder(TorchFunctionMode):
         elif isinstance(mod, _ConvNd) and not isinstance(mod, _ConvTransposeNd) \
                 and mod.groups == mod.in_channels == mod.out_channels:
             kind, ids = "depthwise", x  # channel i -> channel i
-        elif isinstance(mod, _ConvNd):
-            return self._opaque(inputs, out, f"'{path}' (grouped conv, groups={mod.groups})")
+        elif isinstance(mod, _ConvNd) and len(x) == mod.in_channels:
+            kind, ids = "grouped", g.new_ids(mod.out_channels)
+            self._couple_groups(mod.groups, x, ids)
         elif out.dim() == 2:
             kind, ids = "linear", g.new_ids(mod.out_features)
         else:
@@ -445,6 +450,24 @@ class _Recorder(TorchFunctionMode):
         g.layers[path] = LayerUse(path, kind, x, ids)
         self._set_output(out, ids, path)
         return None
+
+    def _couple_groups(self, groups: int, x: Ann, out: Ann) -> None:
+        """A group of a grouped conv reads its own input channels only and cannot lose some of them (every
+        group reads as many): its inputs and outputs are one channel, kept or removed whole. Its outputs are
+        a constant (the conv's bias) once its inputs are zeroed: scored if every input is."""
+        per_in, per_out = len(x) // groups, len(out) // groups
+        for k in range(groups):
+            inputs, outputs = x[k * per_in:(k + 1) * per_in], out[k * per_out:(k + 1) * per_out]
+            self.g.unify(inputs[:1] * (per_in + per_out), inputs + outputs)
+            self.groups.append((inputs, outputs))
+
+    def _settle_groups(self) -> None:
+        """Score the outputs of each group whose inputs are all scored (as the analysis ended: an owning BN
+        scores its producer's outputs only then)."""
+        g = self.g
+        for inputs, outputs in self.groups:
+            if all(i in g.scored for i in inputs):
+                g.scored.update(outputs)
 
     def _batch_norm(self, path: str, mod: _BatchNorm, x: Ann, x_t: torch.Tensor, out: torch.Tensor) -> None:
         g = self.g

@@ -175,9 +175,11 @@ def _pop(stack: list) -> None:
     stack.pop()
 
 
-def _shapes_only(model: nn.Module, graph: ChannelGraph, inputs: list) -> ShapeOnly:
-    """Heavy ops on the input get stand-ins (see shape_only.py), except inside the modules kept as they are."""
-    exact = [m for path, m in model.named_modules() if any(fnmatch.fnmatch(path, p) for p in graph.fixed_modules)]
+def _shapes_only(model: nn.Module, graph: ChannelGraph, inputs: list, computed: Sequence[str] = ()) -> ShapeOnly:
+    """Heavy ops on the input get stand-ins (see shape_only.py), except inside the modules kept as they are
+    and the layers named in ``computed``."""
+    exact = [m for path, m in model.named_modules()
+             if path in computed or any(fnmatch.fnmatch(path, p) for p in graph.fixed_modules)]
     return ShapeOnly([t for t in inputs if isinstance(t, torch.Tensor)], exact).running()
 
 
@@ -231,7 +233,9 @@ def _foldable(model: nn.Module, graph: ChannelGraph, pruned: set[int], mode: str
     # constant, only zero, and only when β is zeroed too.
     ok = set(pruned) - set(graph.roots(graph.gated))
     for path, use in graph.layers.items():
-        if use.kind in _CONSUMERS and not _absorbs_constants(model.get_submodule(path), use, mode):
+        # a removed group of a grouped conv outputs its bias only when its inputs are exactly zero
+        if use.kind == "grouped" or use.kind in _CONSUMERS and not _absorbs_constants(model.get_submodule(path),
+                                                                                     use, mode):
             ok -= set(graph.roots(use.in_ids))
     return ok
 
@@ -323,7 +327,12 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
             # A removed channel's value does not depend on what the convolutions compute: stand-ins do
             # (random, so a data-dependent gate still shows); where a chain of stand-ins overflowed into a
             # removed channel (0 * inf in its BN), the model runs again as it is.
-            seen = _inputs_seen(model, [*readers, *selecting], example, graph)
+            # Removed channels a layer computes without a BN replacing them by β (a removed group of a
+            # grouped conv outputs its bias) are computed as they are.
+            owned = set(graph.producers.values())
+            computed = [p for p, u in graph.layers.items() if u.kind not in ("bn", "select_bn") and p not in owned
+                        and not pruned.isdisjoint(graph.roots(u.out_ids))]
+            seen = _inputs_seen(model, [*readers, *selecting], example, graph, computed)
             for path, values in seen.items():
                 at = torch.tensor([k for k, r in enumerate(graph.roots(graph.layers[path].in_ids)) if r in pruned])
                 if values.is_floating_point() and not bool(values.index_select(1, at).isfinite().all()):
@@ -376,10 +385,11 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
                                                  seen[path]) for path, positions in orphans.items()}, carriers
 
 
-def _inputs_seen(model: nn.Module, paths: list[str], example: torch.Tensor, stand_ins: ChannelGraph | None
-                 ) -> dict[str, torch.Tensor]:
+def _inputs_seen(model: nn.Module, paths: list[str], example: torch.Tensor, stand_ins: ChannelGraph | None,
+                 computed: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """The input of each layer in ``paths`` (its first call) on ``example``; with stand-ins for the heavy ops
-    on the input when ``stand_ins`` gives the graph (its fixed modules are computed as they are)."""
+    on the input when ``stand_ins`` gives the graph (its fixed modules and the layers ``computed`` are
+    computed as they are)."""
     seen: dict[str, torch.Tensor] = {}
 
     def record(path: str, args: tuple) -> None:  # a pre-hook returning a value would replace the inputs
@@ -388,7 +398,8 @@ def _inputs_seen(model: nn.Module, paths: list[str], example: torch.Tensor, stan
     hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: record(p, args), prepend=True)
              for p in paths]
     try:
-        with _shapes_only(model, stand_ins, [example]) if stand_ins is not None else contextlib.nullcontext():
+        with _shapes_only(model, stand_ins, [example], computed) if stand_ins is not None else \
+                contextlib.nullcontext():
             model(example)
     finally:
         for h in hooks:
