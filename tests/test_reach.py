@@ -118,3 +118,43 @@ def test_grouped_convs_of_every_kind_lose_whole_groups(fold):
     assert (small.up.groups, small.up.in_channels, small.up.out_channels) == (3, 48, 12)
     assert torch.equal(small.up.weight, torch.cat([model.up.weight[:16], model.up.weight[32:]]))
     _close(masked_model(model, plan, graph=graph, fold_bias=fold), small, torch.randn(3, 3, 12, 12))
+
+
+class TokenBlocks(nn.Module):
+    """Channels that leave dim 1 and come back: a ConvNeXt-style MLP over ``permute(0, 2, 3, 1)``, a token
+    Linear over ``flatten(2).transpose(1, 2)`` with a LeViT-style BN over ``flatten(0, 1)`` (``reshape_as``),
+    mean-pooled tokens into the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.fc1, self.bn2, self.fc2, self.bn4 = nn.Linear(16, 32), nn.BatchNorm2d(32), nn.Linear(32, 16), \
+            nn.BatchNorm2d(16)
+        self.token, self.bn3 = nn.Linear(16, 24), nn.BatchNorm1d(24)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        y = self.fc1(x.permute(0, 2, 3, 1))  # (B, H, W, 32)
+        y = nn.functional.gelu(self.bn2(y.permute(0, 3, 1, 2)))  # back to dim 1 for the BN
+        x = x + self.bn4(self.fc2(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        t = self.token(x.flatten(2).transpose(1, 2))  # (B, HW, 24)
+        t = torch.relu(self.bn3(t.flatten(0, 1)).reshape_as(t))
+        return self.head(t.mean(1))
+
+
+@pytest.mark.filterwarnings("error:pruned channels")
+@pytest.mark.parametrize("fold", [True, False, "carrier"])
+def test_channels_followed_through_permutes_into_token_linears_and_back(fold):
+    model = randomize_bn(TokenBlocks(), seed=0).eval()
+    graph = trace_channels(model, torch.randn(2, 3, 6, 6))
+    assert not graph.notes, graph.notes
+    assert graph.layers["fc1"].axis == 3 and graph.layers["token"].axis == 2
+    assert graph.layers["bn3"].kind == graph.layers["bn4"].kind == "bn"  # own their Linears through the views
+    plan = plan_pruning(model, percent=0.4, graph=graph)
+    small = apply_plan(model, plan, graph=graph, fold_bias=fold)
+    kept = {p: len(plan.kept[p]) for p in ("bn1", "bn2", "bn3")}
+    assert small.fc1.in_features == small.fc2.out_features == small.token.in_features == kept["bn1"] < 16
+    assert small.fc1.out_features == small.fc2.in_features == kept["bn2"] < 32
+    assert small.token.out_features == small.head.in_features == kept["bn3"] < 24
+    _close(masked_model(model, plan, graph=graph, fold_bias=fold), small, torch.randn(3, 3, 7, 5))

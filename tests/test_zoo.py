@@ -52,6 +52,7 @@ CASES = {
     "timm/repvgg_a0": Case("timm", 128, 96),
     "timm/tf_efficientnet_b0": Case("timm", 128, 113),
     "timm/hgnetv2_b0": Case("timm", 96, 64),
+    "timm/levit_128s": Case("timm", 224, 224),  # attention biases fixed at 14x14 tokens: one size, two batches
     "torchvision/resnet18": Case("torchvision", 128, 96),
     "torchvision/mobilenet_v3_small": Case("torchvision", 128, 96),
     "ultralytics/yolov8n.yaml": Case("ultralytics", 128, 96),
@@ -210,6 +211,22 @@ def test_hgnetv2_scalar_learnable_affine_does_not_fix_channels(pruned):
             narrowed += new.conv.out_channels < old.conv.out_channels
     assert narrowed >= 10
     assert not netslim.trace_channels(pruned.original, pruned.inputs["example"]).notes
+
+
+@pytest.mark.parametrize("pruned", ["timm/levit_128s"], indirect=True)
+def test_levit_token_linears_narrow_with_the_bn_over_their_flattened_tokens(pruned):
+    """LeViT's LinearNorm: a Linear over tokens (B, N, C), its BN over ``flatten(0, 1)`` and ``reshape_as``
+    back. The BN owns the Linear: each MLP's hidden Linear narrows with its BN, the next reads what is kept."""
+    from timm.models.levit import LevitMlp
+
+    narrowed = 0
+    for path, old in pruned.original.named_modules():
+        if isinstance(old, LevitMlp):
+            new = pruned.compact.get_submodule(path)
+            hidden = new.ln1.linear.out_features
+            assert hidden == new.ln1.bn.num_features == new.ln2.linear.in_features, path
+            narrowed += hidden < old.ln1.linear.out_features
+    assert narrowed >= 8
 
 
 @pytest.mark.parametrize("pruned", ["ultralytics/yolo11n.yaml"], indirect=True)

@@ -35,6 +35,7 @@ channels; they are fixed and named in ``ChannelGraph.notes``.
 from __future__ import annotations
 
 import fnmatch
+import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ _PRESERVING = {
     "clone", "contiguous", "float", "half", "double", "bfloat16", "to", "type", "type_as",
     "detach", "cpu", "cuda", "clamp", "clip", "clamp_min", "clamp_max", "abs", "exp", "neg", "sqrt", "rsqrt",
     "pow", "square", "log", "log1p", "expm1", "sin", "cos", "erf", "requires_grad_",
-    "expand", "expand_as", "nan_to_num", "sign", "round", "floor", "ceil",
+    "expand", "nan_to_num", "sign", "round", "floor", "ceil",
 }
 _SUMS = {"add", "sub", "rsub", "maximum", "minimum"}
 _PRODUCTS = {"mul"}
@@ -77,6 +78,8 @@ _QUOTIENTS = {"div", "truediv"}  # the dividend is the first operand
 _REDUCTIONS = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "logsumexp", "prod"}
 _BINARY = _SUMS | _PRODUCTS | _QUOTIENTS | {"rtruediv"}
 _NEW_LIKE = {"new_zeros", "new_ones", "new_full", "new_empty", "new_tensor"}
+_MOVES = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "unsqueeze", "squeeze", "flatten",
+          "unflatten", "view", "reshape", "view_as", "reshape_as", "contiguous", "get"}  # ("get": .T, .mT)
 _SPLITS = {"split", "chunk", "tensor_split", "split_with_sizes", "unbind"}
 _METADATA = {"size", "dim", "numel", "len", "ndimension", "nelement", "is_contiguous", "is_floating_point",
              "element_size", "stride", "storage_offset", "data_ptr", "format", "repr", "hash", "reduce_ex",
@@ -94,6 +97,7 @@ class LayerUse:
     in_ids: Ann
     out_ids: Ann
     source: tuple[int, ...] = ()  # select_bn: the input position each output channel reads
+    axis: int = 1  # the input's channel dimension (a Linear over tokens: the last one)
 
 
 @dataclass
@@ -299,6 +303,7 @@ class _Recorder(TorchFunctionMode):
         self.patterns = list(fixed)
         self.g = ChannelGraph()
         self.ann = WeakIdKeyDictionary()  # tensor -> Ann
+        self.axis = WeakIdKeyDictionary()  # tensor -> its channel dimension, where that is not dim 1
         self.made_by = WeakIdKeyDictionary()  # tensor -> path of the layer whose output it is
         self.tainted = WeakIdKeyDictionary()  # tensor -> True when computed from the input data
         self.readers: dict[str, int] = {}  # layer path -> how many ops read its output
@@ -365,11 +370,13 @@ class _Recorder(TorchFunctionMode):
     def _fresh(self, t: torch.Tensor, fixed: bool) -> Ann | None:
         return self.g.new_ids(t.shape[1], fixed) if t.dim() >= 2 else None
 
-    def _get(self, t: torch.Tensor) -> Ann | None:
-        """A tensor's ids; a tensor first seen here (a parameter, a buffer, a constant) is fixed."""
+    def _get(self, t: torch.Tensor, axis: int = 1) -> Ann | None:
+        """A tensor's ids; a tensor first seen here (a parameter, a constant, the result of an op that fixed
+        its operands) gets fixed ids, in dim ``axis`` (where the layer reading it has its channels)."""
         ann = self.ann.get(t)
         if ann is None and t.dim() >= 2:
-            ann = self.ann[t] = self._fresh(t, fixed=True)
+            self._store(t, self.g.new_ids(t.shape[axis], fixed=True), axis)
+            ann = self.ann[t]
         return ann
 
     def _fix(self, ann) -> None:
@@ -377,13 +384,15 @@ class _Recorder(TorchFunctionMode):
             self.g.fixed.update(ann)
 
     def _opaque(self, inputs: list[torch.Tensor], result, why: str) -> None:
-        """Keep everything this op touches: inputs fixed, outputs fresh fixed ids."""
+        """Keep everything this op touches: inputs fixed; outputs get fixed ids where they are read (``_get``:
+        which dim holds their channels is known only there)."""
         for t in inputs:
             self._fix(self._get(t))
         if why:
             self.g.notes.append(f"{why}: its channels are kept")
         for t in _tensors(result):
-            self.ann[t] = self._fresh(t, fixed=True)
+            if not any(t is i for i in inputs) and t in self.ann:
+                del self.ann[t]
 
     # -- layers (module hooks) --
     def _enter(self, path: str, mod: nn.Module, args, kwargs) -> None:
@@ -416,13 +425,18 @@ class _Recorder(TorchFunctionMode):
             return self._opaque(inputs, out, "")
         if x_t is None or not isinstance(out, torch.Tensor) or x_t.dim() < 2 or out.dim() < 2:
             return self._opaque(inputs, out, f"{type(mod).__name__} at '{path}' without a channel input or output")
-        x = self._get(x_t)
+        out_axis = out.dim() - 1 if isinstance(mod, nn.Linear) else 1
+        x = self._get(x_t, x_t.dim() - 1 if isinstance(mod, nn.Linear) else 1)
+        axis = self.axis.get(x_t, 1)
+        if axis != (x_t.dim() - 1 if isinstance(mod, nn.Linear) else 1):  # BN, conv: dim 1; Linear: the last
+            return self._opaque(inputs, out, f"'{path}' ({type(mod).__name__}) reading channels in dim {axis} "
+                                             f"of a {x_t.dim()}-d tensor")
         if path in g.layers:  # a layer called twice: its channels must agree across calls
             use = g.layers[path]
-            if len(x) == len(use.in_ids) and len(use.out_ids) == out.shape[1]:
+            if len(x) == len(use.in_ids) and len(use.out_ids) == out.shape[out_axis]:
                 g.unify(x, use.in_ids)
                 g.reads.update(x)
-                self._set_output(out, use.out_ids, path)
+                self._set_output(out, use.out_ids, path, out_axis)
                 return None
             return self._opaque(inputs, out, f"'{path}' called again with another width")
         why = _unnarrowable(mod)
@@ -441,14 +455,12 @@ class _Recorder(TorchFunctionMode):
         elif isinstance(mod, _ConvNd) and len(x) == mod.in_channels:
             kind, ids = "grouped", g.new_ids(mod.out_channels)
             self._couple_groups(mod.groups, x, ids)
-        elif out.dim() == 2:
+        else:  # a Linear over the features of a vector, or of each token (its channels in the last dim)
             kind, ids = "linear", g.new_ids(mod.out_features)
-        else:
-            return self._opaque(inputs, out, f"'{path}' (Linear over the last dim of a {out.dim()}-d tensor)")
-        if len(ids) != out.shape[1]:
+        if len(ids) != out.shape[out_axis]:
             return self._opaque(inputs, out, f"'{path}' (output width differs from the layer's)")
-        g.layers[path] = LayerUse(path, kind, x, ids)
-        self._set_output(out, ids, path)
+        g.layers[path] = LayerUse(path, kind, x, ids, axis=axis)
+        self._set_output(out, ids, path, out_axis)
         return None
 
     def _couple_groups(self, groups: int, x: Ann, out: Ann) -> None:
@@ -503,10 +515,17 @@ class _Recorder(TorchFunctionMode):
             g.layers[path] = LayerUse(path, "bn", use.in_ids, use.out_ids)
             g.producers[path] = producer
 
-    def _set_output(self, out: torch.Tensor, ids: Ann, path: str | None) -> None:
-        self.ann[out] = ids
+    def _set_output(self, out: torch.Tensor, ids: Ann, path: str | None, axis: int = 1) -> None:
+        self._store(out, ids, axis)
         if path is not None:
             self.made_by[out] = path
+
+    def _store(self, t: torch.Tensor, ids: Ann, axis: int) -> None:
+        self.ann[t] = ids
+        if axis != 1:
+            self.axis[t] = axis
+        elif t in self.axis:
+            del self.axis[t]
 
     def _count_reads(self, inputs: list[torch.Tensor]) -> None:
         for t in inputs:
@@ -578,62 +597,139 @@ class _Recorder(TorchFunctionMode):
             return  # a tensor without channels takes another's dtype (anchors ``type_as`` the features)
         if x_t.dim() < 2:
             return self._opaque(inputs, result, f"{name} of a tensor without channels with one that has them")
-        x = self._get(x_t)
-        ann = self._annotate(func, name, args, kwargs, result, x_t, x, inputs)
+        x, axis = self._get(x_t), self.axis.get(x_t, 1)
+        ann = self._annotate(func, name, args, kwargs, result, x_t, x, inputs, axis)
         if ann is _OPAQUE:
             return self._opaque(inputs, result, f"{name or func} ({tuple(x_t.shape)})")
-        if isinstance(result, torch.Tensor):
-            if ann is not None:
-                self.ann[result] = ann
-        else:  # tuples of pieces
-            for t, a in zip(outs, ann, strict=True):
-                if a is not None:
-                    self.ann[t] = a
+        for t, a in ([(result, ann)] if isinstance(result, torch.Tensor) else zip(outs, ann, strict=True)):
+            if isinstance(a, _At):  # the channels moved to another dimension (or came back to dim 1)
+                self._store(t, a.ids, a.axis)
+            elif a is not None:  # the channels stay in the dimension they were in
+                self._store(t, a, axis)
+        producer = self.made_by.get(x_t)
+        if name in _MOVES and producer is not None and self.ann.get(result) is x:
+            # a layer's output only reshaped or permuted (LeViT's ``bn(linear(x).flatten(0, 1))``): still that
+            # layer's output for the BN reading it, and this view is not one more reader
+            self.made_by[result] = producer
+            self.readers[producer] -= 1
 
-    def _annotate(self, func, name, args, kwargs, result, x_t, x, inputs):
+    def _annotate(self, func, name, args, kwargs, result, x_t, x, inputs, axis):
+        """The ids of ``result`` (an Ann in ``x_t``'s channel dim ``axis``, an ``_At`` where they moved, a
+        tuple of those for several results), None where it has no channels, or _OPAQUE."""
         single = isinstance(result, torch.Tensor)
         if name in _BINARY:
             return self._binary(name, args, result) if single else _OPAQUE
         if name in ("cat", "concat", "concatenate"):
-            return self._cat(args, kwargs, result)
+            return self._cat(args, kwargs, result, stacked=False)
+        if name == "stack":
+            return self._cat(args, kwargs, result, stacked=True)
         if name in _SPLITS:
-            return self._split(name, args, kwargs, result, x_t, x)
+            return self._split(name, args, kwargs, result, x_t, x, axis)
         if name == "getitem":
-            return self._getitem(args[1], result, x_t, x) if single else _OPAQUE
-        if not single:
-            if name in _REDUCTIONS and isinstance(result, tuple):  # max(dim=...): values and indices
-                dims = _dims(args, kwargs, x_t.dim())
-                return tuple(x if 1 not in dims and 0 not in dims and t.dim() >= 2 else None
-                             for t in result) if dims is not None and 1 not in dims else _OPAQUE
-            return _OPAQUE
-        if name in ("flatten", "view", "reshape"):
-            return self._reshape(x_t, x, result)
-        if name in _REDUCTIONS:
+            return self._getitem(args[1], result, x_t, x, axis) if single else _OPAQUE
+        if name in _REDUCTIONS:  # over other dims than the batch and the channels
             dims = _dims(args, kwargs, x_t.dim())
-            return x if dims is not None and not dims & {0, 1} and result.dim() >= 2 else _OPAQUE
+            if dims is None or dims & {0, axis} or any(t.dim() < 2 for t in _tensors(result)):
+                return _OPAQUE
+            kept = x if any(t.dim() == x_t.dim() for t in _tensors(result)) else _At(x, axis - len(
+                [d for d in dims if d < axis]))
+            return kept if single else tuple(kept for _ in result)  # max(dim=...): values and indices
+        if not single:
+            return _OPAQUE
+        if name in ("reshape_as", "view_as", "expand_as"):
+            return self._shaped_like(name, args, x_t, x, axis, result)
+        if name in _MOVES:
+            return self._follow(name, x_t, x, axis, result)
         if name in ("softmax", "log_softmax"):
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
-            return x if dim is not None and dim % x_t.dim() != 1 else _OPAQUE
-        if name == "pad":
+            return x if dim is not None and dim % x_t.dim() != axis else _OPAQUE
+        if name == "pad":  # (left, right) pairs from the last dim backwards; channels-last maps pad (0, 0) first
             pad = args[1] if len(args) > 1 else kwargs.get("pad", ())
-            if len(pad) > 2 * (x_t.dim() - 2) or not _same_channels(result, x):
+            padded = {x_t.dim() - 1 - k: pad[2 * k:2 * k + 2] for k in range(len(pad) // 2)}
+            if any(any(padded.get(d, ())) or d in padded and d == 0 for d in (0, axis)) \
+                    or result.shape[axis] != len(x):
                 return _OPAQUE
             if (args[2] if len(args) > 2 else kwargs.get("mode", "constant")) == "constant" and any(pad):
                 self.g.gated.update(x)  # a removed channel's constant gets a border of zeros: zero it (β too)
             return x
-        if name in ("permute", "transpose", "swapaxes", "movedim", "unsqueeze", "squeeze", "contiguous"):
-            return x if _keeps_batch_and_channels(x_t, result) else _OPAQUE
-        if name == "get":  # a property giving a tensor: .data, .T, .mT
-            return x if _keeps_batch_and_channels(x_t, result) else _OPAQUE
         others = [t for t in inputs if t is not x_t and t.dim() >= 2]
-        if name in _PRESERVING and x_t is inputs[0] and (not others or name in ("to", "type_as", "expand_as")):
-            return x if _same_channels(result, x) and result.shape[0] == x_t.shape[0] else _OPAQUE
+        if name in _PRESERVING and x_t is inputs[0] and (not others or name in ("to", "type_as")):
+            if axis == 1:  # pooling and resizing change the other dims only
+                return x if _same_channels(result, x) and result.shape[0] == x_t.shape[0] else _OPAQUE
+            return x if result.shape == x_t.shape else _OPAQUE
+        return _OPAQUE
+
+    def _shaped_like(self, name: str, args, x_t: torch.Tensor, x: Ann, axis: int, result: torch.Tensor):
+        """``x.reshape_as(other)``: the result takes other's shape, so its channels are other's (LeViT's
+        ``bn(linear(x).flatten(0, 1)).reshape_as(x)``); other is read for its shape only, not its values."""
+        if name == "expand_as":
+            ann = _At(x, axis + result.dim() - x_t.dim()) if result.shape[axis + result.dim() - x_t.dim()] == len(x) \
+                else _OPAQUE
+        else:
+            ann = self._follow(name, x_t, x, axis, result)
+        other = args[1] if len(args) > 1 and isinstance(args[1], torch.Tensor) else None
+        if other is None or not isinstance(ann, _At) and ann is not x:
+            return _OPAQUE
+        ids, at = (ann.ids, ann.axis) if isinstance(ann, _At) else (ann, axis)
+        theirs = self._get(other, at)
+        if self.axis.get(other, 1) != at or len(theirs) != len(ids):
+            return _OPAQUE
+        self.g.unify(ids, theirs)
+        producer = self.made_by.get(other)
+        if producer is not None:
+            self.readers[producer] -= 1
+        return ann
+
+    def _follow(self, name: str, x_t: torch.Tensor, x: Ann, axis: int, result: torch.Tensor):
+        """Where a reshape or a permutation puts the channel dim (tokens: ``flatten(2).transpose(1, 2)``)."""
+        if name in ("flatten", "view", "reshape", "view_as", "reshape_as", "unflatten"):
+            return self._reshaped(x_t, x, axis, result)
+        if name == "contiguous":
+            return x
+        # a view that moves dims (permute, transpose, movedim, (un)squeeze, .mT): the dim of the same size
+        # and stride holds the channels
+        width, stride = x_t.shape[axis], x_t.stride(axis)
+        found = [d for d in range(result.dim()) if result.shape[d] == width and result.stride(d) == stride]
+        if width < 2 or len(found) != 1 or found[0] == 0:  # the batch stays in front
+            return x if width == 1 and _same_channels(result, x) else _OPAQUE
+        return _At(x, found[0])
+
+    def _reshaped(self, x_t: torch.Tensor, x: Ann, axis: int, result: torch.Tensor):
+        """Where a reshape puts the channels, in row-major order: a result dim holding as many elements before
+        it as the channel dim (``_At``): the channel dim itself; the channels times the dims after them (a
+        flatten into features: feature f reads channel f // HW); the dims before them times the channels
+        (each channel k times); or a split of the channels into k equal pieces (k, C / k), unified like
+        ``chunk``'s (SK attention's paths). The batch dim never mixes with the channels."""
+        shape, width = tuple(x_t.shape), x_t.shape[axis]
+        for moved in range(1, result.dim()):
+            before, size = math.prod(result.shape[:moved]), result.shape[moved]
+            for first in range(1, axis + 1):  # dims first..axis - 1 merged in front of the channels
+                repeats = size // width if size % width == 0 else 0
+                if before == math.prod(shape[:first]) and repeats == math.prod(shape[first:axis]):
+                    return _At(x * repeats, moved)
+            for last in range(axis + 1, len(shape) + 1):  # dims axis + 1..last - 1 merged behind them
+                if before == math.prod(shape[:axis]) and size == math.prod(shape[axis:last]):
+                    per = size // width
+                    return _At(tuple(i for i in x for _ in range(per)), moved)
+            pieces = result.shape[moved - 1] if moved >= 2 else 0
+            if pieces > 1 and size > 1 and pieces * size == width and before == math.prod(shape[:axis]) * pieces:
+                split = [x[k * size:(k + 1) * size] for k in range(pieces)]
+                for piece in split[1:]:
+                    self.g.unify(split[0], piece)
+                return _At(split[0], moved)
         return _OPAQUE
 
     def _binary(self, name: str, args, result: torch.Tensor):
         if result.dim() < 2:
             return _OPAQUE
-        channels = result.shape[1]
+        # where the operands' channels fall in the result (broadcasting aligns the last dims)
+        axes = {self.axis.get(v, 1) + result.dim() - v.dim() for v in args[:2]
+                if isinstance(v, torch.Tensor) and self.ann.get(v) is not None and v.numel() > 1
+                and v.shape[self.axis.get(v, 1)] == result.shape[self.axis.get(v, 1) + result.dim() - v.dim()]}
+        if len(axes) > 1:
+            return _OPAQUE
+        axis = axes.pop() if axes else 1
+        channels = result.shape[axis]
         aligned: list[tuple[int, Ann]] = []  # (argument position, ids) of operands with a channel per result channel
         # An operand broadcast over the channels (numel 1, or size 1 on the channel dim) neither couples nor
         # fixes them. A constant one (a learnable scalar affine, ``scale * x + bias``) keeps a removed channel
@@ -642,8 +738,10 @@ class _Recorder(TorchFunctionMode):
         for pos, value in enumerate(args[:2]):
             if not isinstance(value, torch.Tensor):
                 continue  # Python numbers broadcast over every channel
-            at = 1 - (result.dim() - value.dim())  # where the result's channel dim falls in this operand
-            if value.dim() == result.dim() and value.shape[1] == channels and value.numel() > 1:
+            at = axis - (result.dim() - value.dim())  # where the result's channel dim falls in this operand
+            annotated = self.ann.get(value) is not None
+            if value.numel() > 1 and at >= 1 and value.shape[at] == channels \
+                    and (self.axis.get(value, 1) == at if annotated else at == 1 and value.dim() == result.dim()):
                 aligned.append((pos, self._get(value)))
             elif value.numel() == 1 or at < 0 or value.shape[at] == 1:
                 varying = varying or bool(self.tainted.get(value))
@@ -673,35 +771,43 @@ class _Recorder(TorchFunctionMode):
                 g.scored.add(i)
                 if gated:
                     g.gated.add(i)
-        return out
+        return _At(out, axis)
 
-    def _cat(self, args, kwargs, result: torch.Tensor):
+    def _cat(self, args, kwargs, result: torch.Tensor, stacked: bool):
+        """``cat`` (or ``stack``, a new dim): along the channels each tensor owns a slice of them; along another
+        dim they are the same channels, like the terms of a sum."""
         tensors = args[0] if args else kwargs.get("tensors")
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-        if not isinstance(result, torch.Tensor) or result.dim() < 2 or any(t.dim() != result.dim() for t in tensors):
+        rank = result.dim() - stacked if isinstance(result, torch.Tensor) else 0
+        if rank < 2 or any(t.dim() != rank for t in tensors):
             return _OPAQUE
         anns = [self._get(t) for t in tensors]
-        if dim % result.dim() == 1:
-            return tuple(i for a in anns for i in a)  # each producer owns a slice of the channels
-        out = self.g.new_ids(result.shape[1])  # concatenated along another dim: like a sum
+        axes = {self.axis.get(t, 1) for t in tensors}
+        axis = axes.pop()
+        if axes:
+            return _OPAQUE
+        dim %= result.dim()
+        if dim == axis and not stacked:
+            return _At(tuple(i for a in anns for i in a), axis)  # each producer owns a slice of the channels
+        out = self.g.new_ids(len(anns[0]))
         for a in anns:
             self.g.unify(out, a)
         self.g.scored.update(i for k, i in enumerate(out) if all(a[k] in self.g.scored for a in anns))
-        return out
+        return _At(out, axis + (stacked and dim <= axis))
 
-    def _split(self, name, args, kwargs, result, x_t: torch.Tensor, x: Ann):
+    def _split(self, name, args, kwargs, result, x_t: torch.Tensor, x: Ann, axis: int):
         if not isinstance(result, (tuple, list)) or not all(isinstance(r, torch.Tensor) for r in result):
             return _OPAQUE
         if name == "unbind":
-            dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-            return _OPAQUE if dim % x_t.dim() in (0, 1) else tuple(x for _ in result)
-        dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
-        if dim % x_t.dim() != 1:
-            return tuple(x if r.dim() >= 2 else None for r in result) if dim % x_t.dim() != 0 else _OPAQUE
+            dim = (args[1] if len(args) > 1 else kwargs.get("dim", 0)) % x_t.dim()
+            return _OPAQUE if dim in (0, axis) else tuple(_At(x, axis - (dim < axis)) for _ in result)
+        dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % x_t.dim()
+        if dim != axis:
+            return tuple(x if r.dim() >= 2 else None for r in result) if dim != 0 else _OPAQUE
         pieces, start = [], 0
         for r in result:
-            pieces.append(x[start:start + r.shape[1]])
-            start += r.shape[1]
+            pieces.append(x[start:start + r.shape[axis]])
+            start += r.shape[axis]
         # The compact model runs the same forward code, so the split must still cut where it did.
         # chunk(k) into equal pieces cuts in the middle of any width: unify the pieces position by
         # position so they stay equal. Sizes written in the code (split, tensor_split at indices,
@@ -716,30 +822,32 @@ class _Recorder(TorchFunctionMode):
             self.g.notes.append(f"{name} of {len(x)} channels at sizes fixed in the code: its channels are kept")
         return tuple(pieces)
 
-    def _getitem(self, index, result: torch.Tensor, x_t: torch.Tensor, x: Ann):
+    def _getitem(self, index, result: torch.Tensor, x_t: torch.Tensor, x: Ann, axis: int):
         index = index if isinstance(index, tuple) else (index,)
         if any(isinstance(i, torch.Tensor) or i is None for i in index):
             return _OPAQUE
-        rest = index[2:] if len(index) >= 2 else ()
-        if index and index[0] == slice(None) and all(isinstance(i, slice) or i is Ellipsis for i in rest) \
-                and result.dim() == x_t.dim():
-            if len(index) >= 2 and isinstance(index[1], slice):
-                if range(*index[1].indices(len(x))) != range(len(x)):
-                    # Slice bounds are constants of the forward code: they only fit the unpruned width.
-                    self._fix(x)
-                    self.g.notes.append(f"slice {index[1]} of {len(x)} channels: its channels are kept")
-                return x[index[1]]
-            if len(index) == 1 or index[1] is Ellipsis:
-                return x
-        return _OPAQUE
+        if Ellipsis in index:  # ``x[..., :k]`` reaches the channels only where they are the last dim
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (x_t.dim() - len(index) + 1) + index[at + 1:]
+        if len(index) > x_t.dim() or index[:1] not in ((), (slice(None),)):
+            return _OPAQUE  # the batch is indexed
+        picked = index[axis] if len(index) > axis else slice(None)
+        if not isinstance(picked, slice) or any(not isinstance(i, (int, slice)) for i in index):
+            return _OPAQUE
+        if range(*picked.indices(len(x))) != range(len(x)):
+            # Slice bounds are constants of the forward code: they only fit the unpruned width.
+            self._fix(x)
+            self.g.notes.append(f"slice {picked} of {len(x)} channels: its channels are kept")
+        moved = axis - sum(isinstance(i, int) for i in index[:axis])  # an int index drops its dim
+        return _At(x[picked], moved)
 
-    def _reshape(self, x_t: torch.Tensor, x: Ann, result: torch.Tensor):
-        if result.dim() >= 2 and tuple(result.shape[:2]) == tuple(x_t.shape[:2]):
-            return x
-        if result.dim() == 2 and result.shape[0] == x_t.shape[0] and result.shape[1] == x_t[0].numel():
-            per_channel = x_t[0, 0].numel() if x_t.dim() > 2 else 1
-            return tuple(i for i in x for _ in range(per_channel))  # feature f reads channel f // HW
-        return _OPAQUE
+
+@dataclass(frozen=True)
+class _At:
+    """A result's channel ids and the dim they are in (see ``_Recorder._annotate``)."""
+
+    ids: Ann
+    axis: int
 
 
 _OPAQUE = object()
@@ -758,12 +866,6 @@ def _dims(args, kwargs, rank: int) -> set[int] | None:
 
 def _same_channels(result: torch.Tensor, x: Ann) -> bool:
     return result.dim() >= 2 and result.shape[1] == len(x)
-
-
-def _keeps_batch_and_channels(x_t: torch.Tensor, result: torch.Tensor) -> bool:
-    """A permute/transpose/(un)squeeze that leaves dims 0 and 1 where they were (by shape and stride)."""
-    return result.dim() >= 2 and result.shape[:2] == x_t.shape[:2] and \
-        (result.stride()[:2] == x_t.stride()[:2] or result.numel() == 0)
 
 
 def _unnarrowable(mod: nn.Module) -> str:

@@ -335,7 +335,8 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
             seen = _inputs_seen(model, [*readers, *selecting], example, graph, computed)
             for path, values in seen.items():
                 at = torch.tensor([k for k, r in enumerate(graph.roots(graph.layers[path].in_ids)) if r in pruned])
-                if values.is_floating_point() and not bool(values.index_select(1, at).isfinite().all()):
+                axis = graph.layers[path].axis
+                if values.is_floating_point() and not bool(values.index_select(axis, at).isfinite().all()):
                     seen = _inputs_seen(model, [*readers, *selecting], example, None)
                     break
         finally:
@@ -346,8 +347,8 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
     for path, use in readers.items():
         positions = torch.tensor([k for k, r in enumerate(graph.roots(use.in_ids)) if r in pruned])
         # float64 on the CPU: the weights these are folded into may be float64 (and MPS has no float64)
-        values = seen[path].index_select(1, positions.to(seen[path].device)).to("cpu", torch.float64)
-        per_channel = values.transpose(0, 1).reshape(len(positions), -1)
+        values = seen[path].index_select(use.axis, positions.to(seen[path].device)).to("cpu", torch.float64)
+        per_channel = values.movedim(use.axis, 0).reshape(len(positions), -1)
         mean = per_channel.mean(1)
         spread = (per_channel - mean[:, None]).abs().amax(1)
         scale = 1e-5 * (1 + mean.abs())
