@@ -294,6 +294,31 @@ def test_grouped_convs_lose_whole_groups_exactly(name):
         torch.testing.assert_close(rebuilt.eval()(inputs[0]), compact(inputs[0]), rtol=0, atol=0)
 
 
+def test_smp_pspnet_names_the_encoder_stages_it_never_runs():
+    """smp's PSPNet builds a whole ResNet-18 and runs it to ``encoder_depth=3``: layer3 and layer4 (93% of the
+    parameters) never run, so a plan over the rest cannot reduce the total much. The analysis says so; of the
+    layers that run, every BN channel is prunable (the pyramid branches concatenated with their input
+    included) and the zero channels of the zoo protocol take about 40% of those layers' parameters."""
+    pytest.importorskip("segmentation_models_pytorch")
+    zoo = _zoo()
+    model = zoo.zero_channels(randomize_bn(build("smp/PSPNet/resnet18"), seed=1).eval(), 0.4, seed=2)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    graph = netslim.trace_channels(model, x)
+    assert {p.split(".")[1] for p in graph.unused} == {"layer3", "layer4"}
+    assert len(graph.notes) == 1 and "never ran" in graph.notes[0] and "(93%)" in graph.notes[0], graph.notes
+    prunable = graph.prunable_roots()
+    assert all(r in prunable for use in graph.bns.values() for r in graph.roots(use.out_ids))
+    scores = netslim.plan.channel_scores(model, graph)
+    zeros = sum(v == 0 for v in scores.values())
+    compact = netslim.apply_plan(model, netslim.plan_pruning(model, (zeros + 0.5) / len(scores), graph=graph),
+                                 graph=graph).eval()
+    unused = sum(p.numel() for path in graph.unused for p in model.get_submodule(path).parameters())
+    ran = netslim.count_params(model) - unused
+    assert (ran - (netslim.count_params(compact) - unused)) / ran > 0.3
+    with torch.no_grad():
+        assert max(relative_errors(compact(x), model(x))) <= TOLERANCE
+
+
 def _conv_bn(block: nn.Module, k: int) -> tuple[nn.Module, nn.Module] | None:
     """The k-th conv of a bottleneck and its BN: timm's ``conv{k}.conv``/``conv{k}.bn``, torchvision's
     ``conv{k}``/``bn{k}``."""

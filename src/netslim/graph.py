@@ -113,6 +113,7 @@ class ChannelGraph:
     notes: list[str] = field(default_factory=list)  # ops that forced channels to stay (fixed)
     input_shape: tuple[int, ...] = ()  # of the example input the analysis ran on
     fixed_modules: tuple[str, ...] = ()  # module-path patterns kept as they are (their code may branch on values)
+    unused: tuple[str, ...] = ()  # conv/Linear/BN layers the forward never ran on the example input
     calls: dict[str, int] = field(default_factory=dict)  # layer path -> times it ran
     producers: dict[str, str] = field(default_factory=dict)  # owning BN path -> the layer it follows
     width_reads: set[int] = field(default_factory=set)  # ids of tensors whose shape Python code read
@@ -266,10 +267,27 @@ def _analyse(model: nn.Module, example_input, fixed: Sequence[str]) -> ChannelGr
         model.train(was_training)
     graph.notes.extend(f"module '{p}' reads channel counts in its Python code (a probe with narrower widths "
                        "failed there): its channels are kept" for p in kept)
+    _note_unused(model, graph)
     if not graph.bns:
         raise GraphError(f"{type(model).__name__} has no BatchNorm layer with a learnable scale: there are no "
                          "scaling factors to prune by (if BN was fused into the convs, prune the unfused model)")
     return graph
+
+
+def _note_unused(model: nn.Module, graph: ChannelGraph) -> None:
+    """Name the layers the forward never ran (smp's PSPNet builds a whole ResNet and runs three of its
+    stages): there is nothing to prune there, and they stay in the model as they are."""
+    inside = [p for p in graph.calls] + list(graph.fixed_modules)
+    unused = [(path, m) for path, m in model.named_modules() if isinstance(m, (_ConvNd, nn.Linear, _BatchNorm))
+              and not any(path == p or path.startswith(p + ".") or fnmatch.fnmatch(path, p) for p in inside)]
+    if not unused:
+        return
+    graph.unused = tuple(path for path, _ in unused)
+    held = sum(t.numel() for _, m in unused for t in m.parameters(recurse=False))
+    total = sum(t.numel() for t in model.parameters())
+    graph.notes.append(f"{len(unused)} layers never ran on the example input (e.g. '{unused[0][0]}'), holding "
+                       f"{held} of the model's {total} parameters ({100 * held / max(total, 1):.0f}%): they are kept "
+                       "as they are")
 
 
 def _op_name(func) -> str:
