@@ -510,6 +510,15 @@ def other_sections(results: Path = RESULTS) -> list[str]:
             parts.append(zoo.markdown(zoo_rec) + "\n" + _notes(zoo_rec) + "\n" + _provenance(zoo_rec))
         except Exception as e:  # another script's renderer must not stop this one
             parts.append(f"(zoo.markdown failed: {type(e).__name__}: {e})\n")
+    speed = next((p for p in (results / "prune_speed_full.json", results / "prune_speed_quick.json") if p.exists()),
+                 None)
+    if speed is not None:  # benchmarks/prune_speed.py (beside Torch-Pruning; needs torchvision, ultralytics, ...)
+        try:
+            import prune_speed
+
+            parts.append(prune_speed.markdown(json.loads(speed.read_text())))
+        except Exception as e:  # another script's renderer must not stop this one
+            parts.append(f"(prune_speed.markdown failed: {type(e).__name__}: {e})\n")
     path = results / "gpu.json"
     if path.exists():
         rec = json.loads(path.read_text())

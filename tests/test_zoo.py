@@ -367,3 +367,22 @@ def test_zoo_zeroed_channels_carry_zero():
     with torch.no_grad():
         out = bn(torch.randn(2, 10, 3, 3))
     assert bool((out[:, zeroed] == 0).all())
+
+
+def test_prune_speed_benchmark_smoke(tmp_path):
+    """benchmarks/prune_speed.py in smoke mode: both tools timed interleaved on one model, both exact there."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("torch_pruning")
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import prune_speed
+    finally:
+        sys.path.remove(str(bench))
+    rec = prune_speed.main(["--smoke", "--out", str(tmp_path)])
+    row = rec["results"]["models"][0]
+    assert set(row["netslim"]["stages"]) == {"analysis", "planning", "surgery", "total"}
+    assert set(row["torch_pruning"]["stages"]) == {"analysis", "step", "total"}
+    assert row["netslim"]["exact"] and row["netslim"]["params_ratio"] < 1
+    assert row["speedup_wall"] > 0 and row["channels_pruned"] > 0
+    assert "| torchvision/resnet18 (64 px) |" in prune_speed.markdown(rec)

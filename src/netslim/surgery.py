@@ -478,8 +478,8 @@ def _fold(new: nn.Module, old: nn.Module, in_keep: torch.Tensor, out_keep: torch
     border (a 3x3 or 1x1 map deep in a CIFAR network), it is the mean over the positions, which is the
     least-squares choice and exact on a 1x1 map.
     """
-    w = old.weight.detach().index_select(0, out_keep.to(old.weight.device))
-    w = w.index_select(1, positions.to(w.device)).to("cpu", torch.float64)
+    w = old.weight.detach().index_select(1, positions.to(old.weight.device))  # the few pruned inputs first
+    w = w.index_select(0, out_keep.to(w.device)).to("cpu", torch.float64)
     value = value.to("cpu", torch.float64)
     if carrier is not None:
         at = positions.tolist().index(carrier)
