@@ -369,6 +369,26 @@ def test_zoo_zeroed_channels_carry_zero():
     assert bool((out[:, zeroed] == 0).all())
 
 
+def test_analysis_and_surgery_skip_the_multiply_adds_of_a_forward_pass():
+    """What makes analysis + plan + surgery fast (benchmarks/prune_speed.py): on torchvision's ResNet-50 at
+    224 px the convolutions and the classifier run as stand-ins, so the three calls together execute under 2%
+    of the FLOPs of one forward pass (they ran two: the analysis, and the surgery's measurement of constants)."""
+    pytest.importorskip("torchvision")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = randomize_bn(build("torchvision/resnet50"), seed=1).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        model(x)
+    netslim.graph.clear_cache()
+    with FlopCounterMode(display=False) as pruning:
+        graph = netslim.trace_channels(model, x)
+        compact = netslim.apply_plan(model, netslim.plan_pruning(model, 0.3, graph=graph), graph=graph)
+    assert forward.get_total_flops() > 3e9
+    assert pruning.get_total_flops() < 0.02 * forward.get_total_flops()
+    assert netslim.count_params(compact) < netslim.count_params(model)
+
+
 def test_prune_speed_benchmark_smoke(tmp_path):
     """benchmarks/prune_speed.py in smoke mode: both tools timed interleaved on one model, both exact there."""
     pytest.importorskip("torchvision")

@@ -245,9 +245,14 @@ def _analyse(model: nn.Module, example_input, fixed: Sequence[str]) -> ChannelGr
 def _note_unused(model: nn.Module, graph: ChannelGraph) -> None:
     """Name the layers the forward never ran (smp's PSPNet builds a whole ResNet and runs three of its
     stages): there is nothing to prune there, and they stay in the model as they are."""
-    inside = [p for p in graph.calls] + list(graph.fixed_modules)
+    ran = set(graph.calls)
+
+    def inside_one_that_ran(path: str) -> bool:  # a conv inside a layer that ran (a fixed module) ran too
+        parts = path.split(".")
+        return any(".".join(parts[:k]) in ran for k in range(1, len(parts) + 1))
+
     unused = [(path, m) for path, m in model.named_modules() if isinstance(m, (_ConvNd, nn.Linear, _BatchNorm))
-              and not any(path == p or path.startswith(p + ".") or fnmatch.fnmatch(path, p) for p in inside)]
+              and not inside_one_that_ran(path) and not _matches(path, graph.fixed_modules)]
     if not unused:
         return
     graph.unused = tuple(path for path, _ in unused)

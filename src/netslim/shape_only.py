@@ -103,6 +103,8 @@ def _conv_shape(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=1, padd
     stride, dilation = _per_dim(stride, n), _per_dim(dilation, n)
     kernel = weight.shape[2:]
     if padding == "same":
+        if any(s != 1 for s in stride):
+            raise RuntimeError("padding='same' is not supported for strided convolutions")
         spatial = list(x.shape[-n:])
     else:
         padding = (0,) * n if padding == "valid" else _per_dim(padding, n)

@@ -178,8 +178,9 @@ def _pop(stack: list) -> None:
 def _shapes_only(model: nn.Module, graph: ChannelGraph, inputs: list, computed: Sequence[str] = ()) -> ShapeOnly:
     """Heavy ops on the input get stand-ins (see shape_only.py), except inside the modules kept as they are
     and the layers named in ``computed``."""
-    exact = [m for path, m in model.named_modules()
-             if path in computed or any(fnmatch.fnmatch(path, p) for p in graph.fixed_modules)]
+    exact = [model.get_submodule(path) for path in computed]
+    if graph.fixed_modules:
+        exact += [m for path, m in model.named_modules() if any(fnmatch.fnmatch(path, p) for p in graph.fixed_modules)]
     return ShapeOnly([t for t in inputs if isinstance(t, torch.Tensor)], exact).running()
 
 
