@@ -232,7 +232,10 @@ def _median_of(stages: dict, key: str, clock: str = "wall") -> str:
 
 
 def _exact(r: dict) -> str:
-    return "yes" if r["exact"] else f"no ({r['max_relative_error']:.0e})"
+    if r["exact"]:
+        return "yes"
+    error = r["max_relative_error"]
+    return "no (outputs of another shape)" if error is None else f"no ({error:.0e})"
 
 
 if __name__ == "__main__":
