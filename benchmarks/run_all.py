@@ -131,10 +131,11 @@ def render_regularizer(rec: dict) -> str:
 def render_surgery(rec: dict) -> str:
     r = rec["results"]
     lines = ["## Pruning time: analysis, planning, surgery\n",
-             "`trace_channels` (torch.fx trace + one annotated forward), `plan_pruning(..., graph=graph)` and "
-             "`apply_plan(..., graph=graph)` timed apart (median wall clock; CPU time of the total alongside), and "
-             "the two public calls as a user makes them (`plan_pruning` then `apply_plan`, each tracing anew). BN "
-             "scales randomized from a seeded generator. Goal: well under a second per model.\n",
+             "`trace_channels` (one recorded forward, its convolutions as stand-ins), `plan_pruning(..., "
+             "graph=graph)` and `apply_plan(..., graph=graph)` timed apart (median wall clock; CPU time of the "
+             "total alongside), and the two public calls as a user makes them (`plan_pruning` then `apply_plan`, "
+             "each tracing anew). BN scales randomized from a seeded generator. Goal: well under a second per "
+             "model.\n",
              "| model @ pruned | analysis | planning | surgery | total (CPU) | plan + apply calls | channels pruned "
              "| FLOPs after |",
              "|---|---|---|---|---|---|---|---|"]
