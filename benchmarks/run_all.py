@@ -132,10 +132,11 @@ def render_regularizer(rec: dict) -> str:
 def render_surgery(rec: dict) -> str:
     r = rec["results"]
     lines = ["## Pruning time: analysis, planning, surgery\n",
-             "`trace_channels` (torch.fx trace + one annotated forward), `plan_pruning(..., graph=graph)` and "
-             "`apply_plan(..., graph=graph)` timed apart (median wall clock; CPU time of the total alongside), and "
-             "the two public calls as a user makes them (`plan_pruning` then `apply_plan`, each tracing anew). BN "
-             "scales randomized from a seeded generator. Goal: well under a second per model.\n",
+             "`trace_channels` (one recorded forward, its convolutions as stand-ins), `plan_pruning(..., "
+             "graph=graph)` and `apply_plan(..., graph=graph)` timed apart (median wall clock; CPU time of the "
+             "total alongside), and the two public calls as a user makes them (`plan_pruning` then `apply_plan`, "
+             "each tracing anew). BN scales randomized from a seeded generator. Goal: well under a second per "
+             "model.\n",
              "| model @ pruned | analysis | planning | surgery | total (CPU) | plan + apply calls | channels pruned "
              "| FLOPs after |",
              "|---|---|---|---|---|---|---|---|"]
@@ -513,6 +514,15 @@ def other_sections(results: Path = RESULTS) -> list[str]:
             parts.append(importlib.import_module(script).markdown(rec) + "\n" + _notes(rec) + "\n" + _provenance(rec))
         except Exception as e:  # another script's renderer must not stop this one
             parts.append(f"({script}.markdown failed: {type(e).__name__}: {e})\n")
+    speed = next((p for p in (results / "prune_speed_full.json", results / "prune_speed_quick.json") if p.exists()),
+                 None)
+    if speed is not None:  # benchmarks/prune_speed.py (beside Torch-Pruning; needs torchvision, ultralytics, ...)
+        try:
+            import prune_speed
+
+            parts.append(prune_speed.markdown(json.loads(speed.read_text())))
+        except Exception as e:  # another script's renderer must not stop this one
+            parts.append(f"(prune_speed.markdown failed: {type(e).__name__}: {e})\n")
     yolo_recs = [json.loads(p.read_text()) for p in sorted(results.glob("yolo_full*.json"))]
     if yolo_recs:  # benchmarks/yolo.py (YOLOv8n with Ultralytics' trainer; one record per seed)
         try:

@@ -48,7 +48,7 @@ from shapes_data import write_shapes_dataset  # noqa: E402
 NAME = "yolo"
 SETTINGS = {
     "full": {"train": 400, "val": 100, "imgsz": 128, "epochs": 15, "finetune": 5, "batch": 16,
-             "lambdas": [1e-4, 1e-2, 3e-2, 1e-1, 3e-1], "percents": [0.3, 0.5], "speedup": 2.0,
+             "lambdas": [1e-4, 1e-2, 3e-2, 1e-1, 2e-1, 3e-1], "percents": [0.3, 0.5], "speedup": 2.0,
              "recalibrate": 25, "repeats": 30},
     "quick": {"train": 64, "val": 32, "imgsz": 64, "epochs": 3, "finetune": 1, "batch": 16,
               "lambdas": [1e-4, 1e-1], "percents": [0.5], "speedup": 1.5, "recalibrate": 4, "repeats": 5},

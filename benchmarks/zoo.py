@@ -63,18 +63,32 @@ TIMM = ["resnet18", "resnet26", "resnet50", "resnet18d", "resnext26ts", "seresne
         "lcnet_050", "hardcorenas_a", "ghostnet_100", "rexnet_100", "densenet121", "dla34", "dpn68", "cspdarknet53",
         "cspresnet50", "cs3darknet_s", "darknet53", "vovnet39a", "ese_vovnet19b_dw", "regnetx_002", "regnety_002",
         "regnety_008", "hrnet_w18_small", "repvgg_a0", "mobileone_s0", "selecsls42b", "gernet_s",
-        "convnext_atto", "nf_resnet26"]  # the last two have no BN: refused
+        "convnext_atto", "nf_resnet26",  # these two have no BN: refused
+        # transformer-with-BN hybrids (fixed-resolution attention at the size after "@")
+        "hgnetv2_b0", "levit_128s@224", "efficientformer_l1@224", "efficientformerv2_s0@224", "mobilevit_xxs",
+        "efficientvit_m0", "efficientvit_b0", "tiny_vit_5m_224@224", "repvit_m1", "fastvit_t8", "visformer_tiny@224",
+        "coatnet_nano_rw_224@224", "maxvit_nano_rw_256@256", "botnet26t_256@256", "halonet26t@256",
+        "mobilenetv4_hybrid_medium",
+        # more convolutional families
+        "ghostnetv2_100", "cspresnext50", "regnetz_b16", "gcresnet33ts", "seresnext26d_32x4d", "skresnext50_32x4d",
+        "resnetv2_50", "inception_v3@96", "xception41", "res2next50", "dla60x_c", "inception_next_tiny"]
 TORCHVISION = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_small",
                "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2_x1_0", "mnasnet1_0", "regnet_y_400mf",
-               "densenet121", "googlenet", "squeezenet1_0"]  # squeezenet has no BN
+               "densenet121", "googlenet", "squeezenet1_0",  # squeezenet has no BN
+               "regnet_x_400mf", "shufflenet_v2_x0_5", "efficientnet_v2_s"]
+VIDEO = ["r3d_18", "mc3_18", "r2plus1d_18"]  # (batch, 3, 8 frames, size, size); S3D needs 16 frames at 224 px
 FULL = ([f"timm/{n}" for n in TIMM] + [f"torchvision/{n}" for n in TORCHVISION]
         + ["torchvision-seg/fcn_resnet50", "torchvision-seg/deeplabv3_mobilenet_v3_large",
            "torchvision-seg/lraspp_mobilenet_v3_large", "torchvision-det/resnet18_fpn",
            "torchvision-det/mobilenet_v3_large_fpn"]
+        + [f"torchvision-video/{n}" for n in VIDEO]
         + [f"ultralytics/{n}.yaml" for n in ("yolov8n", "yolo11n", "yolov8n-seg", "yolo11n-seg", "yolov5nu",
-                                             "yolov8n-cls")]
+                                             "yolov8n-cls", "yolov3-tinyu", "yolov6n", "yolov9t", "yolov10n", "yolo12n",
+                                             "yolo26n", "yolov8n-pose", "yolov8n-obb", "yolo11n-pose", "yolo11n-obb",
+                                             "yolo11n-cls", "rtdetr-l")]
         + ["smp/Unet/resnet34", "smp/FPN/efficientnet-b0", "smp/DeepLabV3Plus/resnet18", "smp/Linknet/mobilenet_v2",
-           "smp/Unet/mobilenet_v2"])
+           "smp/Unet/mobilenet_v2", "smp/UnetPlusPlus/resnet18", "smp/MAnet/resnet18", "smp/PAN/resnet18@128",
+           "smp/PSPNet/resnet18", "smp/DeepLabV3/resnet18", "smp/UPerNet/resnet18", "smp/Segformer/resnet18"])
 QUICK = ["timm/efficientnet_b0", "timm/tf_efficientnet_b0", "timm/densenet121", "timm/mobilenetv3_large_100",
          "timm/convnext_atto", "torchvision/resnet18", "torchvision-seg/lraspp_mobilenet_v3_large",
          "ultralytics/yolov8n.yaml", "ultralytics/yolo11n-seg.yaml", "smp/FPN/efficientnet-b0"]
@@ -89,13 +103,13 @@ SETTINGS = {
 # -- the models, as their libraries build them --
 
 def build(name: str) -> nn.Module:
-    """``<library>/<model>``: random weights from the library's own constructor, never downloading weights."""
-    source, _, rest = name.partition("/")
+    """``<library>/<model>[@size]``: random weights from the library's own constructor, never downloading weights."""
+    source, _, rest = name.partition("@")[0].partition("/")
     if source == "timm":
         import timm
 
         return timm.create_model(rest, pretrained=False)
-    if source == "torchvision":
+    if source in ("torchvision", "torchvision-video"):
         import torchvision
 
         return torchvision.models.get_model(rest, weights=None)
@@ -113,9 +127,11 @@ def build(name: str) -> nn.Module:
         return backbone_utils.mobilenet_backbone(backbone_name=backbone, weights=None, fpn=True,
                                                  norm_layer=nn.BatchNorm2d, trainable_layers=6)
     if source == "ultralytics":
-        from ultralytics.nn.tasks import ClassificationModel, DetectionModel, SegmentationModel
+        from ultralytics.nn import tasks
 
-        kind = SegmentationModel if "-seg" in rest else ClassificationModel if "-cls" in rest else DetectionModel
+        kinds = {"-seg": tasks.SegmentationModel, "-cls": tasks.ClassificationModel, "-pose": tasks.PoseModel,
+                 "-obb": tasks.OBBModel, "rtdetr": tasks.RTDETRDetectionModel}
+        kind = next((k for tag, k in kinds.items() if tag in rest), tasks.DetectionModel)
         return kind(rest, verbose=False)
     if source == "smp":
         import segmentation_models_pytorch as smp
@@ -125,14 +141,24 @@ def build(name: str) -> nn.Module:
     raise ValueError(f"unknown model source in {name!r}")
 
 
+def example_inputs(name: str, cfg: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The example input (batch 1) and another (batch 2, another size unless the model's attention is built for
+    one resolution, given after "@"); video models read 8 frames."""
+    size = name.partition("@")[2]
+    sizes = (int(size), int(size)) if size else (cfg["size"], cfg["other"])
+    frames = (8,) if name.startswith("torchvision-video/") else ()
+    return {key: torch.randn(batch, 3, *frames, s, s, generator=generator)
+            for key, batch, s in (("example", 1, sizes[0]), ("other", 2, sizes[1]))}
+
+
 def output_layers(name: str, model: nn.Module) -> list[nn.Module]:
     """The layers producing the model's outputs, which Torch-Pruning is told to leave alone."""
     source = name.partition("/")[0]
     if source == "timm":
         head = model.get_classifier()
         return [head] if isinstance(head, nn.Module) and any(True for _ in head.parameters()) else []
-    if source == "torchvision":
-        return [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    if source in ("torchvision", "torchvision-video"):
+        return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv3d))][-1:]
     if source == "torchvision-seg":  # the last conv of each classifier (LR-ASPP has two)
         heads = [model.classifier] + ([model.aux_classifier] if getattr(model, "aux_classifier", None) else [])
         convs = [m for h in heads for m in h.modules() if isinstance(m, nn.Conv2d)]
@@ -241,7 +267,9 @@ def run_netslim(name: str, model: nn.Module, inputs: dict, cfg: dict, stage: lis
     signal.alarm(cfg["limit_s"])
     errors = errors_against(compact.eval(), inputs["reference"], inputs["x"], stage)
     stage.append("counting")
-    return {"status": "ok", **timings(stages), **sizes(model, compact), "percent": plan.achieved_percent,
+    unused = sum(p.numel() for path in graph.unused for p in model.get_submodule(path).parameters(recurse=False))
+    return {"status": "ok", **timings(stages), **sizes(model, compact), "params_unused": unused,
+            "percent": plan.achieved_percent,
             "channels_pruned": plan.pruned_channels, "channels_zero": zeros, "channels_prunable": plan.total_channels,
             "errors": errors, "max_relative_error": max(errors.values()), "bn_layers": len(graph.bns),
             "guarded": plan.guarded, "fixed_notes": len(graph.notes), "first_notes": graph.notes[:3]}
@@ -331,11 +359,12 @@ def worker(name: str, cfg: dict) -> None:
     try:
         model = randomize_bn(build(name), seed=cfg["seed"]).eval()
         zero_channels(model, cfg["zeroed"], cfg["seed"] + 2)
-        g = torch.Generator().manual_seed(cfg["seed"] + 1)
-        x = {"example": torch.randn(1, 3, cfg["size"], cfg["size"], generator=g),
-             "other": torch.randn(2, 3, cfg["other"], cfg["other"], generator=g)}
+        x = example_inputs(name, cfg, torch.Generator().manual_seed(cfg["seed"] + 1))
         with torch.no_grad():
             reference = {k: [t.clone() for t in leaves(model(v))] for k, v in x.items()}
+            # how far the model's own outputs move when its input moves by 1e-6 (relative): where that is large
+            # (a top-k selection of queries), rounding differences of a pruned model move them as far
+            sensitivity = {k: max_relative_error(model(v * (1 + 1e-6)), reference[k]) for k, v in x.items()}
     except Exception as e:
         print(MARK + json.dumps({"tool": "build", "status": "failed", "error": first_line(e)}), flush=True)
         return
@@ -344,7 +373,8 @@ def worker(name: str, cfg: dict) -> None:
     result = guarded(lambda stage: run_netslim(name, model, inputs, cfg, stage), cfg)
     if not has_bn and result["status"] == "failed":  # the correct outcome: one line, nothing to prune
         result["status"] = "refused"
-    print(MARK + json.dumps({"tool": "netslim", "has_bn": has_bn, **result}, default=str), flush=True)
+    print(MARK + json.dumps({"tool": "netslim", "has_bn": has_bn, "sensitivity": sensitivity, **result},
+                            default=str), flush=True)
     cfg = {**cfg, "ratio": result["percent"] if result["status"] == "ok" else cfg["zeroed"]}
     result = guarded(lambda stage: run_torch_pruning(name, model, inputs, cfg, stage), cfg)
     print(MARK + json.dumps({"tool": "torch_pruning", **result}, default=str), flush=True)
@@ -496,6 +526,16 @@ def _cell(r: dict) -> list[str]:
             f"{r['cpu_seconds']:.2f} ({r['seconds']:.2f})", f"-{_pct(1 - r['params_ratio'])}", _err(r)]
 
 
+def _moved(r: dict) -> str:
+    moved = r.get("sensitivity") or {}
+    return " / ".join(f"{moved[k]:.0e}" if k in moved else "?" for k in ("example", "other"))
+
+
+def _of_run(r: dict) -> str:
+    ran = r["params"][0] - r["params_unused"]
+    return f"-{100 * (r['params'][0] - r['params'][1]) / ran:.1f}% of those that run"
+
+
 def markdown(rec: dict) -> str:
     s = rec["settings"]
     versions = ", ".join(f"{k} {v}" for k, v in rec["results"]["versions"].items() if v)
@@ -509,8 +549,9 @@ def markdown(rec: dict) -> str:
              "output layers ignored (classifier, Detect/Segment/Classify head, segmentation head, FPN outputs). "
              "Removing only zero channels must leave every output as it was: *exact* = max over output tensors "
              "of max|pruned - original| / max|original| <= 1e-4 on the 1x3x"
-             f"{s['size']}x{s['size']} example and on a 2x3x{s['other']}x{s['other']} input, with fewer "
-             "parameters. Time: process CPU time (wall clock in brackets) of one run, "
+             f"{s['size']}x{s['size']} example and on a 2x3x{s['other']}x{s['other']} input (a model named "
+             "`@S` has attention built for one resolution: SxS for both, batch 1 and 2; video models read 8 frames), "
+             "with fewer parameters. Time: process CPU time (wall clock in brackets) of one run, "
              f"{rec['torch_set_num_threads']} thread per model process, {s.get('jobs', 1)} model processes side by "
              f"side. Limits per tool: {s['limit_s']} s per run, {s['memory_gb']} GB of extra address space. This "
              "replaces the earlier 50%-by-|γ| sweep (whose fidelity could only be measured against a masked model). "
@@ -536,10 +577,27 @@ def markdown(rec: dict) -> str:
 
 
 def _explanations(rows: list[dict]) -> list[str]:
-    """Where netslim kept channels: ops its analysis could not narrow."""
+    """Where netslim kept channels: ops its analysis could not narrow; models under 3% smaller; layers never run."""
     ours = {r["model"]: r["netslim"] for r in rows if r["built"] and r["netslim"]["status"] == "ok"}
     fixed = {m: r for m, r in ours.items() if r["fixed_notes"]}
     lines = []
+    off = {m: r for m, r in ours.items() if r.get("has_bn", True) and not exact(r)}
+    if off:
+        lines += ["Models where netslim's compact model is not within 1e-4 of the original, beside how far the "
+                  "original itself moves when its input moves by 1e-6 (relative):", ""]
+        lines += [f"- {m}: error {_err(r)}; the original moves {_moved(r)}" for m, r in off.items()] + [""]
+    small = {m: r for m, r in ours.items() if r["params_ratio"] > 0.97}
+    if small:
+        lines += ["Models netslim made less than 3% smaller (parameters removed; zero channels among the prunable "
+                  "ones; the first note):", ""]
+        lines += [f"- {m}: -{100 * (1 - r['params_ratio']):.1f}%, {r['channels_zero']} of {r['channels_prunable']}"
+                  f"{'; ' + r['first_notes'][0] if r['first_notes'] else ''}" for m, r in small.items()] + [""]
+    unused = {m: r for m, r in ours.items() if r.get("params_unused")}
+    if unused:
+        lines += ["Models with layers their forward never runs (their parameters stay; the reduction of the "
+                  "parameters that run in brackets):", ""]
+        lines += [f"- {m}: {100 * r['params_unused'] / r['params'][0]:.0f}% of the parameters never run; "
+                  f"-{100 * (1 - r['params_ratio']):.1f}% ({_of_run(r)})" for m, r in unused.items()] + [""]
     if fixed:
         lines += ["Channels netslim's analysis kept (`trace_channels(...).notes`; how many, and the first):", ""]
         lines += [f"- {m}: {r['fixed_notes']}, e.g. {r['first_notes'][0]}" for m, r in fixed.items()] + [""]

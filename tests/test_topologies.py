@@ -297,20 +297,26 @@ def test_conv1d_and_batchnorm1d():
     assert isinstance(small.conv1[1], nn.BatchNorm1d) and small.conv1[0].out_channels < 16
 
 
-def test_grouped_conv_is_kept_and_dilation_is_pruned():
-    model = _model("grouped_dilated")
+def test_grouped_conv_loses_whole_groups_and_dilation_is_pruned():
+    model = copy.deepcopy(_model("grouped_dilated"))
+    with torch.no_grad():  # the second group's inputs (stem channels 8..15) rank below everything else
+        model.stem[1].weight[8:] = torch.linspace(1e-4, 1e-3, 8)
     graph = trace_channels(model)
-    assert any("grouped" in note for note in graph.notes)
-    plan = plan_pruning(model, percent=0.7)
-    small = apply_plan(model, plan)
-    # 1 < groups < channels cannot be narrowed here: the grouped conv and the channels it reads stay
-    assert len(plan.kept["stem.1"]) == 16
-    assert small.grouped[0].in_channels == small.grouped[0].out_channels == 16 and small.grouped[0].groups == 2
-    assert torch.equal(small.grouped[0].weight, model.grouped[0].weight)
-    # its BN reads the conv's full output and may select from it; the dilated conv narrows as usual
+    assert not graph.notes
+    plan = plan_pruning(model, percent=0.3, graph=graph)
+    small = apply_plan(model, plan, graph=graph)
+    # a group reads its own 8 inputs and writes its own 8 outputs: removed whole, as one channel of the plan
+    assert plan.kept["stem.1"] == tuple(range(8))
+    grouped = small.grouped[0]
+    assert (grouped.groups, grouped.in_channels, grouped.out_channels) == (1, 8, 8)
+    assert torch.equal(grouped.weight, model.grouped[0].weight[:8])
+    # its BN reads the conv's output and selects single channels from it (a selection BN)
+    assert small.grouped[1].num_features == len(plan.kept["grouped.1"]) < 16
     assert small.mid[0].in_channels == len(plan.kept["grouped.1"])
     assert small.dilated[0].dilation == (2, 2) and small.dilated[0].out_channels == len(plan.kept["dilated.1"]) < 24
-    _assert_equivalent(masked_model(model, plan), small, model.input_size)
+    for fold in (True, False, "carrier"):
+        _assert_equivalent(masked_model(model, plan, graph=graph, fold_bias=fold),
+                           apply_plan(model, plan, graph=graph, fold_bias=fold), model.input_size)
 
 
 def test_flatten_into_linear_removes_whole_spatial_groups():

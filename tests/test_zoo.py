@@ -51,6 +51,8 @@ CASES = {
     "timm/cspdarknet53": Case("timm", 96, 128),
     "timm/repvgg_a0": Case("timm", 128, 96),
     "timm/tf_efficientnet_b0": Case("timm", 128, 113),
+    "timm/hgnetv2_b0": Case("timm", 96, 64),
+    "timm/levit_128s": Case("timm", 224, 224),  # attention biases fixed at 14x14 tokens: one size, two batches
     "torchvision/resnet18": Case("torchvision", 128, 96),
     "torchvision/mobilenet_v3_small": Case("torchvision", 128, 96),
     "ultralytics/yolov8n.yaml": Case("ultralytics", 128, 96),
@@ -195,6 +197,38 @@ def test_timm_batchnorm_act_still_applies_its_activation(pruned):
         assert selecting > 0
 
 
+@pytest.mark.parametrize("pruned", ["timm/hgnetv2_b0"], indirect=True)
+def test_hgnetv2_scalar_learnable_affine_does_not_fix_channels(pruned):
+    """PP-HGNetV2's LearnableAffineBlock (``scale * x + bias``, one-element parameters) follows conv-BN-ReLU:
+    those convs narrow, and the affine keeps its two scalars."""
+    from timm.models.hgnet import LearnableAffineBlock
+
+    narrowed = 0
+    for path, old in pruned.original.named_modules():
+        if isinstance(getattr(old, "lab", None), LearnableAffineBlock):
+            new = pruned.compact.get_submodule(path)
+            assert new.lab.scale.shape == new.lab.bias.shape == (1,)
+            narrowed += new.conv.out_channels < old.conv.out_channels
+    assert narrowed >= 10
+    assert not netslim.trace_channels(pruned.original, pruned.inputs["example"]).notes
+
+
+@pytest.mark.parametrize("pruned", ["timm/levit_128s"], indirect=True)
+def test_levit_token_linears_narrow_with_the_bn_over_their_flattened_tokens(pruned):
+    """LeViT's LinearNorm: a Linear over tokens (B, N, C), its BN over ``flatten(0, 1)`` and ``reshape_as``
+    back. The BN owns the Linear: each MLP's hidden Linear narrows with its BN, the next reads what is kept."""
+    from timm.models.levit import LevitMlp
+
+    narrowed = 0
+    for path, old in pruned.original.named_modules():
+        if isinstance(old, LevitMlp):
+            new = pruned.compact.get_submodule(path)
+            hidden = new.ln1.linear.out_features
+            assert hidden == new.ln1.bn.num_features == new.ln2.linear.in_features, path
+            narrowed += hidden < old.ln1.linear.out_features
+    assert narrowed >= 8
+
+
 @pytest.mark.parametrize("pruned", ["ultralytics/yolo11n.yaml"], indirect=True)
 def test_yolo11_attention_keeps_its_channels(pruned):
     """C2PSA's attention views qkv's channels as (heads, dims): qkv, pe and proj keep every channel."""
@@ -221,6 +255,77 @@ def test_ultralytics_fuse_runs_on_the_compact_model(pruned):
         for x in pruned.inputs.values():
             errs = relative_errors(fused(x), pruned.compact(x))
             assert max(errs) <= TOLERANCE, errs
+
+
+@pytest.mark.parametrize("name", ["timm/regnetx_002", "torchvision/resnext50_32x4d"])
+def test_grouped_convs_lose_whole_groups_exactly(name):
+    """γ = β = 0 on the inputs of the last group of every grouped conv (its own conv-BN in front): removing
+    exactly the zero channels removes those groups, in and out, and every output stays as it was."""
+    pytest.importorskip(name.partition("/")[0])
+    model = randomize_bn(build(name), seed=1).eval()
+    blocks = {}
+    with torch.no_grad():
+        for path, block in model.named_modules():
+            first, grouped = _conv_bn(block, 1), _conv_bn(block, 2)
+            if grouped is not None and first is not None and grouped[0].groups > 1:
+                per_group = grouped[0].in_channels // grouped[0].groups
+                first[1].weight[-per_group:] = 0
+                first[1].bias[-per_group:] = 0
+                blocks[path] = grouped[0].groups
+    assert len(blocks) >= 4
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(1, 3, 64, 64, generator=g), torch.randn(2, 3, 96, 96, generator=g)]
+    graph = netslim.trace_channels(model, inputs[0])
+    scores = netslim.plan.channel_scores(model, graph)
+    zeros = sum(v == 0 for v in scores.values())
+    assert zeros == len(blocks)  # each group is one channel of the plan
+    plan = netslim.plan_pruning(model, (zeros + 0.5) / len(scores), graph=graph)
+    compact = netslim.apply_plan(model, plan, graph=graph).eval()
+    for path, groups in blocks.items():
+        assert _conv_bn(compact.get_submodule(path), 2)[0].groups == groups - 1, path
+    assert netslim.count_params(compact) < netslim.count_params(model)
+    with torch.no_grad():
+        for x in inputs:
+            assert max(relative_errors(compact(x), model(x))) <= TOLERANCE
+    # a checkpoint's description rebuilds the narrower grouped convs (prefix groups of the right count)
+    rebuilt = netslim.checkpoint.build_model(netslim.checkpoint.describe(compact, name.replace("/", ":")))
+    rebuilt.load_state_dict(compact.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(inputs[0]), compact(inputs[0]), rtol=0, atol=0)
+
+
+def test_smp_pspnet_names_the_encoder_stages_it_never_runs():
+    """smp's PSPNet builds a whole ResNet-18 and runs it to ``encoder_depth=3``: layer3 and layer4 (93% of the
+    parameters) never run, so a plan over the rest cannot reduce the total much. The analysis says so; of the
+    layers that run, every BN channel is prunable (the pyramid branches concatenated with their input
+    included) and the zero channels of the zoo protocol take about 40% of those layers' parameters."""
+    pytest.importorskip("segmentation_models_pytorch")
+    zoo = _zoo()
+    model = zoo.zero_channels(randomize_bn(build("smp/PSPNet/resnet18"), seed=1).eval(), 0.4, seed=2)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    graph = netslim.trace_channels(model, x)
+    assert {p.split(".")[1] for p in graph.unused} == {"layer3", "layer4"}
+    assert len(graph.notes) == 1 and "never ran" in graph.notes[0] and "(93%)" in graph.notes[0], graph.notes
+    prunable = graph.prunable_roots()
+    assert all(r in prunable for use in graph.bns.values() for r in graph.roots(use.out_ids))
+    scores = netslim.plan.channel_scores(model, graph)
+    zeros = sum(v == 0 for v in scores.values())
+    compact = netslim.apply_plan(model, netslim.plan_pruning(model, (zeros + 0.5) / len(scores), graph=graph),
+                                 graph=graph).eval()
+    unused = sum(p.numel() for path in graph.unused for p in model.get_submodule(path).parameters())
+    ran = netslim.count_params(model) - unused
+    assert (ran - (netslim.count_params(compact) - unused)) / ran > 0.3
+    with torch.no_grad():
+        assert max(relative_errors(compact(x), model(x))) <= TOLERANCE
+
+
+def _conv_bn(block: nn.Module, k: int) -> tuple[nn.Module, nn.Module] | None:
+    """The k-th conv of a bottleneck and its BN: timm's ``conv{k}.conv``/``conv{k}.bn``, torchvision's
+    ``conv{k}``/``bn{k}``."""
+    conv, bn = getattr(block, f"conv{k}", None), getattr(block, f"bn{k}", None)
+    if conv is not None and hasattr(conv, "conv") and hasattr(conv, "bn"):
+        conv, bn = conv.conv, conv.bn
+    return (conv, bn) if isinstance(conv, nn.Conv2d) and isinstance(bn, _BatchNorm) else None
 
 
 def test_timm_convnext_without_batchnorm_is_refused_in_one_line():
@@ -262,3 +367,42 @@ def test_zoo_zeroed_channels_carry_zero():
     with torch.no_grad():
         out = bn(torch.randn(2, 10, 3, 3))
     assert bool((out[:, zeroed] == 0).all())
+
+
+def test_analysis_and_surgery_skip_the_multiply_adds_of_a_forward_pass():
+    """What makes analysis + plan + surgery fast (benchmarks/prune_speed.py): on torchvision's ResNet-50 at
+    224 px the convolutions and the classifier run as stand-ins, so the three calls together execute under 2%
+    of the FLOPs of one forward pass (they ran two: the analysis, and the surgery's measurement of constants)."""
+    pytest.importorskip("torchvision")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = randomize_bn(build("torchvision/resnet50"), seed=1).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        model(x)
+    netslim.graph.clear_cache()
+    with FlopCounterMode(display=False) as pruning:
+        graph = netslim.trace_channels(model, x)
+        compact = netslim.apply_plan(model, netslim.plan_pruning(model, 0.3, graph=graph), graph=graph)
+    assert forward.get_total_flops() > 3e9
+    assert pruning.get_total_flops() < 0.02 * forward.get_total_flops()
+    assert netslim.count_params(compact) < netslim.count_params(model)
+
+
+def test_prune_speed_benchmark_smoke(tmp_path):
+    """benchmarks/prune_speed.py in smoke mode: both tools timed interleaved on one model, both exact there."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("torch_pruning")
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import prune_speed
+    finally:
+        sys.path.remove(str(bench))
+    rec = prune_speed.main(["--smoke", "--out", str(tmp_path)])
+    row = rec["results"]["models"][0]
+    assert set(row["netslim"]["stages"]) == {"analysis", "planning", "surgery", "total"}
+    assert set(row["torch_pruning"]["stages"]) == {"analysis", "step", "total"}
+    assert row["netslim"]["exact"] and row["netslim"]["params_ratio"] < 1
+    assert row["speedup_wall"] > 0 and row["channels_pruned"] > 0
+    assert "| torchvision/resnet18 (64 px) |" in prune_speed.markdown(rec)

@@ -160,8 +160,7 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, aggregate: str = "max"
     scores: dict[int, float] = {}
     for path, use in graph.bns.items():
         gamma = scales_of(model, path)
-        for pos, i in enumerate(use.out_ids):
-            r = graph.root(i)
+        for pos, r in enumerate(graph.roots(use.out_ids)):
             if r not in prunable:
                 continue
             old = scores.get(r)
@@ -231,7 +230,7 @@ def plan_pruning(
     if not scores:
         raise ValueError("the model has no prunable channel (every BN is fixed, excluded or coupled to a "
                          "fixed tensor)")
-    members = {p: [graph.root(i) for i in u.out_ids] for p, u in graph.bns.items()}
+    members = {p: graph.roots(u.out_ids) for p, u in graph.bns.items()}
     # Ties (e.g. an untrained model, all γ = 0.5) break by relative position inside the layer, then by
     # graph order: deterministic, and spread over layers instead of emptying the first ones.
     order: dict[int, tuple[float, int]] = {}

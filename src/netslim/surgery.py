@@ -10,18 +10,22 @@ unless a fold mode that also compensates zero-padded convs is asked for (see :fu
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fnmatch
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from .graph import ChannelGraph, LayerUse, trace_channels
 from .layers import device_of, evaluating, narrowed, with_selection
 from .models.sources import after_narrowing
 from .plan import PruningPlan
+from .shape_only import ShapeOnly
 
 _CONSUMERS = ("conv", "conv_t", "linear")
 
@@ -46,8 +50,8 @@ def pruned_channels(graph: ChannelGraph, plan: PruningPlan) -> set[int]:
             raise ValueError(f"plan is corrupt: it keeps channel {outside[0]} of layer '{path}', which has channels "
                              f"0..{width - 1}")
         keep = set(plan.kept[path])
-        for pos, i in enumerate(use.out_ids):
-            (kept_roots if pos in keep else pruned).add(graph.root(i))
+        for pos, r in enumerate(graph.roots(use.out_ids)):
+            (kept_roots if pos in keep else pruned).add(r)
     if pruned & kept_roots:
         raise ValueError("plan does not fit the model: it keeps a channel in one layer and prunes it in a "
                          "layer coupled to it")
@@ -155,9 +159,10 @@ def width_sensitive_module(model: nn.Module, graph: ChannelGraph, example_input)
     hooks = [m.register_forward_pre_hook(lambda mod, args, p=path: where.append(p)) for path, m in
              compact.named_modules()] + [m.register_forward_hook(lambda mod, args, out: _pop(where)) for m in
                                          compact.modules()]
-    inputs = example_input if isinstance(example_input, tuple | list) else (example_input,)
+    inputs = example_input if isinstance(example_input, tuple | list | dict) else (example_input,)
     try:
-        compact(**inputs) if isinstance(inputs, dict) else compact(*inputs)
+        with _shapes_only(compact, graph, pytree.tree_leaves(inputs)):  # it only has to run
+            compact(**inputs) if isinstance(inputs, dict) else compact(*inputs)
     except Exception:  # a width written into the forward code: any error means the same
         return where[-1] if where else ""
     finally:
@@ -168,6 +173,15 @@ def width_sensitive_module(model: nn.Module, graph: ChannelGraph, example_input)
 
 def _pop(stack: list) -> None:
     stack.pop()
+
+
+def _shapes_only(model: nn.Module, graph: ChannelGraph, inputs: list, computed: Sequence[str] = ()) -> ShapeOnly:
+    """Heavy ops on the input get stand-ins (see shape_only.py), except inside the modules kept as they are
+    and the layers named in ``computed``."""
+    exact = [model.get_submodule(path) for path in computed]
+    if graph.fixed_modules:
+        exact += [m for path, m in model.named_modules() if any(fnmatch.fnmatch(path, p) for p in graph.fixed_modules)]
+    return ShapeOnly([t for t in inputs if isinstance(t, torch.Tensor)], exact).running()
 
 
 def masked_model(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = True,
@@ -194,7 +208,7 @@ def fold_report(model: nn.Module, plan: PruningPlan, *, fold_bias: FoldMode = Tr
     mode = _mode(fold_bias)
     report = {}
     for path, use in graph.layers.items():
-        if use.kind in _CONSUMERS and any(graph.root(i) in pruned for i in use.in_ids):
+        if use.kind in _CONSUMERS and not pruned.isdisjoint(graph.roots(use.in_ids)):
             how = _absorbs_constants(model.get_submodule(path), use, mode)
             report[path] = how or "dropped"
     return report
@@ -209,7 +223,7 @@ def _mode(fold_bias: FoldMode) -> str:
 
 
 def _positions(graph: ChannelGraph, ids: tuple, pruned: set[int]) -> torch.Tensor:
-    return torch.tensor([k for k, i in enumerate(ids) if graph.root(i) not in pruned], dtype=torch.long)
+    return torch.tensor([k for k, r in enumerate(graph.roots(ids)) if r not in pruned], dtype=torch.long)
 
 
 def _foldable(model: nn.Module, graph: ChannelGraph, pruned: set[int], mode: str) -> set[int]:
@@ -218,10 +232,12 @@ def _foldable(model: nn.Module, graph: ChannelGraph, pruned: set[int], mode: str
         return set()
     # A channel multiplied by an unpruned factor (an SE gate) is f(β) times that factor: not a
     # constant, only zero, and only when β is zeroed too.
-    ok = set(pruned) - {graph.root(i) for i in graph.gated}
+    ok = set(pruned) - set(graph.roots(graph.gated))
     for path, use in graph.layers.items():
-        if use.kind in _CONSUMERS and not _absorbs_constants(model.get_submodule(path), use, mode):
-            ok -= {graph.root(i) for i in use.in_ids}
+        # a removed group of a grouped conv outputs its bias only when its inputs are exactly zero
+        if use.kind == "grouped" or use.kind in _CONSUMERS and not _absorbs_constants(model.get_submodule(path),
+                                                                                     use, mode):
+            ok -= set(graph.roots(use.in_ids))
     return ok
 
 
@@ -255,7 +271,7 @@ def _switch_off(model: nn.Module, graph: ChannelGraph, pruned: set[int], keep_be
     """Zero the pruned channels' γ (and β unless kept) in place; returns what to put back."""
     saved = []
     for path, use in graph.bns.items():
-        roots = [graph.root(i) for i in use.out_ids]
+        roots = graph.roots(use.out_ids)
         positions = [pos for pos, r in enumerate(roots) if r in pruned]
         if not positions:
             continue
@@ -274,8 +290,8 @@ def _orphans(graph: ChannelGraph, pruned: set[int]) -> dict[str, list[int]]:
     found = {}
     for path, use in graph.bns.items():
         if use.kind == "select_bn":
-            lost = [j for j, s in enumerate(use.source)
-                    if graph.root(use.out_ids[j]) not in pruned and graph.root(use.in_ids[s]) in pruned]
+            inputs, outputs = graph.roots(use.in_ids), graph.roots(use.out_ids)
+            lost = [j for j, s in enumerate(use.source) if outputs[j] not in pruned and inputs[s] in pruned]
             if lost:
                 found[path] = lost
     return found
@@ -297,37 +313,43 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
     """
     keep_beta = _foldable(model, graph, pruned, mode)
     readers = {p: u for p, u in graph.layers.items()
-               if mode != "none" and u.kind in _CONSUMERS and any(graph.root(i) in pruned for i in u.in_ids)}
+               if mode != "none" and u.kind in _CONSUMERS and not pruned.isdisjoint(graph.roots(u.in_ids))}
     selecting = {p for p, u in graph.bns.items()
-                 if u.kind == "select_bn" and any(graph.root(i) in pruned for i in u.in_ids)}
+                 if u.kind == "select_bn" and not pruned.isdisjoint(graph.roots(u.in_ids))}
     if not readers and not selecting:
         return {}, {}, set()
-    seen: dict[str, torch.Tensor] = {}
-
-    def record(path: str, args: tuple) -> None:  # a pre-hook returning a value would replace the inputs
-        seen.setdefault(path, args[0].detach())
-
-    hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: record(p, args), prepend=True)
-             for p in [*readers, *selecting]]
     with evaluating(model):
         saved = _switch_off(model, graph, pruned, keep_beta)  # the masked model, in place and put back
         try:
             generator = torch.Generator().manual_seed(0)
             example = torch.randn(1, *graph.input_shape[1:], generator=generator)
             floating = next((t for t in model.parameters() if t.is_floating_point()), example)
-            model(example.to(device_of(model), floating.dtype))
+            example = example.to(device_of(model), floating.dtype)
+            # A removed channel's value does not depend on what the convolutions compute: stand-ins do
+            # (random, so a data-dependent gate still shows); where a chain of stand-ins overflowed into a
+            # removed channel (0 * inf in its BN), the model runs again as it is.
+            # Removed channels a layer computes without a BN replacing them by β (a removed group of a
+            # grouped conv outputs its bias) are computed as they are.
+            owned = set(graph.producers.values())
+            computed = [p for p, u in graph.layers.items() if u.kind not in ("bn", "select_bn") and p not in owned
+                        and not pruned.isdisjoint(graph.roots(u.out_ids))]
+            seen = _inputs_seen(model, [*readers, *selecting], example, graph, computed)
+            for path, values in seen.items():
+                at = torch.tensor([k for k, r in enumerate(graph.roots(graph.layers[path].in_ids)) if r in pruned])
+                axis = graph.layers[path].axis
+                if values.is_floating_point() and not bool(values.index_select(axis, at).isfinite().all()):
+                    seen = _inputs_seen(model, [*readers, *selecting], example, None)
+                    break
         finally:
-            for h in hooks:
-                h.remove()
             for bn, index, gamma, beta in saved:
                 bn.weight[index] = gamma
                 bn.bias[index] = beta
     measured, inexact = {}, []
     for path, use in readers.items():
-        positions = torch.tensor([k for k, i in enumerate(use.in_ids) if graph.root(i) in pruned])
+        positions = torch.tensor([k for k, r in enumerate(graph.roots(use.in_ids)) if r in pruned])
         # float64 on the CPU: the weights these are folded into may be float64 (and MPS has no float64)
-        values = seen[path].index_select(1, positions.to(seen[path].device)).to("cpu", torch.float64)
-        per_channel = values.transpose(0, 1).reshape(len(positions), -1)
+        values = seen[path].index_select(use.axis, positions.to(seen[path].device)).to("cpu", torch.float64)
+        per_channel = values.movedim(use.axis, 0).reshape(len(positions), -1)
         mean = per_channel.mean(1)
         spread = (per_channel - mean[:, None]).abs().amax(1)
         scale = 1e-5 * (1 + mean.abs())
@@ -363,6 +385,28 @@ def _pruned_constants(model: nn.Module, graph: ChannelGraph, pruned: set[int], m
             orphans[path] = positions
     return constants, {path: _selected_constants(model.get_submodule(path), graph.layers[path], positions,
                                                  seen[path]) for path, positions in orphans.items()}, carriers
+
+
+def _inputs_seen(model: nn.Module, paths: list[str], example: torch.Tensor, stand_ins: ChannelGraph | None,
+                 computed: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """The input of each layer in ``paths`` (its first call) on ``example``; with stand-ins for the heavy ops
+    on the input when ``stand_ins`` gives the graph (its fixed modules and the layers ``computed`` are
+    computed as they are)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(path: str, args: tuple) -> None:  # a pre-hook returning a value would replace the inputs
+        seen.setdefault(path, args[0].detach())
+
+    hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: record(p, args), prepend=True)
+             for p in paths]
+    try:
+        with _shapes_only(model, stand_ins, [example], computed) if stand_ins is not None else \
+                contextlib.nullcontext():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 def _carriers(model: nn.Module, graph: ChannelGraph, readers: dict[str, LayerUse], measured: dict) -> set[int]:
@@ -412,9 +456,9 @@ def _narrow(old: nn.Module, use: LayerUse, in_keep: torch.Tensor, out_keep: torc
         raise ValueError(f"pruning would leave '{use.path}' with no channels; keep at least one (min_channels)")
     if use.kind == "select_bn":
         # Where does each kept output channel sit in the *compact* input?
-        compact_pos = {int(p): k for k, p in enumerate(in_keep)}
+        compact_pos = {p: k for k, p in enumerate(in_keep.tolist())}
         # an output whose input is removed reads any kept channel: it becomes a constant (_constant_outputs)
-        index = torch.tensor([compact_pos.get(use.source[int(j)], 0) for j in out_keep], dtype=torch.long)
+        index = torch.tensor([compact_pos.get(use.source[j], 0) for j in out_keep.tolist()], dtype=torch.long)
         return with_selection(narrowed(old, out_keep, out_keep), index, len(in_keep))
     if use.kind in ("bn", "depthwise"):
         in_keep = out_keep
@@ -435,8 +479,8 @@ def _fold(new: nn.Module, old: nn.Module, in_keep: torch.Tensor, out_keep: torch
     border (a 3x3 or 1x1 map deep in a CIFAR network), it is the mean over the positions, which is the
     least-squares choice and exact on a 1x1 map.
     """
-    w = old.weight.detach().index_select(0, out_keep.to(old.weight.device))
-    w = w.index_select(1, positions.to(w.device)).to("cpu", torch.float64)
+    w = old.weight.detach().index_select(1, positions.to(old.weight.device))  # the few pruned inputs first
+    w = w.index_select(0, out_keep.to(w.device)).to("cpu", torch.float64)
     value = value.to("cpu", torch.float64)
     if carrier is not None:
         at = positions.tolist().index(carrier)
