@@ -178,3 +178,12 @@ def test_the_cli_trains_for_a_target_and_logs_the_lambda_trajectory(tmp_path, ca
     assert main(["train", "--model", "mlp", "--dataset", "digits", "--sparsity", "1e-4", "--target-sparsity", "2",
                  "--epochs", "1", "--out", str(tmp_path / "bad")]) == 2
     assert "share in (0, 1)" in capsys.readouterr().err and not (tmp_path / "bad" / "last.pt").exists()
+
+
+def test_the_half_way_advice_never_asks_for_less_pull_than_is_applied():
+    from netslim.sparsity_target import stall_warning
+
+    weak = stall_warning(0.0, 1e-4, 0.01, 16.0, 1.0, 47, 1e-2, proximal=False)
+    assert "could still move" in weak and "λ ≥ 0.13" in weak
+    strong = stall_warning(0.02, 0.3, 0.004, 16.0, 0.02, 47, 1e-2, proximal=False)  # YOLOv8n at λ = 0.3
+    assert "pulled down together" in strong and "λ ≥" not in strong

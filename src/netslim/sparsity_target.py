@@ -97,13 +97,18 @@ def stall_warning(share: float, lam: float, lr: float, gain: float, median: floa
     """Half-way with a fixed λ: one line when under 5% of the scales are below ``threshold``, with what to do."""
     if share >= 0.05:
         return None
+    needed = lam_to_reach(median, lr, gain, steps_left)
     if not proximal and lr * lam > 5e-3:
         advice = (f"λ is too strong for SGD, not too weak: each step moves every γ by lr·λ = {lr * lam:.3g}, so the "
                   "scales jump across 0 instead of settling below it; lower λ, or use an Adam-type optimizer (a "
                   "proximal step that sets them to 0)")
+    elif lam >= needed:  # the pull reaches, but it carries every scale down together (median |γ| falling)
+        advice = (f"every γ is being pulled down together (median |γ| {median:.3g}): when they reach zero they go "
+                  "at once, and which channels matter cannot be told from their scales; a target pulls only the "
+                  "channels it will make prunable: target=0.5 (--sparsity auto)")
     else:
-        advice = (f"λ ≥ {lam_to_reach(median, lr, gain, steps_left):.2g} could still move a typical γ to zero in "
-                  "the steps left, or let netslim choose λ: target=0.5 (--sparsity auto)")
+        advice = (f"λ ≥ {needed:.2g} could still move a typical γ to zero in the steps left, or let netslim choose "
+                  "λ: target=0.5 (--sparsity auto)")
     return (f"sparsity is not emerging: half-way only {100 * share:.1f}% of BN scales are below {threshold:g} "
             f"(λ={lam:g}); {advice}")
 
