@@ -17,7 +17,7 @@ Reported: mAP50 and mAP50-95 (Ultralytics' validator on the validation split), p
 Runtime CPU latency at batch 1 (one thread, all models timed in turns), |γ| below 1e-2 and 1e-3, the λ
 trajectory (Ultralytics' results.csv), warnings netslim gave, and |γ| histograms (PNG).
 
-Usage: python benchmarks/yolo.py [--full | --quick | --smoke] [--seed N] [--work runs/yolo] [--threads 1]
+Usage: python benchmarks/yolo.py [--full | --quick | --smoke] [--seed N] [--lambdas 0.3] [--work runs/yolo]
 (needs ultralytics, onnx, onnxruntime: ``make zoo``). Every run folder is kept under ``--work``: a second
 invocation reuses finished runs.
 """
@@ -218,9 +218,13 @@ def main(argv: list[str] | None = None) -> dict:
     extra = argparse.ArgumentParser(add_help=False)
     extra.add_argument("--seed", type=int, default=0)
     extra.add_argument("--work", default="runs/yolo")
+    extra.add_argument("--lambdas", type=lambda text: [float(v) for v in text.split(",") if v],
+                       help="the fixed λ to train (default: the mode's sweep; another seed may take seed 0's best)")
     known, rest = extra.parse_known_args(sys.argv[1:] if argv is None else argv)
     run = begin(__doc__, rest, SETTINGS)
-    settings, seed = run.settings, known.seed
+    settings, seed = dict(run.settings), known.seed
+    if known.lambdas is not None:
+        settings["lambdas"] = known.lambdas
     work = Path(known.work) / f"{mode_of(run.args)}-seed{seed}"
     data = write_shapes_dataset(Path(known.work) / f"shapes-{settings['train']}-{settings['imgsz']}-seed{seed}",
                                 settings["train"], settings["val"], settings["imgsz"], seed)
@@ -258,7 +262,7 @@ def _mean(values: list[float], scale: float = 100.0) -> str:
 
 def markdown(records: list[dict]) -> str:
     """The BENCHMARKS.md section from the full runs' records, one per seed."""
-    runs = [r["results"] for r in records]
+    runs = sorted((r["results"] for r in records), key=lambda r: r["seed"])  # seed 0, with the whole sweep, first
     seeds = ", ".join(str(r["seed"]) for r in runs)
     s = runs[0]["settings"]
     lines = ["## Sparsity in a detector's own workflow: YOLOv8n, Ultralytics' trainer, λ chosen by netslim\n",
@@ -271,10 +275,11 @@ def markdown(records: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     names = [runs[0]["baseline"]["name"], runs[0]["target"]["name"], *[f["name"] for f in runs[0]["fixed"]]]
     for name in names:
-        rows = [next(x for x in (r["baseline"], r["target"], *r["fixed"]) if x["name"] == name) for r in runs]
+        rows = [x for r in runs for x in (r["baseline"], r["target"], *r["fixed"]) if x["name"] == name]
         lam = "chosen" if rows[0]["target"] else f"{rows[0]['lambda']:g}" if rows[0]["lambda"] else "0"
         said = "; ".join(sorted({w.split(":")[0][:70] for row in rows for w in row["warnings"]})) or "none"
-        lines.append(f"| {name} | {lam} | {_mean([r['map50'] for r in rows])} | {_mean([r['map'] for r in rows])} | "
+        lines.append(f"| {name} ({len(rows)} seed{'s' if len(rows) > 1 else ''}) | {lam} | "
+                     f"{_mean([r['map50'] for r in rows])} | {_mean([r['map'] for r in rows])} | "
                      f"{_mean([r['gamma']['gamma_below_1e-2'] for r in rows])} | "
                      f"{_mean([r['gamma']['gamma_below_1e-3'] for r in rows])} | {said} |")
     trajectory = runs[0]["target"]["trajectory"]
@@ -291,8 +296,8 @@ def markdown(records: list[dict]) -> str:
               "| sparse model | plan | channels pruned (%) | params | FLOPs | mAP50-95 pruned | recalibrated | "
               "fine-tuned | control fine-tuned | ONNX ms | speedup |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for k, pruned in enumerate(runs[0]["pruned"]):
-        sources = [r["pruned"][k] for r in runs if len(r["pruned"]) > k]
+    for pruned in runs[0]["pruned"]:
+        sources = [p for r in runs for p in r["pruned"] if p["source"] == pruned["source"]]
         for j, row in enumerate(pruned["rows"]):
             rows = [src["rows"][j] for src in sources]
             control = [src["control"] for src in sources]
