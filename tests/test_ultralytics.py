@@ -221,7 +221,7 @@ def test_ultralytics_training_says_when_a_fixed_lambda_cannot_work_and_when_spar
     assert sum("not emerging" in m for m in said) == 1, said
 
 
-def test_ultralytics_training_for_a_target_records_lambda_and_says_when_the_run_is_too_short(data_yaml, tmp_path):
+def test_ultralytics_training_for_a_target_records_lambda_and_sparsifies_at_once(data_yaml, tmp_path):
     import csv
 
     yolo = ultralytics.YOLO("yolov8n.yaml")
@@ -234,10 +234,10 @@ def test_ultralytics_training_for_a_target_records_lambda_and_says_when_the_run_
     lams = [float(row["netslim/lambda"]) for row in rows]
     shares = [float(row["netslim/below_1e-2"]) for row in rows]
     assert len(lams) == 3 and all(lam > 0 for lam in lams) and all(0 <= s <= 1 for s in shares)
-    assert yolo.trainer.sparsity_stats["target"] == 0.5
-    # 6 steps at lr 0.01 cannot take half of the scales to zero without a pull over the cap: said once
-    said = [str(w.message) for w in caught if "not emerging fast enough" in str(w.message)]
-    assert len(said) == 1 and "target=0.5" in said[0]
+    stats = yolo.trainer.sparsity_stats
+    assert stats["target"] == 0.5 and shares[-1] > 0.2  # a run this short already goes a good part of the way
+    assert stats["gamma_q75"] > 0.9  # the channels beyond the target's share are not pulled down with the rest
+    assert not [w for w in caught if "sparsity" in str(w.message)]
 
 
 def test_prune_yolo_recalibrates_on_the_users_own_dataset(data_yaml, recwarn):

@@ -167,12 +167,14 @@ def _narrowed_as(model: nn.Module, name: str, shapes: Mapping, origin: str) -> n
         if n_in > current[0] or n_out > current[1]:
             raise CheckpointError(f"{origin} describes layer '{path}' as {n_in} -> {n_out} channels, wider than "
                                   f"{name} builds it ({current[0]} -> {current[1]})")
+        # the kept positions on the host, also while the model is sized on the meta device
+        ins, outs = torch.arange(n_in, device="cpu"), torch.arange(n_out, device="cpu")
         try:
             if isinstance(old, _BatchNorm):
-                new = narrowed(old, torch.arange(n_out), torch.arange(n_out))
-                new = with_selection(new, torch.arange(n_out), n_in) if select else new
+                new = narrowed(old, outs, outs)
+                new = with_selection(new, outs, n_in) if select else new
             else:
-                new = narrowed(old, torch.arange(n_in), torch.arange(n_out), bias=bool(bias))
+                new = narrowed(old, ins, outs, bias=bool(bias))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{origin}: layer '{path}' cannot take the shape it describes: {e}") from None
         model.set_submodule(path, new)

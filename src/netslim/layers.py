@@ -200,6 +200,8 @@ def narrowed(old: nn.Module, in_keep: torch.Tensor, out_keep: torch.Tensor, bias
     # the tensors about to be sliced are not copied first (they can be large)
     new = _copied(old, {id(t): t for name in ("weight", "bias", "running_mean", "running_var")
                         if (t := getattr(old, name, None)) is not None})
+    # whole groups counted on the positions as given (on the host: a model sized on the meta device has no values)
+    groups = _kept_groups(old, in_keep, out_keep) if isinstance(old, _ConvNd) and old.groups > 1 else None
     device = old.weight.device if getattr(old, "weight", None) is not None else None
     out_keep, in_keep = out_keep.to(device), in_keep.to(device)
 
@@ -222,8 +224,7 @@ def narrowed(old: nn.Module, in_keep: torch.Tensor, out_keep: torch.Tensor, bias
         keep("weight", 0, out_keep)
         keep("weight", 1, in_keep)
         new.in_features, new.out_features = len(in_keep), len(out_keep)
-    elif isinstance(old, _ConvNd) and old.groups > 1:  # whole groups: filter rows of the kept groups only
-        groups = _kept_groups(old, in_keep, out_keep)
+    elif groups is not None:  # whole groups: filter rows of the kept groups only
         # weight (in, out / groups, *k) of a transposed conv, else (out, in / groups, *k)
         keep("weight", 0, in_keep if isinstance(old, _ConvTransposeNd) else out_keep)
         new.groups = groups

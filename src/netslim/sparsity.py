@@ -380,11 +380,12 @@ class Sparsity:
         if not self.warn or self.lam <= 0:
             return
         if self.controller is not None:
-            behind = self.controller.capped and share < 0.5 * self.controller.target
+            capped = self.controller.capped
+            behind = share < (0.5 if capped else 0.25) * self.controller.target
             message = None if not behind else behind_warning(
                 share, self.controller.target, self.controller.cap(max(lr, LR_FLOOR * self.controller.max_lr), gain,
                                                                    self.steps, not self.regularizer.proximal),
-                self.threshold)
+                self.threshold, capped)
         else:
             left = (1 - self.progress()) * (self.steps or (self.epochs or 1) * (self.steps_per_epoch or 1))
             message = stall_warning(share, self.lam, lr, gain, median, left, self.threshold, self.regularizer.proximal)

@@ -113,12 +113,14 @@ def stall_warning(share: float, lam: float, lr: float, gain: float, median: floa
             f"(λ={lam:g}); {advice}")
 
 
-def behind_warning(share: float, target: float, cap: float, threshold: float) -> str:
-    """Half-way with a target whose λ is held at its cap: the schedule is too short for it."""
+def behind_warning(share: float, target: float, cap: float, threshold: float, capped: bool) -> str:
+    """Half-way with a target far from reached (λ at its cap, or the scales not yet near zero): the schedule
+    is too short for it."""
+    why = (f"reaching target={target:g} in time needs a pull over the cap (λ={cap:.3g} now: more would move a "
+           "typical γ to zero in under 5% of the run)" if capped else
+           f"target={target:g} may be reached late, or not, in the steps left")
     return (f"sparsity is not emerging fast enough: half-way {100 * share:.1f}% of BN scales are below "
-            f"{threshold:g}, and reaching target={target:g} in time needs a pull over the cap (λ={cap:.3g} now: more "
-            "would move a typical γ to zero in under 5% of the run): plan a longer schedule, a later point (by=) or "
-            "a smaller target")
+            f"{threshold:g}, and {why}: plan a longer schedule, a later point (by=) or a smaller target")
 
 
 def ranking(scales: torch.Tensor, sizes: Sequence[int], threshold: float) -> torch.Tensor:
