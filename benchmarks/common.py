@@ -188,6 +188,7 @@ class Run:
     started: float
     threads: int
     settings: dict
+    commit: str | None = None  # the code measured: the commit when the run began (the tree may move meanwhile)
 
 
 def begin(doc: str, argv: Sequence[str] | None, settings_by_mode: dict) -> Run:
@@ -196,12 +197,13 @@ def begin(doc: str, argv: Sequence[str] | None, settings_by_mode: dict) -> Run:
     args = parser(doc.splitlines()[0]).parse_args(argv)
     started = time.perf_counter()
     threads = set_threads(args)
-    return Run(argv, args, started, threads, settings_by_mode[mode_of(args)])
+    return Run(argv, args, started, threads, settings_by_mode[mode_of(args)], commit())
 
 
 def finish(name: str, run: Run, results: dict, notes: Sequence[str], echo_notes: bool = True) -> dict:
     """Record, write and announce a benchmark's result; returns the record."""
     rec = record(name, run.args, run.argv, run.threads, run.settings, results, notes, run.started)
+    rec["machine"]["commit"] = run.commit
     print(f"wrote {write_result(rec, run.args.out)}")
     if echo_notes:
         for line in notes:
