@@ -152,9 +152,24 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] | 
         raise ImportError(f"ONNX export needs {' and '.join(missing)}: pip install {' '.join(missing)} "
                           "(or pip install 'netslim[export]', which adds onnxruntime to check the file)")
     size = input_size_of(model, input_size)
-    device = device_of(model)
     reference = copy.deepcopy(model).eval()
-    to_export = fold_batchnorm(model, torch.zeros(2, *size, device=device)) if fold else reference
+    serialized = onnx_bytes(model, size, fold=fold, opset=opset, dynamo=dynamo, batch=batch)
+    write_atomic(path, serialized, verify=lambda written: check and check_onnx(reference, written, size,
+                                                                               batch=batch + 1, shown_as=path))
+    return path
+
+
+def onnx_bytes(model: nn.Module, input_size: Sequence[int], fold: bool = True, opset: int = 17, *,
+               dynamo: bool = False, batch: int = 2) -> bytes:
+    """``model`` (eval mode, BN folded with ``fold``) serialized as an ONNX model, in memory.
+
+    Nothing is written to disk: :func:`export_onnx` writes these bytes whole or not at all, and timing
+    on ONNX Runtime loads them directly (a temporary file there would fail on a full disk, where the
+    export that follows reports the full disk itself).
+    """
+    size = tuple(input_size)
+    device = device_of(model)
+    to_export = fold_batchnorm(model, torch.zeros(2, *size, device=device)) if fold else copy.deepcopy(model).eval()
     example = torch.randn(batch, *size, generator=torch.Generator().manual_seed(0)).to(device)
     kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset,
                   dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
@@ -165,18 +180,13 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int] | 
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             if dynamo:
-                serialized = torch.onnx.export(to_export, (example,), dynamo=True, **kwargs).model_proto
-                serialized = serialized.SerializeToString()
-            else:  # into memory: the file itself is written by write_atomic, which says when the disk is full
-                buffer = io.BytesIO()
-                torch.onnx.export(to_export, (example,), buffer, dynamo=False, **kwargs)
-                serialized = buffer.getvalue()
+                return torch.onnx.export(to_export, (example,), dynamo=True, **kwargs).model_proto.SerializeToString()
+            buffer = io.BytesIO()
+            torch.onnx.export(to_export, (example,), buffer, dynamo=False, **kwargs)
+            return buffer.getvalue()
     except Exception as e:  # the exporters raise many types
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__} "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})") from e
-    write_atomic(path, serialized, verify=lambda written: check and check_onnx(reference, written, size,
-                                                                               batch=batch + 1, shown_as=path))
-    return path
 
 
 def check_onnx(model: nn.Module, path: str | Path, input_size: Sequence[int], batch: int = 3,

@@ -15,11 +15,9 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -196,13 +194,10 @@ def deployed_latencies(models: Sequence[nn.Module], example_input: torch.Tensor,
 def _deployed(model: nn.Module, example_input: torch.Tensor, backend: str) -> Callable[[], object]:
     """One forward pass of ``model`` as deployed on ``backend`` (BN folded; eval mode)."""
     from .deployment import deploy
-    from .export import export_onnx
+    from .export import onnx_bytes
 
     if backend == "onnxruntime":
-        with tempfile.TemporaryDirectory() as folder:
-            path = export_onnx(model, Path(folder) / "model.onnx", tuple(example_input.shape[1:]), check=False,
-                               batch=example_input.shape[0])
-            session = ort_session(path.read_bytes())
+        session = ort_session(onnx_bytes(model, tuple(example_input.shape[1:]), batch=example_input.shape[0]))
         feed = {session.get_inputs()[0].name: example_input.detach().numpy()}
         return lambda: session.run(None, feed)
     deployed = deploy(model, device=example_input.device, dtype=example_input.dtype,
