@@ -198,7 +198,7 @@ def test_gpu_requests_without_a_gpu(tmp_path, capsys):
 
 
 def test_fuzzed_config_files_and_checkpoint_headers_never_escape_as_tracebacks(tmp_path, capsys):
-    """Issue 15: the fuzzing reaches what files say, not only flags: one key of a small config, or one
+    """The fuzzing reaches what files say, not only flags: one key of a small config, or one
     field of a checkpoint's header, replaced by a hostile value; the answer is done or one line, exit 2."""
     import yaml
 

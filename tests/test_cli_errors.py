@@ -1,4 +1,4 @@
-"""Every user error is one line and exit 2, before any work (issue 15 #4, #8, #9): malformed checkpoints,
+"""Every user error is one line and exit 2, before any work: malformed checkpoints,
 models that do not fit the data, outputs that would overwrite inputs, user factories that raise or exit,
 a closed output pipe, names the file system refuses."""
 

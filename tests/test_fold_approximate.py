@@ -1,4 +1,4 @@
-"""β of pruned channels next to zero-padded convs (issue 19): folded exactly in the interior,
+"""β of pruned channels next to zero-padded convs (the Fashion-MNIST experiment's VGG): folded exactly in the interior,
 approximately only at the border positions; the exact-only mode stays as it was."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""β of pruned channels carried exactly through zero-padded convs (issue 19, ``fold_bias="carrier"``).
+"""β of pruned channels carried exactly through zero-padded convs (``fold_bias="carrier"``).
 
 A pruned channel outputs a constant (ReLU(β)); a zero-padded conv sees it at every tap inside the
 image and not at the border. One pruned channel kept as a constant (γ = 0) and given the others'

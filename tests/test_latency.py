@@ -1,4 +1,4 @@
-"""Pruning for measured speed (issue 17): the latency planner on synthetic tables (exact budgets,
+"""Pruning for measured speed: the latency planner on synthetic tables (exact budgets,
 |γ| order, snapped widths, impossible budgets) and a real table measured here and cached."""
 
 import pytest

@@ -43,7 +43,7 @@ def test_recalibration_and_distillation_options(tmp_path):
     ({"model": "mlp", "prune": {"percent": 0.5, "ratio": 1}}, "unknown prune option"),
     ({"model": "mlp", "passes": 0}, "passes"),
     ({"model": "mlp", "train": 3}, "must be a mapping"),
-    # issue 15 #7: values are checked when the config is read, not after training
+    # values are checked when the config is read, not after training
     ({"model": "mlp", "prune": {"percent": 1.0}}, r"prune: percent must be a fraction in \[0, 1\)"),
     ({"model": "mlp", "prune": {"percent": 0.5, "min_channels": 0}}, "min_channels must be an integer >= 1"),
     ({"model": "mlp", "prune": {"percent": 0.5, "aggregate": "mean"}}, "aggregate must be max or sum"),
@@ -155,7 +155,7 @@ def test_a_run_folder_of_another_config_is_refused_before_anything_is_written(tm
 
 
 def test_every_preset_the_readme_names_exists():
-    """Issue 15 #11: the README promised table1-...-{40,50,60,70}, 36 presets of which 15 existed."""
+    """Every preset the README names exists (it once promised table1-...-{40,50,60,70}: 36 presets, 15 existed)."""
     import itertools
     import re
     from pathlib import Path

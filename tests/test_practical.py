@@ -162,6 +162,6 @@ def test_user_model_factory_by_import_path():
     assert model.classifier.out_features == 3
     with pytest.raises(ValueError, match="cannot import 'nosuchpkg.mod' for model factory") as e:
         create_model("nosuchpkg.mod:f", {})
-    assert "must be" not in str(e.value)  # it already has that form (issue 15 #9)
+    assert "must be" not in str(e.value)  # it already has that form: not said twice
     with pytest.raises(ValueError, match="not of the form 'package.module:function'"):
         create_model("nosuchpkg.mod:", {})

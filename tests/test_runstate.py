@@ -1,4 +1,4 @@
-"""A training folder resumes only what was trained (issue 15 #2, #3, #5, #6): changed options are refused,
+"""A training folder resumes only what was trained: changed options are refused,
 more epochs extend, a diverged run resumes from its last good epoch with a lower lr, nothing exploded is
 saved, the folder is locked, metrics.jsonl never lags last.pt and orphaned temporaries go."""
 

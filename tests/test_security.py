@@ -1,4 +1,4 @@
-"""Nothing named in a file is executed (issue 15 #1): a checkpoint's architecture name rebuilds only
+"""Nothing named in a file is executed: a checkpoint's architecture name rebuilds only
 registered and zoo models; a factory path runs only when the user names it for that load."""
 
 import pytest

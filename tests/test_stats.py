@@ -1,4 +1,4 @@
-"""The |γ| statistics logged during sparsity training: the largest safe percent (issue 19)."""
+"""The |γ| statistics logged during sparsity training: the largest safe percent."""
 
 import torch
 

@@ -159,7 +159,7 @@ def test_bf16_on_a_gpu_without_bf16_is_a_clear_error_and_auto_falls_back_to_fp16
 
 
 def test_the_progress_bar_moves_with_its_figures(capsys, monkeypatch):
-    """Issue 15 #11: the bar's count used to stay at 0% while its loss/acc figures changed."""
+    """The progress bar's count moves with its loss/acc figures (it used to stay at 0%)."""
     monkeypatch.setattr("netslim.train._on_terminal", lambda: True)  # the bar is drawn on a terminal only
     train(_model(), Loader(_data(1024), 8, seed=1), _config(epochs=1, progress=True))
     frames = [f for f in capsys.readouterr().err.split("\r") if "loss=" in f]

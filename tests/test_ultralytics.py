@@ -1,4 +1,4 @@
-"""Ultralytics YOLO end to end, offline (issue 14): sparse training with Ultralytics' own trainer →
+"""Ultralytics YOLO end to end, offline: sparse training with Ultralytics' own trainer →
 exact pruning → fine-tuning with their trainer → their validation and export. Needs ``ultralytics``
 (an optional extra, installed in CI); skipped where it is missing."""
 

@@ -72,7 +72,8 @@ class SelectBatchNorm(nn.BatchNorm2d):
     stream of a pre-activation ResNet, the concatenated features of a DenseNet) can only drop the
     channels it passes on, not the shared tensor itself. BN is per-channel, so selecting first is
     exact and the BN holds only the kept channels. The index is a fixed buffer, so inference costs
-    one gather and no ``argwhere`` per forward pass (the official port's trap, PEERS #7).
+    one gather and no ``argwhere`` per forward pass (the official port's selection layer computes
+    ``argwhere`` on its mask in every forward pass, so its pruned models are not faster).
     Works on any input of rank >= 2 with channels in dim 1.
     """
 

@@ -372,7 +372,7 @@ def _run_stages(config: ExperimentConfig, out: Path, progress: bool, log, main: 
 def prune_options_for(config: ExperimentConfig, device: torch.device) -> dict:
     """The experiment's pruning options, ``round_to: auto`` (the default) resolved by the device's deployment
     target (:func:`netslim.deployment.target_defaults`): on a GPU, channel counts are rounded up to multiples
-    of 8 for tensor cores (issue 9); elsewhere the exact percent is pruned."""
+    of 8 for tensor cores (widths off those multiples waste them); elsewhere the exact percent is pruned."""
     options = dict(config.prune)
     if options.get("round_to", "auto") == "auto":
         options["round_to"] = target_defaults("gpu" if device.type == "cuda" else "cpu")["round_to"]

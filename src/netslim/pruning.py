@@ -15,8 +15,9 @@ from .latency import plan_for_latency
 from .plan import DEFAULT_PERCENT, PruningPlan, plan_pruning
 
 # The width multiples a latency plan tries (the one keeping the most Σ|γ| within the budget wins): tensor
-# cores want multiples of 8 and sometimes 16 (PEERS #18); on a CPU, None: any width, and the channel blocks
-# the latency tables found layers stepping with (16 for oneDNN with AVX-512 here).
+# cores want multiples of 8 and sometimes 16 (other widths leave a pruned model no faster on a GPU); on a
+# CPU, None: any width, and the channel blocks the latency tables found layers stepping with (16 for
+# oneDNN with AVX-512 here).
 LATENCY_WIDTH_MULTIPLES: dict[str, tuple[int, ...] | None] = {"gpu": (8, 16), "cpu": None}
 AMOUNTS = ("percent", "layer_percent", "target_flops", "target_params", "target_latency", "target_speedup")
 

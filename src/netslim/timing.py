@@ -3,7 +3,8 @@
 The example input says how a model is deployed: its device, dtype and memory format are the
 deployment's. A CPU fp32 input times ``deploy(model)``; a CUDA bf16 channels_last input times
 ``deploy(model, device="cuda", dtype=torch.bfloat16, channels_last=True)``, what tensor cores want
-(PEERS #18). :func:`timing_input` makes that input for a deployment target.
+(other widths and layouts leave a pruned model no faster on a GPU). :func:`timing_input` makes that
+input for a deployment target.
 
 Backends (:data:`BACKENDS`): eager PyTorch, ``torch.compile`` (TorchInductor; on a GPU with CUDA
 graphs, as :func:`netslim.deploy` compiles), or ONNX Runtime on the CPU. A speedup compares two models

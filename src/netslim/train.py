@@ -197,7 +197,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig, capturable: bool = Fal
     """The stage's optimizer. ``capturable``: Adam/AdamW keep their step count on the device, as a
     CUDA-graph capture of ``step()`` requires (SGD needs nothing of the kind)."""
     # Weight decay acts on every parameter, BN scales included, as in the paper's Torch code; the
-    # sparsity term is separate and explicit (PEERS #13).
+    # sparsity term is separate and explicit (the official port lets weight decay act on γ without saying so).
     adaptive = {"capturable": True} if capturable else {}
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, **adaptive)
