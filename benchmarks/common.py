@@ -1,4 +1,5 @@
-"""Shared helpers of the performance benchmarks: timing, the machine record, CLI modes, JSON results.
+"""Shared helpers of the benchmarks: timing, the machine record, CLI modes, JSON results, and the pieces
+of markdown every BENCHMARKS.md section uses (benchmarks/render.py assembles the document).
 
 Every benchmark script has ``main(argv) -> dict`` with three modes: ``--full`` (the default; the
 figures in BENCHMARKS.md), ``--quick`` (under a minute) and ``--smoke`` (tiny models, a few
@@ -17,6 +18,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -103,8 +105,6 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
 
 def commit() -> str | None:
     """The commit the code was measured at (with '+changes' when the tree differs from it), if in git."""
-    import subprocess
-
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, text=True,
                               capture_output=True, timeout=10, check=True).stdout.strip()
@@ -258,3 +258,80 @@ def synthetic_jpegs(folder: Path | str, n: int, classes: int = 10, seed: int = 0
         files.append(path)
     return {"root": root, "files": files, "mean_kb": sum(sizes) / len(sizes) / 1e3,
             "mean_pixels": sum(pixels) / len(pixels)}
+
+
+# -- the pieces of markdown every section uses (each script's markdown() writes its section's body) --
+
+@dataclass(frozen=True)
+class Goal:
+    """One row of BENCHMARKS.md's summary: what is promised, what was measured, the figure that says whether
+    it holds, and the records it comes from (when not all of its section's: freshness is judged on these)."""
+
+    goal: str
+    measured: str
+    figure: str
+    records: tuple[dict, ...] = ()
+
+
+def ms(seconds: float) -> str:
+    return f"{1e3 * seconds:.2f} ms" if seconds < 0.1 else f"{1e3 * seconds:.0f} ms"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def note_lines(rec: dict) -> str:
+    """A record's notes as a markdown list."""
+    return "".join(f"- {n}\n" for n in rec.get("notes", []))
+
+
+def ratio_estimates(q: dict) -> str:
+    """'median, paired, min (wall)' of a :func:`ratios` result: the CPU-time estimates, wall clock in brackets."""
+    c = q["cpu"]
+    return f"{c['ratio']:.4f}, {c['paired']:.4f}, {c['min']:.4f} ({q['wall']['ratio']:.4f})"
+
+
+def direct_caveat(q: dict, goal: float, noise: float, what: str, name: str = "") -> str:
+    """A sentence when a directly measured ratio lies above the goal (it is within the noise, or it is not)."""
+    above = {k: v for k, v in (("CPU median", q["cpu"]["ratio"]), ("paired", q["cpu"]["paired"]),
+                               ("minima", q["cpu"]["min"]), ("wall", q["wall"]["ratio"])) if v >= goal}
+    if not above:
+        return ""
+    who = f" for {name}" if name else ""
+    listed = ", ".join(f"{k} {v:.4f}" for k, v in above.items())
+    if max(above.values()) - 1 <= noise:
+        return (f" The directly measured ratio{who} is above the goal in some estimates ({listed}), but by less than "
+                f"the {what}-to-{what} noise ({100 * noise:.1f}%): a direct difference cannot confirm or refute the "
+                "in-situ figure on this shared machine; a dedicated one with many more repeats would.")
+    return (f" The directly measured ratio{who} ({listed}) exceeds the goal by more than the {what}-to-{what} noise "
+            f"({100 * noise:.1f}%): an overhead the in-situ accounting does not see may exist.")
+
+
+def provenance(records: Sequence[dict]) -> str:
+    """Command, machine and date of a section's records (several: one command run with several seeds).
+
+    Reads every record layout the scripts have written: ``common.record``'s (``wall_seconds``,
+    ``torch_set_num_threads``, machine ``cpu_count``, ``load_average``) and the older ones of the accuracy,
+    fidelity and Torch-Pruning scripts (``seconds``, machine ``threads``, ``cores``, ``load_average_1min``)."""
+    rec, m = records[0], records[0].get("machine", {})
+    seeds = ", ".join(str(r.get("seed", r.get("results", {}).get("seed", 0))) for r in records)
+    minutes = [f"{t / 60:.0f}" for r in records if (t := r.get("wall_seconds", r.get("seconds"))) is not None]
+    took = f" ({rec['mode']} mode, {rec['wall_seconds']} s)" if len(records) == 1 and "wall_seconds" in rec else \
+        f" ({', '.join(minutes)} min)" if minutes else ""
+    command = rec.get("command", f"python benchmarks/{rec.get('benchmark', '?')}.py")
+    cores = m.get("cpu_count", m.get("cores"))
+    threads = rec.get("torch_set_num_threads", m.get("torch_num_threads", m.get("threads")))
+    load = m.get("load_average") or ([m["load_average_1min"]] if "load_average_1min" in m else None)
+    load_text = ", ".join(f"{round(x, 2):g}" for x in load or [])
+    first = " of the first" if len(records) > 1 else ""
+    span = "1/5/15 min" if load and len(load) == 3 else "1 min"
+    parts = [m.get("gpu"), m.get("cpu", "?") + (f" ({cores} cores)" if cores else ""), m.get("platform"),
+             f"Python {m['python']}" if m.get("python") else None, f"torch {m.get('torch', '?')}"]
+    return (f"Command: `{command}`" + (f" with `--seed` {seeds}" if len(records) > 1 else "")
+            + f"{took}  \n"
+            f"Machine: {', '.join(p for p in parts if p)}"
+            + (f"; `torch.set_num_threads({threads})`" if threads else "")
+            + (f"; load average ({span}) at the end{first}: {load_text}" if load else "")
+            + "  \n"
+            f"Date: {m.get('date', '?')}\n")

@@ -1,4 +1,4 @@
-"""Is the default export ever slower than the original model? (issue 9, part 2, on the CPU)
+"""Is the default export ever slower than the original model? (on the CPU; gpu.py part (f) on a GPU)
 
 VGG-19 (CIFAR-10, 32x32) with BN statistics and scales from a seeded generator, pruned by
 ``plan_pruning`` at 10% (widths barely change and become odd: where an export could lose to the
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import netslim
-from common import begin, finish, interleaved_times, randomize_bn, summaries
+from common import Goal, begin, finish, interleaved_times, ms, note_lines, randomize_bn, summaries, verdict
 
 NAME = "export_speed"
 DEFAULT_RUNTIMES = ("deploy_eager", "torch_export")  # what `netslim export` writes without --aoti
@@ -96,6 +96,39 @@ def main(argv: list[str] | None = None) -> dict:
 def _infer(model, x):
     with torch.inference_mode():
         return model(x)
+
+
+def markdown(rec: dict) -> str:
+    """The body of this benchmark's BENCHMARKS.md section."""
+    r = rec["results"]
+    lines = ["VGG-19 (CIFAR-10, 32x32; BN scales and statistics from a seeded generator) pruned at each percent and "
+             "exported with the CPU defaults (`netslim.deploy`: BN folded, fp32), against the original as trained "
+             "(BN layers, eager PyTorch). Speed ratio = original time / export time (process CPU time, one thread; "
+             "> 1: the export is faster). Goal: never below 1 at any batch size, for what `netslim export` writes "
+             "by default (`deploy_eager`, `torch_export`); `aoti` (the optional `--aoti` package) is shown beside "
+             "them.\n"]
+    for key, x in r["pruned"].items():
+        runtimes = list(next(iter(x["speedup"].values())))
+        lines += [f"**{key} pruned** ({r['original_flops'] / x['flops']:.2f}x fewer FLOPs; conv widths "
+                  f"{', '.join(map(str, x['widths']))})\n",
+                  "| batch | original | " + " | ".join(runtimes) + " |", "|---|---|" + "---|" * len(runtimes)]
+        for batch, row in x["speedup"].items():
+            base = x["latency"][batch]["original"]["cpu"]["median"]
+            lines.append(f"| {batch} | {ms(base)} | " + " | ".join(
+                f"{ms(x['latency'][batch][k]['cpu']['median'])} ({row[k]:.2f}x)" for k in runtimes) + " |")
+        lines.append("")
+    lines += [f"Goal {verdict(r['never_slower'])}.", "", note_lines(rec)]
+    return "\n".join(lines)
+
+
+def goals(rec: dict) -> list[Goal]:
+    """The summary row: the slowest default export against the original model."""
+    r = rec["results"]
+    slowest = min(row[k] for x in r["pruned"].values() for row in x["speedup"].values() for k in row
+                  if k != "aoti")
+    return [Goal("default export: never slower than the original model",
+                 f"VGG-19 {' and '.join(r['pruned'])} pruned, `netslim.deploy` CPU defaults, every batch size",
+                 f"slowest {slowest:.2f}x the original's speed: {verdict(r['never_slower'])}")]
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Issue 19: does sparsity emerge, and does pruning then cost (almost) nothing before fine-tuning?
+"""Does sparsity emerge, and does pruning then cost (almost) nothing before fine-tuning?
 
 A CPU-sized version of the paper's VGG experiment on real Fashion-MNIST (a 20,000-image subset of the
 training set drawn per seed, all 10,000 test images) and of its MLP experiment (Table 3), each run with
 three seeds. Stages (results land in benchmarks/results/fidelity_<stage>[-seedN].json and are rendered
-into BENCHMARKS.md by render_more.py):
+into BENCHMARKS.md by benchmarks/render.py):
 
   sweep     the VGG's sparsity training (γ initialised to 0.5, as in the paper) for each λ of SWEEP, or
             for one (--lam: then the runs can be parallel processes)
@@ -40,7 +40,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine_record, write_json  # noqa: E402
+from common import Goal, commit, machine_record, provenance, verdict, write_json  # noqa: E402
 from netslim import apply_plan, count_flops, count_params, plan_pruning  # noqa: E402
 from netslim.checkpoint import build_model, describe, load_model  # noqa: E402
 from netslim.pipeline import ExperimentConfig, build_model_for, make_loaders  # noqa: E402
@@ -321,13 +321,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out) / ("quick" if args.quick else "full")
     results = {}
     for name in (list(STAGES) if args.stage == "all" else [args.stage]):
-        started = time.perf_counter()
+        started, measured_at = time.perf_counter(), commit()  # the code measured: the commit the stage began at
         result = STAGES[name](out, args.quick, args.lam, args.percent, args.seed)
         argv_used = argv if argv is not None else sys.argv[1:]
         record = {"benchmark": "fidelity", "stage": name, "quick": args.quick, "seed": args.seed,
                   "seconds": time.perf_counter() - started,
                   "command": "python benchmarks/fidelity.py " + " ".join(a for a in argv_used),
-                  "machine": machine_record(), "result": result}
+                  "machine": {**machine_record(), "commit": measured_at}, "result": result}
         label = f"{name}-{args.lam:g}" if name == "sweep" and args.lam else \
             f"{name}-{round(100 * args.percent)}" if name == "table1" and args.percent else \
             f"{name}-{args.percent or TARGET:g}" if name == "target" else \
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-# -- rendering (called by render_more.accuracy_section) --
+# -- rendering (called by benchmarks/render.py) --
 
 def _records(name: str, results: Path = RESULTS) -> list[dict]:
     """The records of one stage label over the seeds (quick runs excluded), seed 0 first."""
@@ -359,17 +359,6 @@ def _ms(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def _provenance(records: list[dict]) -> str:
-    rec = records[0]
-    m = rec["machine"]
-    minutes = ", ".join(f"{r['seconds'] / 60:.0f}" for r in records)
-    seeds = ", ".join(str(r.get("seed", 0)) for r in records)
-    return (f"Command: `{rec['command']}`" + (f" with `--seed` {seeds}" if len(records) > 1 else "")
-            + f" ({minutes} min)  \n"
-            f"Machine: {m['cpu']}, {m['platform']}, torch {m['torch']}, `torch.set_num_threads(1)`, "
-            f"load average {m['load_average']} at the end of the first  \nDate: {m['date']}\n")
 
 
 def _by_percent(records: list[dict], key: str) -> dict[float, list]:
@@ -467,9 +456,9 @@ def _sweep_section(results: Path) -> list[str]:
               "![|γ| at the end of training](benchmarks/results/fidelity/gamma_distribution.png)", "",
               "(`netslim report runs/fidelity/full/vgg`: the |γ| of the baseline and of the chosen sparse run "
               "at the end of training, seed 0; the paper's Fig. 4.)", ""]
-    lines += [_provenance(bases)] if bases else []
-    lines += [_provenance(recs) for lam in lambdas if (recs := _records(f"sweep-{lam:g}", results))]
-    lines += [_provenance(targets)] if targets else []
+    lines += [provenance(bases)] if bases else []
+    lines += [provenance(recs) for lam in lambdas if (recs := _records(f"sweep-{lam:g}", results))]
+    lines += [provenance(targets)] if targets else []
     return lines
 
 
@@ -503,13 +492,7 @@ def _figure5_section(results: Path) -> list[str]:
                      f"{max(cols['fidelity_exact'][p]):.2g} | {statistics.mean(cols['carriers'][p]):.0f} | "
                      f"{statistics.mean(cols['params'][p]) / 1e3:.1f}K / "
                      f"{statistics.mean(cols['params_exact'][p]) / 1e3:.1f}K |")
-    gaps = []
-    for rec in records:
-        r = rec["result"]
-        row = next(row for row in r["rows"] if abs(row["percent"] - r["recommended"]) < 1e-9) \
-            if r["recommended"] >= RATIOS[0] else None
-        if row:
-            gaps.append(row[f"compact_{FOLD}"] - r["sparse_error"])
+    gaps = _figure5_gaps(records)
     masked_ok = []
     for rec in records:  # per seed: the largest ratio up to which the masked model is within 1 point
         r, reached = rec["result"], 0.0
@@ -525,22 +508,43 @@ def _figure5_section(results: Path) -> list[str]:
         lines += ["", f"At the recommended ratio the compact model (β carried) before fine-tuning is "
                   f"{_ms(gaps)} points from the sparse-trained model (largest: {100 * max(gaps):+.2f}); "
                   f"{'within' if max(gaps) <= 0.01 else 'NOT within'} 1 point on every seed."]
-    lines += ["", "![Figure 5 analogue](benchmarks/results/fidelity/figure5.png)", "", _provenance(records)]
+    lines += ["", "![Figure 5 analogue](benchmarks/results/fidelity/figure5.png)", "", provenance(records)]
     return lines
 
 
-def _table1_section(results: Path) -> list[str]:
+def _figure5_gaps(records: list[dict]) -> list[float]:
+    """Per seed: the compact model's (β carried) error before fine-tuning minus the sparse model's, at the ratio
+    the largest safe percent recommends."""
+    gaps = []
+    for rec in records:
+        r = rec["result"]
+        row = next(row for row in r["rows"] if abs(row["percent"] - r["recommended"]) < 1e-9) \
+            if r["recommended"] >= RATIOS[0] else None
+        if row:
+            gaps.append(row[f"compact_{FOLD}"] - r["sparse_error"])
+    return gaps
+
+
+def _table1_records(results: Path) -> tuple[list[dict], list[dict]]:
+    """The table1 stage's records (one per ratio run and seed) and the scratch stage's."""
     t1 = [rec for p in sorted({*TABLE1, *[x / 20 for x in range(20)]}) for rec in
           _records(f"table1-{round(100 * p)}", results)] + _records("table1", results)
-    scratch_recs = _records("scratch", results)
+    return t1, _records("scratch", results)
+
+
+def _recommended(t1: list[dict]) -> list[dict]:
+    """The fine-tuned rows at the recommended ratio, one per seed."""
+    return [row for rec in t1 for row in rec["result"]["rows"] if row.get("recommended")]
+
+
+def _table1_section(results: Path) -> list[str]:
+    t1, scratch_recs = _table1_records(results)
     if not t1 and not scratch_recs:
         return []
     fixed: dict[float, list[dict]] = {}
-    chosen: list[dict] = []
+    chosen = _recommended(t1)
     for rec in t1:
         for row in rec["result"]["rows"]:
-            if row.get("recommended"):
-                chosen.append(row)
             if round(row["percent"], 4) in TABLE1:
                 fixed.setdefault(round(row["percent"], 4), []).append(row)
     base = [s["result"]["baseline_error"] for s in scratch_recs]
@@ -575,7 +579,7 @@ def _table1_section(results: Path) -> list[str]:
     lines += ["", "(Seeds 0 and 1 ran table1 and scratch twice: first with the largest safe percent at a share of "
               "1e-3, then at SAFE_SHARE; on the second run the fine-tunings already finished resumed from their "
               "checkpoints, so its minutes count only the new ratios.)", ""]
-    lines += ([_provenance(t1)] if t1 else []) + ([_provenance(scratch_recs)] if scratch_recs else [])
+    lines += ([provenance(t1)] if t1 else []) + ([provenance(scratch_recs)] if scratch_recs else [])
     return lines
 
 
@@ -603,13 +607,12 @@ def _mlp_section(results: Path) -> list[str]:
             same = [x["rows"][k] for x in r]
             lines.append(f"| {row['model']} | {_ms([x['test_error'] for x in same], scale=1)} | "
                          f"{row['params'] / 1e3:.1f}K | {100 * row['params_pruned']:.1f}% |")
-        lines += ["", _provenance(recs)]
+        lines += ["", provenance(recs)]
     return lines
 
 
 def markdown(results: Path = RESULTS) -> str:
-    lines = ["### Issue 19: sparsity that emerges, and pruning before fine-tuning (VGG-19 cfg at 1/8 width)", "",
-             f"A {TRAIN_SUBSET:,}-image subset of Fashion-MNIST's training set, drawn per seed, all 10,000 test "
+    lines = [f"A {TRAIN_SUBSET:,}-image subset of Fashion-MNIST's training set, drawn per seed, all 10,000 test "
              f"images. VGG-19's configuration at 1/8 width ({VGG_WIDTHS[0]} to {VGG_WIDTHS[-1]} channels): at 1/4 "
              "width one batch of 64 took 0.54 s on one thread of this CPU, at 1/8 width 0.15 s. Schedule: "
              f"{EPOCHS} epochs of (sparse) training, lr 0.1 /10 at the paper's 50%/75% milestones (rounded to "
@@ -624,10 +627,65 @@ def markdown(results: Path = RESULTS) -> str:
              "python benchmarks/fidelity.py figure5 --seed SEED; python benchmarks/fidelity.py table1 --seed SEED",
              "python benchmarks/fidelity.py scratch --seed SEED; python benchmarks/fidelity.py mlp --lam 2e-3 "
              "--seed SEED  # and 1e-2",
+             f"python benchmarks/fidelity.py target --seed SEED   # target_sparsity={TARGET:g}, λ chosen by netslim",
              "python benchmarks/run_all.py --render",
              "```", ""]
     body = _sweep_section(results) + _figure5_section(results) + _table1_section(results) + _mlp_section(results)
     return "\n".join(lines + body) if body else ""
+
+
+
+def goals(results: Path = RESULTS) -> list[Goal]:
+    """The summary rows: sparsity emerging at the chosen λ, target sparsity, pruning before fine-tuning
+    (Fig. 5), and the Table 1 and Table 3 analogues, each from its own stages' records."""
+    out = []
+    bases = _records("baseline", results)
+    base = f" (baseline {_ms([r['result']['test_error'] for r in bases])}%)" if bases else ""
+    selects = _records("select", results)
+    if selects:
+        lam = selects[0]["result"]["chosen"]
+        sweep = _records(f"sweep-{lam:g}", results)
+        gamma = [row["gamma"] for rec in selects for row in rec["result"]["rows"] if row["lambda"] == lam]
+        errors = [row["test_error"] for rec in sweep for row in rec["result"]["rows"]]
+        out.append(Goal("sparsity emerges at a λ that costs little accuracy (paper Sec. 4.3, Fig. 4)",
+                        f"VGG-19 cfg at 1/8 width, Fashion-MNIST, λ swept, {len(sweep)} seeds",
+                        f"λ = {lam:g}: {_ms([g['gamma_below_1e-2'] for g in gamma], digits=1)}% of |γ| below 1e-2, "
+                        f"{_ms(errors)}% test error{base}", tuple(bases + selects + sweep)))
+    targets = _records(f"target-{TARGET:g}", results)
+    if targets:
+        runs = [r["result"] for r in targets]
+        out.append(Goal(f"target sparsity: {100 * TARGET:g}% of the channels collapsed without choosing λ",
+                        f"the same VGG and schedule, `target_sparsity={TARGET:g}`, {len(runs)} seeds",
+                        f"{_ms([r['gamma']['gamma_below_1e-2'] for r in runs], digits=1)}% of |γ| below 1e-2, "
+                        f"{_ms([r['test_error'] for r in runs])}% test error{base}", tuple(targets)))
+    figure5 = _records("figure5", results)
+    gaps = _figure5_gaps(figure5)
+    if gaps:
+        out.append(Goal("pruned, before fine-tuning, within 1 point of the sparse model (paper Fig. 5)",
+                        f"the sparse VGG at its recommended ratio, β carried, {len(gaps)} seeds",
+                        f"{_ms(gaps)} points (largest {100 * max(gaps):+.2f}): {verdict(max(gaps) <= 0.01)}",
+                        tuple(figure5)))
+    t1, scratch = _table1_records(results)
+    chosen = _recommended(t1)
+    if chosen and len(chosen) == len(scratch):
+        vs_base = [c["error"] - s["result"]["baseline_error"] for c, s in zip(chosen, scratch, strict=True)]
+        out.append(Goal("paper Table 1: pruned and fine-tuned as accurate as the baseline",
+                        "the sparse VGG at its recommended ratio ("
+                        + ", ".join(f"{100 * r['percent']:.0f}%" for r in chosen) + "), fine-tuned",
+                        f"fine-tuned minus baseline: {_ms(vs_base)} points", tuple(t1 + scratch)))
+    mlp = _records(f"mlp-{MLP_LAMBDA:g}", results)
+    if mlp:
+        r = [rec["result"] for rec in mlp]
+        tuned = [row for x in r for row in x["rows"] if row["model"] == "pass 1 fine-tuned"]
+        if tuned:
+            out.append(Goal("paper Table 3: MLP with 80% of each hidden layer pruned, fine-tuned",
+                            f"MLP 784-500-300-10, Fashion-MNIST, λ = {MLP_LAMBDA:g}, {len(r)} seeds",
+                            f"{_ms([row['test_error'] for row in tuned], scale=1)}% test error at "
+                            f"{100 * tuned[0]['params_pruned']:.1f}% fewer parameters"
+                            + (f" (baseline {r[0]['baseline_30_epochs']['test_error']:.2f}%, 30 epochs)"
+                               if r[0].get("baseline_30_epochs") else ""),
+                            tuple(mlp)))
+    return out
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ if str(HERE) not in sys.path:  # imported from its path (tests) rather than run 
     sys.path.insert(0, str(HERE))
 
 import gpu_parts as parts  # noqa: E402
-from common import RESULTS, command, machine_record, write_json  # noqa: E402
+from common import RESULTS, Goal, command, machine_record, verdict, write_json  # noqa: E402
 
 NAME = "gpu"
 UNMEASURED = "no CUDA device: GPU figures unmeasured"
@@ -134,10 +134,6 @@ def _t(seconds: float | None) -> str:
     return f"{1e3 * seconds:.3f} ms" if seconds < 0.01 else f"{1e3 * seconds:.1f} ms"
 
 
-def _ok(flag: bool) -> str:
-    return "met" if flag else "**not met**"
-
-
 def markdown(rec: dict) -> str:
     if not rec.get("measured"):
         return unmeasured_markdown(rec)
@@ -166,12 +162,12 @@ def markdown(rec: dict) -> str:
         lines.append(f"| (e) full train() epoch, {runner} | {_t(e)} | {_t(e / v['steps'])} (epoch / step compute "
                      f"= {'–' if ratio is None else f'{ratio:.3f}'}) |")
     st = r["stage"]
-    lines += ["", f"Targets: epoch <= {TARGETS['epoch_seconds']} s: {_ok(best <= TARGETS['epoch_seconds'])} "
+    lines += ["", f"Targets: epoch <= {TARGETS['epoch_seconds']} s: {verdict(best <= TARGETS['epoch_seconds'])} "
               f"({_t(best)}); >= {TARGETS['over_reference']:.0f}x the reference epoch: "
-              f"{_ok(ref_epoch / best >= TARGETS['over_reference'])} ({ref_epoch / best:.1f}x); 160-epoch stage "
+              f"{verdict(ref_epoch / best >= TARGETS['over_reference'])} ({ref_epoch / best:.1f}x); 160-epoch stage "
               f"(evaluation and checkpoints every epoch, projected from {st['epochs']} epochs of the "
               f"{st['runner']} runner) <= {TARGETS['stage_seconds'] / 60:.0f} min: "
-              f"{_ok(st['projected_160_epochs_seconds'] <= TARGETS['stage_seconds'])} "
+              f"{verdict(st['projected_160_epochs_seconds'] <= TARGETS['stage_seconds'])} "
               f"({st['projected_160_epochs_seconds'] / 60:.1f} min); epoch / step compute <= "
               f"{TARGETS['epoch_over_compute']}: " + ", ".join(
                   f"{k} {v['epoch_over_step_compute']:.3f}" for k, v in r["train_epoch"].items()
@@ -197,7 +193,7 @@ def markdown(rec: dict) -> str:
         final = f["rows"][-1]
         lines += ["", "### (i) Fashion-MNIST, the paper's full schedule (`netslim run fmnist-vgg19-gpu`)\n",
                   f"{f['seconds'] / 60:.1f} min (target <= {TARGETS['fmnist_seconds'] / 60:.0f} min: "
-                  f"{_ok(f['seconds'] <= TARGETS['fmnist_seconds'])}); final test error {final['test_error']:.2f}% "
+                  f"{verdict(f['seconds'] <= TARGETS['fmnist_seconds'])}); final test error {final['test_error']:.2f}% "
                   f"with {100 * final['params_pruned']:.1f}% of parameters and {100 * final['flops_pruned']:.1f}% "
                   "of FLOPs pruned.\n", "| model | test error (%) | params | FLOPs |", "|---|---|---|---|"]
         lines += [f"| {x['model']} | {x['test_error']:.2f} | {x['params']:,} | {x['flops']:.3g} |" for x in f["rows"]]
@@ -221,7 +217,7 @@ def _compact_markdown(c: dict) -> list[str]:
     if bf:
         eff = max(row["speedup"]["pruned_round8"] / row["flop_ratio"]["pruned_round8"] for row in bf)
         lines.append(f"\nbf16, batch 1024: speedup / FLOP reduction (round_to=8) {eff:.2f} (target >= "
-                     f"{TARGETS['compact_efficiency']}: {_ok(eff >= TARGETS['compact_efficiency'])}).")
+                     f"{TARGETS['compact_efficiency']}: {verdict(eff >= TARGETS['compact_efficiency'])}).")
     d = c["default_export"]
     variants = list(d["rows"][0]["speedup"])
     lines += ["", f"Default export for {d['target']} (round_to={d['round_to']}, BN folded, {d['dtype']}, "
@@ -231,7 +227,7 @@ def _compact_markdown(c: dict) -> list[str]:
     for row in d["rows"]:
         lines.append(f"| {row['batch']} | {_t(parts.median(row['seconds']['original']))} | " + " | ".join(
             f"{_t(parts.median(row['seconds'][k]))} ({row['speedup'][k]:.2f}x)" for k in variants) + " |")
-    lines.append(f"\nNever slower than the original: {_ok(d['never_slower'])} (slowest {d['slowest']:.2f}x).")
+    lines.append(f"\nNever slower than the original: {verdict(d['never_slower'])} (slowest {d['slowest']:.2f}x).")
     return lines
 
 
@@ -331,6 +327,16 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(rec, path)
     print(markdown(rec))
     return rec
+
+
+def goals(rec: dict) -> list[Goal]:
+    """The summary row: the one-GPU epoch time against its target, or why it is unmeasured."""
+    goal = f"GPU training: VGG-19 epoch (50,000 images) under {TARGETS['epoch_seconds']:g} s on one H100"
+    if not rec.get("measured"):
+        return [Goal(goal, "unmeasured", f"{rec.get('reason', UNMEASURED)}")]
+    best = min(parts.median(v["epoch_seconds"]) for v in rec["results"]["train_epoch"].values())
+    return [Goal(goal, f"train() epoch on {rec['machine'].get('gpu', rec.get('device'))}",
+                 f"{_t(best)}: {verdict(best <= TARGETS['epoch_seconds'])}")]
 
 
 if __name__ == "__main__":

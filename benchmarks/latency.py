@@ -1,4 +1,4 @@
-"""Pruning for measured speed: latency plans against their targets, on this machine (issue 17).
+"""Pruning for measured speed: latency plans against their targets, on this machine.
 
 For each model (BN scales randomized from a seeded generator, as a stand-in for a sparsity-trained
 model), batch size and target speedup: the per-layer latency tables are measured (the time to build
@@ -32,7 +32,7 @@ import time
 import torch
 
 import netslim
-from common import begin, finish, randomize_bn
+from common import Goal, begin, finish, note_lines, randomize_bn
 from netslim import latency
 from netslim.latency import measure_table, plan_for_latency
 from netslim.pruning import LATENCY_WIDTH_MULTIPLES
@@ -282,6 +282,134 @@ def main(argv: list[str] | None = None) -> dict:
              "channels_last (synchronized), eager"]
     planner = {"closing_rounds": latency.CLOSING_ROUNDS, "meets_within": latency.MEETS_WITHIN}
     return finish(NAME, run, {"models": results, "planner": planner}, notes)
+
+
+def markdown(rec: dict) -> str:
+    """The body of this benchmark's BENCHMARKS.md section."""
+    planner = rec["results"].get("planner", {"closing_rounds": 2})  # runs before it was recorded had 2
+    step = (f"; a confirmed plan at most {100 * planner['meets_within']:g}% slower than the target is kept over one "
+            "still faster than the window" if "meets_within" in planner else "")
+    lines = ["`plan_for_latency` (`netslim prune --target-speedup X`) with latency tables measured here, its goal "
+             f"corrected by timing the compact model (`measured_rounds=3`, then up to "
+             f"`CLOSING_ROUNDS={planner['closing_rounds']}` on confirmed timings when the plan kept is faster than "
+             f"the window{step}); the compact model and the original are "
+             "both BN-folded and timed end to end (wall clock, fastest of the repeats) in turns, in the same run; "
+             "*measured* is the median of three such timings made after planning. Σ|γ| kept: "
+             "the share of the BN scales' sum that a plan keeps (BN scales from a seeded generator). *At equal "
+             "latency*: `plan_for_budget` at the FLOPs whose compact model measures the latency plan's latency "
+             "(bisection, within 3%; *fitted*: at the FLOPs where log latency, fitted linear in log FLOPs through the "
+             "bisection's timings within 1.5x, meets the latency plan's measured speedup), and Torch-Pruning's "
+             "`BNScalePruner` (global, default importance) at the bisection's FLOPs. *Widths ×16*: the plan snapped "
+             "every width to a multiple of 16, a channel block the tables found layers stepping with (probes just "
+             "past a multiple of 16); *blocks 16: n/m*: n of the m layer shapes timed step with blocks of 16 (of 8: "
+             "likewise).\n",
+             "| model | batch | original | target | predicted | measured | error | within 10% | FLOPs left "
+             "| Σ\\|γ\\| kept (ranking) | paper's \\|γ\\| ranking, same predicted latency "
+             "| by FLOPs at equal latency: speedup, Σ\\|γ\\| | Torch-Pruning there: speedup, "
+             "Σ\\|γ\\| | rounds: measured speedup | planning | tables built / cached |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in rec["results"]["models"]:
+        on = {"onnxruntime": " on ONNX Runtime", "compile": " with torch.compile"}.get(m.get("backend"), "")
+        if m.get("target") == "gpu":
+            on += " on the GPU (CUDA, bf16, channels_last)"
+        m = {**m, "model": m["model"] + on}
+        if "skipped" in m:
+            lines.append(f"| {m['model']} | {m['batch']} | skipped: {m['skipped']} |" + " |" * 13)
+            continue
+        for r in m["rows"]:
+            if "error" in r and isinstance(r["error"], str):
+                lines.append(f"| {m['model']} | {m['batch']} | {m['original_ms']:.3g} ms | {r['target_speedup']}x | "
+                             f"{r['error']} |" + " |" * 11)
+                continue
+            t = r.get("torch_pruning", {})
+            rounds = ", ".join(f"{m['original_ms'] / step['measured_seconds']:.2f}x" for step in r.get("rounds", []))
+            tp = (f"{t['measured_speedup']:.2f}x, {100 * t['gamma_kept']:.1f}%" if "measured_speedup" in t
+                  else f"failed: {t.get('error', t.get('skipped', '-'))}" if t else "not compared")
+            by_flops = (f"{r['flops_plan_measured_speedup']:.2f}x, {100 * r['flops_plan_gamma_kept']:.1f}%"
+                        + (f"; fitted: {100 * r['flops_plan_fitted_gamma_kept']:.1f}%"
+                           if "flops_plan_fitted_gamma_kept" in r else "")
+                        if "flops_plan_gamma_kept" in r else "not compared (each timing compiles both models)")
+            lines.append(
+                f"| {m['model']} | {m['batch']} | {m['original_ms']:.3g} ms | {r['target_speedup']}x | "
+                f"{r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x | {100 * r['prediction_error']:+.0f}% | "
+                f"{'yes' if r['within_10_percent'] else 'no'} | {100 * r['flops_fraction']:.1f}% | "
+                f"{100 * r['gamma_kept']:.1f}% ({_ranking(r.get('ranking'))}{_widths(r)}) | "
+                f"{_percent_or_dash(r.get('paper_ranking_gamma_kept'))} | {by_flops} | {tp} | {rounds} | "
+                f"{r.get('planning_s', 0):.0f} s | {m['table_build_s']:.1f} s / {m['table_cached_s']:.1f} s"
+                f"{_blocks_text(m)} |")
+    rows = [r for m in rec["results"]["models"] for r in m.get("rows", []) if "within_10_percent" in r]
+    def by_flops_at_equal_latency(r: dict) -> float | None:  # the fit when there is one, else a match within 3%
+        if "flops_plan_fitted_gamma_kept" in r:
+            return r["flops_plan_fitted_gamma_kept"]
+        matched = abs(r["flops_plan_measured_speedup"] / r["measured_speedup"] - 1) <= 0.03
+        return r["flops_plan_gamma_kept"] if matched else None
+
+    compared = [r for r in rows if "flops_plan_gamma_kept" in r and by_flops_at_equal_latency(r) is not None]
+    unmatched = sum("flops_plan_gamma_kept" in r for r in rows) - len(compared)
+    more = [r for r in compared if r["gamma_kept"] > by_flops_at_equal_latency(r)]
+    ran = [r for r in rows if "gamma_kept" in r.get("torch_pruning", {})]
+    beats = [r for r in ran if r["gamma_kept"] > r["torch_pruning"]["gamma_kept"]]
+    spreads = sorted(max(r["measured_speedups"]) / min(r["measured_speedups"]) - 1 for r in rows
+                     if r.get("measured_speedups"))
+    noise = (f"The three timings of one compact model against its original, made one after another after "
+             f"planning, spread by {100 * spreads[len(spreads) // 2]:.0f}% (median over the rows) and up to "
+             f"{100 * spreads[-1]:.0f}%: the machine's own noise, next to the 10% asked. ") if spreads else ""
+    within = sum(r["within_10_percent"] for r in rows)
+    refused = sum(isinstance(r.get("error"), str) for m in rec["results"]["models"] for r in m.get("rows", []))
+    on_gpu = [m for m in rec["results"]["models"] if m.get("target") == "gpu"]
+    gpu_line = ("GPU rows (CUDA, bf16, channels_last): " + (
+        "measured above." if any("rows" in m for m in on_gpu) else
+        "unmeasured: no GPU was lent to the sessions that built this. On a machine with CUDA, "
+        "`python benchmarks/latency.py` adds them (the same models and batches, widths in multiples of 8 and 16), "
+        "and `netslim prune --target-speedup X` (target auto/gpu) times the tables' probes and the whole models "
+        "in bf16 channels_last on the GPU (synchronized), as `netslim.deploy` runs them; that path is tested "
+        "here in bf16 channels_last on the CPU only."))
+    lines += ["", noise + f"Within 10% of the target: {within} of {len(rows) + refused}"
+              + (f" ({refused} refused as unreachable)" if refused else "") + ". At equal "
+              f"measured latency the latency plan kept more Σ|γ| than the plan by FLOPs in {len(more)} of "
+              f"{len(compared)} (the FLOPs plan's Σ|γ| at the FLOPs where a line through the bisection's timings "
+              "meets the latency plan's measured speedup; without a fit, the plan measured within 3% of it)"
+              + (f" ({unmatched} more where no FLOPs plan did)" if unmatched else "")
+              + f", and more than Torch-Pruning in {len(beats)} of the "
+              f"{len(ran)} where it ran. 'Cached' includes timing the whole original model again (at least 3 runs "
+              "and 2 s).",
+              "", "Error: predicted compact latency / measured − 1 (after the correction rounds). Speedups are "
+              "timed in turns with the original (one run of each, again and again), the planner's rounds and the "
+              "final measurement separately.", "",
+              gpu_line, "",
+              note_lines(rec)]
+    return "\n".join(lines)
+
+
+def _ranking(text: str | None) -> str:
+    return "|γ|" if not text or text == "|γ|" else text.replace("(seconds saved)", "t").replace(" ", "")
+
+
+def _widths(row: dict) -> str:
+    return f"; widths ×{row['round_to']}" if row.get("round_to", 1) > 1 else ""
+
+
+def _blocks_text(model_record: dict) -> str:
+    """'; blocks 16: 40/53' - how many of the layer shapes timed step with each channel block > 1."""
+    found = {int(k): v for k, v in model_record.get("blocks", {}).items() if int(k) > 1}
+    total = model_record.get("shapes_timed", 0)
+    return "; blocks " + ", ".join(f"{q}: {n}/{total}" for q, n in sorted(found.items())) if found else ""
+
+
+def _percent_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def goals(rec: dict) -> list[Goal]:
+    """The summary row: latency plans whose measured speedup lies within 10% of the target."""
+    models = rec["results"]["models"]
+    rows = [r for m in models for r in m.get("rows", []) if "within_10_percent" in r]
+    refused = sum(isinstance(r.get("error"), str) for m in models for r in m.get("rows", []))
+    measured = sorted({m["model"] for m in models if "rows" in m})
+    return [Goal("pruning for a latency target: measured speedup within 10% of the target",
+                 f"{', '.join(measured)} on this CPU (eager, ONNX Runtime, torch.compile), several targets",
+                 f"within 10% in {sum(r['within_10_percent'] for r in rows)} of {len(rows) + refused}"
+                 + (f" ({refused} refused as unreachable)" if refused else ""))]
 
 
 if __name__ == "__main__":

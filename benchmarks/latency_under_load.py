@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import netslim
-from common import begin, finish, randomize_bn
+from common import Goal, begin, finish, note_lines, randomize_bn
 from netslim.checkpoint import describe, load_model, save_checkpoint
 from netslim.cli import main as netslim_main
 from netslim.timing import deployed_latencies
@@ -122,11 +122,22 @@ def markdown(rec: dict) -> str:
         timings = ", ".join(f"{s:.2f}" for s in p.get("judged_speedups", []))
         warned = "; ".join(line.replace("netslim: warning: ", "") for line in p.get("stderr", [])) or "none"
         rows.append(f"| {name} | {p.get('exit')} | {judged} | {timings} | {p.get('seconds')} s | {warned} |")
-    return (f"## Latency planner on a busy machine\n\n`netslim prune {r['model']} --target-speedup "
+    return (f"`netslim prune {r['model']} --target-speedup "
             f"{r['speedup_asked']:g} --target cpu` while a Python busy loop runs beside it (the tables measured "
             "under that load into a fresh cache, then the command again on what it cached); judged by timing the "
             "compact model against the original in turns, three times after planning, still under the load.\n\n"
-            + "\n".join(rows) + "\n")
+            + "\n".join(rows) + "\n\n" + note_lines(rec))
+
+
+def goals(rec: dict) -> list[Goal]:
+    """The summary row: the speedups judged under load against the one asked."""
+    r = rec["results"]
+    judged = [f"{r[name]['judged_speedup']:.2f}x ({name})" if "judged_speedup" in r[name] else f"refused ({name})"
+              for name in ("fresh tables", "cached tables") if name in r]
+    return [Goal(f"latency target met on a busy machine (within {100 * rec['settings']['within']:.0f}%)"
+                 if rec["settings"].get("within") else "latency target met on a busy machine",
+                 f"`netslim prune {r['model']} --target-speedup {r['speedup_asked']:g}` beside a busy process",
+                 "judged " + ", ".join(judged))]
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 import netslim
-from common import begin, finish, interleaved_times, randomize_bn, summaries
+from common import Goal, begin, finish, interleaved_times, randomize_bn, summaries
 from netslim.plan import channel_scores
 from zoo import build, leaves, max_relative_error, output_layers, zero_channels
 
@@ -190,9 +190,8 @@ def _line(r: dict) -> str:
 
 
 def markdown(rec: dict) -> str:
-    s, m = rec["settings"], rec["machine"]
-    lines = ["## Pruning time beside Torch-Pruning\n",
-             "Analysis + plan + surgery (netslim: `trace_channels`, `plan_pruning`, `apply_plan`, a new model) "
+    s = rec["settings"]
+    lines = ["Analysis + plan + surgery (netslim: `trace_channels`, `plan_pruning`, `apply_plan`, a new model) "
              "against Torch-Pruning's `BNScalePruner` construction (its dependency graph) + `step()` (in place, on "
              "a deep copy made outside the timing), on models built by their own libraries with random weights: the "
              f"zoo's protocol (γ = β = 0 on a random {100 * s['zeroed']:.0f}% of every BN's channels, each tool "
@@ -219,12 +218,7 @@ def markdown(rec: dict) -> str:
               f"(`{r['tp_without_workaround']}`); timed with the C2f blocks' `cv1` convs also ignored."
               for r in failures]
     lines += [f"- {n}" for n in rec["notes"]]
-    lines += ["", f"Command: `{rec['command']}` ({rec['mode']} mode, {rec['wall_seconds']} s)  ",
-              f"Machine: {m['cpu']} ({m['cpu_count']} cores), {m['platform']}, Python {m['python']}, "
-              f"torch {m['torch']}; "
-              f"`torch.set_num_threads({rec['torch_set_num_threads']})`; load average (1/5/15 min) at the end: "
-              f"{', '.join(str(v) for v in m['load_average'] or [])}  ", f"Date: {m['date']}", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _median_of(stages: dict, key: str, clock: str = "wall") -> str:
@@ -236,6 +230,19 @@ def _exact(r: dict) -> str:
         return "yes"
     error = r["max_relative_error"]
     return "no (outputs of another shape)" if error is None else f"no ({error:.0e})"
+
+
+def goals(rec: dict) -> list[Goal]:
+    """The summary row: netslim's pruning time against Torch-Pruning's, and ResNet-50's against 0.5 s."""
+    rows = rec["results"]["models"]
+    faster = [r for r in rows if r["speedup_wall"] > 1 and r["speedup_cpu"] > 1]
+    resnet = next((r for r in rows if r["model"] == "torchvision/resnet50"), None)
+    limit = (f"; ResNet-50 at {resnet['size']} px "
+             f"{resnet['netslim']['stages']['total']['wall']['median']:.3f} s (goal < 0.5 s)") if resnet else ""
+    return [Goal("pruning speed: faster than Torch-Pruning",
+                 ", ".join(f"{r['model'].split('/')[-1]} ({r['size']} px)" for r in rows) + ", one thread, interleaved",
+                 f"faster on {len(faster)} of {len(rows)}: {min(r['speedup_wall'] for r in rows):.2f}x to "
+                 f"{max(r['speedup_wall'] for r in rows):.2f}x (wall){limit}")]
 
 
 if __name__ == "__main__":

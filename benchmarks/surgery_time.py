@@ -23,7 +23,7 @@ import time
 import torch
 
 import netslim
-from common import begin, finish, randomize_bn, summaries
+from common import Goal, begin, finish, ms, note_lines, randomize_bn, summaries, verdict
 
 NAME = "surgery_time"
 SETTINGS = {
@@ -87,6 +87,40 @@ def main(argv: list[str] | None = None) -> dict:
               f"planning {s['planning']['wall']['median']:.3f}s surgery {s['surgery']['wall']['median']:.3f}s "
               f"total {r['total_seconds']['wall']:.3f}s (end-to-end calls {s['end_to_end']['wall']['median']:.3f}s)")
     return rec
+
+
+def markdown(rec: dict) -> str:
+    """The body of this benchmark's BENCHMARKS.md section."""
+    r = rec["results"]
+    lines = ["`trace_channels` (one recorded forward, its convolutions as stand-ins), `plan_pruning(..., "
+             "graph=graph)` and `apply_plan(..., graph=graph)` timed apart (median wall clock; CPU time of the "
+             "total alongside), and the two public calls as a user makes them (`plan_pruning` then `apply_plan`, "
+             "each tracing anew). BN scales randomized from a seeded generator. Goal: well under a second per "
+             "model.\n",
+             "| model @ pruned | analysis | planning | surgery | total (CPU) | plan + apply calls | channels pruned "
+             "| FLOPs after |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, x in r.items():
+        s = {k: v["wall"]["median"] for k, v in x["seconds"].items()}
+        lines.append(
+            f"| {key} | {ms(s['analysis'])} | {ms(s['planning'])} | {ms(s['surgery'])} | "
+            f"{ms(x['total_seconds']['wall'])} ({ms(x['total_seconds']['cpu'])}) | {ms(s['end_to_end'])} | "
+            f"{x['channels_pruned']}/{x['channels_prunable']} | {100 * x['flops'][1] / x['flops'][0]:.1f}% |")
+    ok = all(x["total_seconds"]["wall"] < 1 for x in r.values())
+    lines += ["", f"Goal {verdict(ok)}. Surgery dominates: it deep-copies the model and runs the masked model "
+              "once to measure the constant outputs of pruned channels (folded into the next layer's bias).",
+              "", note_lines(rec)]
+    return "\n".join(lines)
+
+
+def goals(rec: dict) -> list[Goal]:
+    """The summary row: the slowest analysis + planning + surgery."""
+    r = rec["results"]
+    slowest = max(r, key=lambda key: r[key]["total_seconds"]["wall"])
+    total = r[slowest]["total_seconds"]["wall"]
+    return [Goal("pruning (analysis, plan, surgery): well under a second per model",
+                 f"{', '.join(sorted({key.split('@')[0] for key in r}))} (CPU, one thread)",
+                 f"slowest {slowest}: {total:.3f} s: {verdict(total < 1)}")]
 
 
 if __name__ == "__main__":

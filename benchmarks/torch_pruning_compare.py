@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import importlib.metadata
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,12 +31,14 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-import netslim
-from netslim.export import relative_error
-from netslim.models.resnet import PreActResNet
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common, when imported from elsewhere (the tests)
+
+import netslim  # noqa: E402
+from common import RESULTS, Goal, commit, machine_record, verdict, write_json  # noqa: E402
+from netslim.export import relative_error  # noqa: E402
+from netslim.models.resnet import PreActResNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 DEFAULT_OUT = RESULTS / "torch_pruning_compare.json"
 
 BN_INIT = ("sparse-trained look-alike, per BN layer l: a fraction f_l ~ U(0.35, 0.85) of the channels (mean 0.6) "
@@ -308,22 +306,12 @@ def _bn_after(model: nn.Module, path: str) -> str | None:
 # -- reporting --
 
 def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """``common.machine_record`` and Torch-Pruning's version."""
     try:
         tp_version = importlib.metadata.version("torch-pruning")
     except importlib.metadata.PackageNotFoundError:
         tp_version = "not installed"
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "torch": torch.__version__, "torch_pruning": tp_version, "threads": torch.get_num_threads(),
-            "cores": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    return {**machine_record(), "torch_pruning": tp_version}
 
 
 def _fmt_count(n: float) -> str:
@@ -410,6 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch_pruning  # noqa: F401  (fail early with a clear ImportError: pip install torch-pruning)
 
     specs = QUICK if args.quick else FULL
+    measured_at = commit()  # the code measured: the commit the run began at
     repeats = args.repeats or (1 if args.quick else 3)
     rows = []
     threads = torch.get_num_threads()
@@ -419,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict:
             start = time.perf_counter()
             rows.append(compare_model(name, percent, repeats))
             print(f"{name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-        info = machine()
+        info = {**machine(), "commit": measured_at}
     finally:
         torch.set_num_threads(threads)
     result = {
@@ -434,13 +423,60 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = args.out or (None if args.quick else DEFAULT_OUT)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+        write_json(result, out)
     print(f"BN init: {BN_INIT}\n")
     print(table(rows))
     for note in result["notes"]:
         print(f"\n- {note}")
     return result
+
+
+
+# -- rendering (called by benchmarks/render.py) --
+
+def markdown(rec: dict) -> str:
+    """The body of BENCHMARKS.md's section on this comparison."""
+    lines = ["Same models, same BN scales (randomized by a seeded generator so ~60% are near zero, as after sparse",
+             "training), same channel ratio, classifier kept. Torch-Pruning (TP) in global mode, with its default",
+             "group normalization and with raw scores (the paper's ranking). Fidelity = max|compact − masked| /",
+             "max|masked| where masked zeroes the removed channels' BN scales; drift = the same against the unpruned",
+             f"model. {rec['timing']}.", "",
+             "| model | method | pruned | time (s) | params | FLOPs | BN widths equal to netslim's | fidelity "
+             "| drift |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model in rec["models"]:
+        lines.append(f"| {model['model']} ({100 * model['percent']:.0f}%) | original | | | "
+                     f"{model['original']['params'] / 1e6:.3g}M | {model['original']['flops']:.3g} | | | |")
+        for method in ("netslim", "tp_default", "tp_raw"):
+            r = model.get(method)
+            if not r:
+                continue
+            widths = f"{r['widths_equal_netslim']}/{model['bn_layers']}" if method != "netslim" else "-"
+            lines.append(f"| | {method} | {r.get('pruned_channels')} | {r['time_s']['total']:.3f} | "
+                         f"{r['params'] / 1e6:.3g}M | {r['flops']:.3g} | {widths} | "
+                         f"{_fmt(r.get('fidelity_vs_masked', r.get('fidelity_vs_zeroed')))} | "
+                         f"{_fmt(r.get('drift_vs_original'))} |")
+    lines += ["", f"Torch-Pruning {rec['machine'].get('torch_pruning', '?')}.", ""]
+    lines += ["Notes: " + " ".join(rec["notes"]) if isinstance(rec["notes"], list) else str(rec["notes"]), ""]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "" if v is None else str(v)
+
+
+def goals(rec: dict) -> list[Goal]:
+    """The summary row: the compact model against the masked one, netslim's worst beside Torch-Pruning's."""
+    def worst(method: str) -> float:
+        return max(m[method].get("fidelity_vs_masked", m[method].get("fidelity_vs_zeroed")) for m in rec["models"])
+
+    ours = worst("netslim")
+    return [Goal("compact model equals the masked model (within 1e-4), beside Torch-Pruning",
+                 ", ".join(f"{m['model']} ({100 * m['percent']:.0f}%)" for m in rec["models"]) + ", random γ",
+                 f"largest error {ours:.1g}: {verdict(ours <= 1e-4)}; Torch-Pruning (default) "
+                 f"{worst('tp_default'):.1g}", (rec,))]
 
 
 if __name__ == "__main__":

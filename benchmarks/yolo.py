@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import netslim  # noqa: E402
-from common import begin, finish, mode_of, write_json  # noqa: E402
+from common import Goal, begin, finish, mode_of, write_json  # noqa: E402
 from netslim.stats import gamma_stats  # noqa: E402
 from shapes_data import write_shapes_dataset  # noqa: E402
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     return rec
 
 
-# -- rendering (called by run_all.other_sections) --
+# -- rendering (called by benchmarks/render.py) --
 
 def _mean(values: list[float], scale: float = 100.0) -> str:
     """mean ± sample standard deviation over the seeds (the value alone for one seed)."""
@@ -265,8 +265,7 @@ def markdown(records: list[dict]) -> str:
     runs = sorted((r["results"] for r in records), key=lambda r: r["seed"])  # seed 0, with the whole sweep, first
     seeds = ", ".join(str(r["seed"]) for r in runs)
     s = runs[0]["settings"]
-    lines = ["## Sparsity in a detector's own workflow: YOLOv8n, Ultralytics' trainer, λ chosen by netslim\n",
-             f"YOLOv8n from `yolov8n.yaml`, trained by Ultralytics' own trainer (SGD, lr0 0.01, its warm-up, decay, "
+    lines = [f"YOLOv8n from `yolov8n.yaml`, trained by Ultralytics' own trainer (SGD, lr0 0.01, its warm-up, decay, "
              f"mosaic and EMA), {s['epochs']} epochs, batch {s['batch']}, {s['imgsz']} px, on a seeded shapes dataset "
              f"written by the benchmark ({s['train']} training and {s['val']} validation images, 4 classes; "
              f"benchmarks/shapes_data.py). mAP by Ultralytics' validator on the validation images, in points "
@@ -321,6 +320,25 @@ def markdown(records: list[dict]) -> str:
     if figures:
         lines += ["", f"![|γ| at the end of training](benchmarks/results/yolo/{Path(figures[0]).name})"]
     return "\n".join(lines) + "\n"
+
+
+def goals(records: list[dict]) -> list[Goal]:
+    """The summary row: the target run's share of collapsed scales, and its 50% pruned model fine-tuned beside
+    the unpruned control and timed (means over the seeds)."""
+    runs = [r["results"] for r in records]
+    target = [r["target"] for r in runs]
+    pruned = [row for r in runs for p in r["pruned"] if p["source"] == target[0]["name"] for row in p["rows"]
+              if row["plan"] == f"{100 * TARGET:.0f}%"]
+    control = [p["control"] for r in runs for p in r["pruned"] if p["source"] == target[0]["name"]]
+    figure = f"{_mean([t['gamma']['gamma_below_1e-2'] for t in target])}% of |γ| below 1e-2"
+    if pruned:
+        tuned = _mean([p["finetuned"]["map"] for p in pruned])
+        controls = _mean([c["finetuned"]["map"] for c in control])
+        figure += (f"; {100 * TARGET:.0f}% pruned and fine-tuned: mAP50-95 {tuned} (unpruned control {controls}), "
+                   f"{_mean([p['speedup'] for p in pruned], 1.0)}x faster on ONNX Runtime")
+    return [Goal(f"YOLOv8n in Ultralytics' own trainer: target={TARGET:g} reached, pruned model as accurate "
+                 "after fine-tuning", f"{runs[0]['settings']['epochs']} epochs on a shapes dataset, "
+                 f"{len(runs)} seed{'s' if len(runs) > 1 else ''}", figure)]
 
 
 if __name__ == "__main__":

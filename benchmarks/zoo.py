@@ -21,8 +21,7 @@ as such and the sweep goes on. Needs timm, torchvision, ultralytics, segmentatio
 torch-pruning; a model whose package is missing is recorded as not built.
 
 Usage: python benchmarks/zoo.py [--full | --quick | --smoke] [--threads N] [--jobs N] [--out DIR]
-(--jobs: model processes side by side. Not part of run_all.py's runs, which need none of these
-packages; run_all.py --render shows its result.)
+(--jobs: model processes side by side. run_all.py --full runs it where these packages are installed.)
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils import _pytree as pytree
 
 import netslim
-from common import begin, finish, randomize_bn, record, summaries, write_result
+from common import Goal, begin, finish, note_lines, randomize_bn, record, summaries, write_result
 from netslim.plan import channel_scores
 
 NAME = "zoo"
@@ -506,7 +505,7 @@ def _summary(rows: list[dict], cfg: dict) -> list[str]:
     return notes
 
 
-# -- the BENCHMARKS.md section (rendered by run_all.py, which adds the notes and provenance) --
+# -- the BENCHMARKS.md section (benchmarks/render.py adds the heading, its freshness and the provenance) --
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
@@ -539,8 +538,7 @@ def _of_run(r: dict) -> str:
 def markdown(rec: dict) -> str:
     s = rec["settings"]
     versions = ", ".join(f"{k} {v}" for k, v in rec["results"]["versions"].items() if v)
-    lines = ["## Real models from timm, torchvision, Ultralytics and smp\n",
-             "Model definitions nobody here wrote, built by their own libraries with random weights (nothing "
+    lines = ["Model definitions nobody here wrote, built by their own libraries with random weights (nothing "
              "downloaded); BN statistics randomized from a seeded generator, then γ = β = 0 on a random "
              f"{100 * s['zeroed']:.0f}% of every BN's channels. Each tool is asked for a prune ratio that only the "
              "all-zero channels satisfy: netslim `plan_pruning(percent=(z + 0.5) / N)`, z the prunable channels whose "
@@ -573,7 +571,7 @@ def markdown(rec: dict) -> str:
         lines.append(f"| {row['model']} | " + " | ".join(cells[:3]) + f" | {share} | {cells[3]} | "
                      + " | ".join(_cell(row["torch_pruning"])) + " |")
     lines += ["", f"Versions: {versions}.", ""] + _explanations(rec["results"]["models"])
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + note_lines(rec)
 
 
 def _explanations(rows: list[dict]) -> list[str]:
@@ -602,6 +600,17 @@ def _explanations(rows: list[dict]) -> list[str]:
         lines += ["Channels netslim's analysis kept (`trace_channels(...).notes`; how many, and the first):", ""]
         lines += [f"- {m}: {r['fixed_notes']}, e.g. {r['first_notes'][0]}" for m, r in fixed.items()] + [""]
     return lines
+
+
+def goals(rec: dict) -> list[Goal]:
+    """The summary row: models with BN pruned exactly (only the all-zero channels gone), beside Torch-Pruning."""
+    with_bn = [r for r in rec["results"]["models"] if r["built"] and r["netslim"].get("has_bn", True)]
+    ours = sum(exact(r["netslim"]) for r in with_bn)
+    ran = [r for r in with_bn if r["torch_pruning"]["status"] == "ok"]
+    return [Goal("third-party models: only the all-zero channels removed, outputs unchanged (1e-4)",
+                 f"{len(with_bn)} definitions with BN from timm, torchvision, Ultralytics, smp (random weights)",
+                 f"exact and smaller on {ours} of {len(with_bn)}; Torch-Pruning ran on {len(ran)}, exact on "
+                 f"{sum(exact(r['torch_pruning']) for r in ran)}")]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""benchmarks/fidelity.py's renderer: its records become BENCHMARKS.md's issue-19 section (no training here)."""
+"""benchmarks/fidelity.py's renderer: its records become BENCHMARKS.md's Fashion-MNIST sparsity section
+(no training here)."""
 
 import json
 import sys
@@ -69,3 +70,8 @@ def test_markdown_renders_every_stage_with_its_spread_over_seeds(tmp_path):
     assert "fine-tuned minus baseline: -1.00 ± 0.00 points" in text and "from scratch minus slimmed: 3.00" in text
     assert "| pass 1 fine-tuned | 10.40 ± 0.71 |" in text and "'sparsity is not emerging' warning: none" in text
     assert "0.002" not in text
+    rows = {goal.goal.split(":")[0]: goal for goal in fidelity.goals(tmp_path)}
+    assert "λ = 0.004: 70.0 ± 0.0% of |γ| below 1e-2, 11.00 ± 0.71% test error" in rows[
+        "sparsity emerges at a λ that costs little accuracy (paper Sec. 4.3, Fig. 4)"].figure
+    assert rows["paper Table 1"].figure == "fine-tuned minus baseline: -1.00 ± 0.00 points"
+    assert not any(key.startswith("target sparsity") for key in rows)  # no target records: no row

@@ -6,6 +6,9 @@ import importlib
 import importlib.util
 import json
 import math
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,7 +40,7 @@ def smoke(tmp_path_factory):
             rec = modules[name].main(["--quick", "--smoke", "--threads", "1", "--out", str(out)])
             assert rec["benchmark"] == name
             data[name] = _check_file(out, name)
-        data["_render"] = importlib.import_module("run_all")
+        data["_render"] = importlib.import_module("render")
         data["_out"] = out
         yield data
     finally:
@@ -179,14 +182,21 @@ def test_jpeg_stream(smoke):
 
 
 def test_render_markdown(smoke, tmp_path):
+    """Every benchmark's smoke record renders: its section (status line, body, provenance) and its summary row."""
+    render = smoke["_render"]
     doc = tmp_path / "BENCHMARKS.md"
-    text = smoke["_render"].render(smoke["_out"], doc, modes=("smoke",), others=False)
+    sections = [s for s in render.SECTIONS if s.name in NAMES]
+    text = render.render(smoke["_out"], doc, modes=("smoke",), sections=sections)
     assert doc.read_text() == text
-    for name in NAMES:
-        if name in smoke:
-            assert f"python benchmarks/{name}.py --quick --smoke --threads 1" in text
+    for section in sections:
+        if section.name in smoke:
+            assert f"python benchmarks/{section.name}.py --quick --smoke --threads 1" in text
+            assert f"## {section.title}" in text
     assert "torch.set_num_threads(1)" in text and "Date:" in text
-    assert text.count("No result yet") == sum(name not in smoke for name in NAMES)
+    assert "failed:" not in text, [line for line in text.splitlines() if "failed:" in line]
+    assert text.count("No record yet") == sum(name not in smoke for name in NAMES)
+    summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert summary.count("\n| ") == 1 + len(NAMES)  # the header, then one row per benchmark
 
 
 def test_latency(smoke):
@@ -223,5 +233,118 @@ def test_latency_under_load_starts_a_busy_process_and_ends_it(tmp_path, monkeypa
     for name in ("fresh tables", "cached tables"):
         row = rec["results"][name]
         assert row["exit"] == 0 and row["judged_speedup"] > 0 and row["rounds"], row
-    assert "Latency planner on a busy machine" in bench.markdown(rec)
+    assert "| fresh tables | 0 |" in bench.markdown(rec)
+    assert "judged" in bench.goals(rec)[0].figure
     assert (tmp_path / "latency_under_load_smoke.json").exists()
+
+
+# -- the renderer: freshness of each section against the code it measures --
+
+def _git(root: Path, *args: str, when: str = "2026-01-01T12:00:00+00:00") -> str:
+    env = {**os.environ, "GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when, "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+    return subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def measured_repo(tmp_path, monkeypatch):
+    """A git repository with the code a fake benchmark measures (src/measured.py) and code it does not
+    (src/other.py), first committed on 2026-01-01; the benchmark's script (on the import path) and a results
+    folder. Returns (repository, first commit, results folder, the section)."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    render = importlib.import_module("render")
+    root = tmp_path / "repo"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "measured.py").write_text("x = 1\n")
+    (root / "src" / "other.py").write_text("y = 1\n")
+    _git(root, "init", "-q")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "first")
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "fake_bench.py").write_text(
+        "from common import Goal\n\n\ndef markdown(rec):\n    return f\"took {rec['results']['seconds']} s\\n\"\n\n\n"
+        "def goals(rec):\n    return [Goal('fast', 'a fake', f\"{rec['results']['seconds']} s\")]\n")
+    monkeypatch.syspath_prepend(str(scripts))
+    monkeypatch.delitem(sys.modules, "fake_bench", raising=False)
+    results = tmp_path / "results"
+    results.mkdir()
+    section = render.Section("Fake timing", "fake_bench", ("fake_{mode}.json",), ("src/measured.py",))
+    return root, _git(root, "rev-parse", "--short", "HEAD"), results, section
+
+
+def _record(results: Path, commit: str | None, date: str) -> None:
+    machine = {"cpu": "cpu", "platform": "linux", "torch": "2", "date": date, "commit": commit}
+    (results / "fake_full.json").write_text(json.dumps(
+        {"benchmark": "fake", "mode": "full", "command": "python benchmarks/fake_bench.py", "machine": machine,
+         "torch_set_num_threads": 1, "results": {"seconds": 0.25}, "notes": [], "wall_seconds": 1.0}))
+
+
+def _stale(text: str) -> bool:
+    """A section or a summary row says STALE (the method text above the sections names the word too)."""
+    return "— STALE" in text or "**STALE" in text
+
+
+def _render(measured_repo) -> str:
+    root, _, results, section = measured_repo
+    render = importlib.import_module("render")
+    return render.render(results, None, sections=[section], root=root)
+
+
+def test_a_record_older_than_the_code_it_measures_renders_stale(measured_repo):
+    root, first, results, _ = measured_repo
+    _record(results, first, "2026-01-01 12:30")
+    text = _render(measured_repo)
+    assert "## Fake timing\n" in text and not _stale(text) and f"Measured at commit {first}" in text
+    assert "| fast | a fake | 0.25 s |" in text and "| fresh |" in text and "took 0.25 s" in text
+
+    (root / "src" / "other.py").write_text("y = 2\n")  # code the section does not measure
+    _git(root, "commit", "-q", "-am", "other", when="2026-01-02T12:00:00+00:00")
+    assert not _stale(_render(measured_repo))
+
+    (root / "src" / "measured.py").write_text("x = 2\n")
+    _git(root, "commit", "-q", "-am", "measured", when="2026-01-03T12:00:00+00:00")
+    text = _render(measured_repo)
+    assert "## Fake timing — STALE\n\n> **STALE: code changed since: src/measured.py.**" in text
+    assert "| **STALE** (1 file) |" in text and "took 0.25 s" in text
+
+
+def test_a_record_without_a_commit_is_judged_by_its_date(measured_repo):
+    root, _, results, _ = measured_repo
+    (root / "src" / "measured.py").write_text("x = 2\n")
+    _git(root, "commit", "-q", "-am", "measured", when="2026-01-05T12:00:00+00:00")
+    _record(results, None, "2026-01-03 12:00")  # between the two commits
+    text = _render(measured_repo)
+    assert "— STALE" in text and "code changed since: src/measured.py" in text
+    assert "Measured on 2026-01-03 12:00 (commit not recorded)" in text and "| not recorded, 2026-01-03 |" in text
+    _record(results, None, "2026-01-07")  # after both: a day without a time counts from its start
+    assert not _stale(_render(measured_repo))
+
+
+def test_freshness_unknown_without_git_or_with_a_commit_git_does_not_know(measured_repo, monkeypatch, tmp_path):
+    _, first, results, _ = measured_repo
+    _record(results, "0123abc", "2026-01-01 12:30")
+    text = _render(measured_repo)
+    assert "Freshness unknown: `git diff` failed" in text and not _stale(text)
+    _record(results, first, "2026-01-01 12:30")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    text = _render(measured_repo)
+    assert "Freshness unknown: git is not available here." in text and "| unknown: git is not available here |" in text
+
+
+def test_every_section_names_code_and_commands_that_exist():
+    """A declared path that does not exist would never look changed: the section would stay fresh forever."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        render = importlib.import_module("render")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    root = BENCHMARKS.parent
+    for section in render.SECTIONS:
+        assert section.paths and (BENCHMARKS / f"{section.script}.py").exists(), section.name
+        missing = [p for p in section.paths if not (root / p).exists()]
+        assert not missing, f"{section.name} measures {missing}, which do not exist"
+        for line in section.run:
+            assert (root / line.split()[0]).exists(), line

@@ -45,7 +45,7 @@ def test_quick_comparison(tmp_path, capsys):
     assert "| netslim |" in capsys.readouterr().out
 
     assert result["mode"] == "quick"
-    for key in ("platform", "cpu", "torch", "torch_pruning", "threads", "date"):
+    for key in ("platform", "cpu", "torch", "torch_pruning", "torch_num_threads", "date", "commit"):
         assert key in result["machine"]
     assert [r["model"] for r in result["models"]] == ["vgg19_narrow", "resnet18"]
     assert all(math.isfinite(x) for x in _numbers(result))
