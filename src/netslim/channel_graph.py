@@ -2,8 +2,8 @@
 are one channel (a union-find); the queries planning and surgery ask of it.
 
 :mod:`netslim.graph` fills a :class:`ChannelGraph` by running the model (its module docstring gives the whole
-algorithm); surgery reads one to build the compact model. The analysis itself builds a narrower model too (a probe
-of widths its Python code reads), so this data sits below both.
+algorithm); :mod:`netslim.compaction` reads one to build the compact model, for surgery and for the analysis's own
+probe of narrower widths (:mod:`netslim.width_probe`), so this data sits below both.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from .channel_ops import DATA_SHAPED, VALUE_ESCAPES, Ann, OpRules, op_name
 from .layers import check_patterns, selection_of
 from .metrics import input_size_of
 from .shape_only import HEAVY, StandIns, tensors_in
+from .width_probe import width_sensitive_module
 
 
 def trace_channels(model: nn.Module, example_input: torch.Tensor | None = None,
@@ -101,8 +102,6 @@ def _structure(model: nn.Module, example_input, fixed: Sequence[str]) -> tuple:
 
 
 def _analyse(model: nn.Module, example_input, fixed: Sequence[str]) -> ChannelGraph:
-    from .surgery import width_sensitive_module  # surgery builds on this module
-
     fixed, kept = list(fixed), []
     was_training = model.training
     model.eval()
