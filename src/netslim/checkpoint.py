@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 
 from . import limits, models
-from .layers import narrowed, selection_of, with_selection
+from .architecture import describe, layer_shapes, layer_shapes_of, restore_input_size  # noqa: F401  (as before)
+from .foreign import load_foreign_model
+from .layers import narrowed, with_selection
 from .runfolder import DiskFull, writing
 
 FORMAT = "netslim-checkpoint-v1"
@@ -38,40 +39,7 @@ class PickledCheckpoint(CheckpointError):
     """The file holds pickled objects: loading it would run code from it (see :mod:`netslim.foreign`)."""
 
 
-# -- architecture as data --
-
-def layer_shapes(model: nn.Module) -> dict[str, list]:
-    """Shape of every conv, Linear and BN: ``[in, out, has_bias, is_selection]`` by module path."""
-    shapes = {}
-    for path, m in model.named_modules():
-        if isinstance(m, _BatchNorm) and selection_of(m) is not None:
-            shapes[path] = [m.in_channels, m.num_features, m.affine, True]
-        elif isinstance(m, _BatchNorm):
-            shapes[path] = [m.num_features, m.num_features, m.affine, False]
-        elif isinstance(m, _ConvNd):
-            shapes[path] = [m.in_channels, m.out_channels, m.bias is not None, False]
-        elif isinstance(m, nn.Linear):
-            shapes[path] = [m.in_features, m.out_features, m.bias is not None, False]
-    return shapes
-
-
-def describe(model: nn.Module, name: str, kwargs: Mapping | None = None) -> dict:
-    """The ``arch`` entry of a checkpoint: how to rebuild ``model`` (built by ``name(**kwargs)``)."""
-    arch = {"name": name, "kwargs": dict(kwargs or {}), "shapes": layer_shapes(model)}
-    size = getattr(model, "input_size", None)
-    if size is not None:  # a factory's model may not rebuild with it: keep what was learned about it
-        arch["input_size"] = [int(s) for s in (size if isinstance(size, list | tuple) else [size])]
-    return arch
-
-
-def restore_input_size(model: nn.Module, arch: Mapping) -> nn.Module:
-    """Give ``model`` the input size its description records, when the builder did not set one."""
-    size = arch.get("input_size")
-    if getattr(model, "input_size", None) is None and isinstance(size, list | tuple) and size \
-            and all(isinstance(s, int) and 0 < s < 1 << 16 for s in size):
-        model.input_size = tuple(size)
-    return model
-
+# -- rebuilding a model from its description (architecture.py describes it) --
 
 Factory = str | Callable[..., nn.Module] | None
 
@@ -180,10 +148,6 @@ def _narrowed_as(model: nn.Module, name: str, shapes: Mapping, origin: str) -> n
         model.set_submodule(path, new)
     models.after_narrowing(model)
     return model
-
-
-def layer_shapes_of(module: nn.Module) -> list:
-    return next(iter(layer_shapes(module).values()), [])
 
 
 # -- files --
@@ -313,7 +277,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     except PickledCheckpoint:
         if not trust_pickle:
             raise
-        from .foreign import load_foreign_model
         return load_foreign_model(path, map_location, trust_pickle=True)
     if not isinstance(data.get("arch"), Mapping):
         raise CheckpointError(f"{path} does not describe its architecture (no 'arch' entry)")

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .architecture import describe
+
 
 class UntrustedPickle(ValueError):
     """A pickled checkpoint was offered without ``trust_pickle=True``."""
@@ -42,8 +44,6 @@ def load_foreign_model(path: str | Path, map_location: str = "cpu", *,
     """The model in another tool's pickled checkpoint, with a netslim ``arch`` describing it; only with
     ``trust_pickle`` (see :func:`load_pickled`). Ultralytics checkpoints give their EMA model (fp32) and a rebuildable
     ``ultralytics:<config>.yaml`` name, so the compact model saves as a weights-only netslim checkpoint."""
-    from .checkpoint import describe
-
     data = load_pickled(path, trust_pickle=trust_pickle, map_location=map_location)
     if isinstance(data, dict):
         model = next((data[k] for k in ("ema", "model") if isinstance(data.get(k), nn.Module)), None)

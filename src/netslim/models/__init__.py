@@ -1,50 +1,11 @@
-"""Model registry: ``create(name, **kwargs)`` builds any registered model (timm-style thin builders)."""
+"""The registered models: ``create(name, **kwargs)`` builds any of them (the registry: registry.py)."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-
-from torch import nn
-
 from . import densenet, resnet, vgg
 from .mlp import MLP
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a builder under its function name; registering a model also tests it."""
-    _REGISTRY[fn.__name__] = fn
-    return fn
-
-
-def names() -> list[str]:
-    """Names of all registered models."""
-    return sorted(_REGISTRY)
-
-
-def arguments(name: str) -> set[str]:
-    """The keyword arguments the builder of a registered model takes."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
-    return set(inspect.signature(_REGISTRY[name]).parameters)
-
-
-def create(name: str, **kwargs) -> nn.Module:
-    """Build a registered model, e.g. ``create("vgg19", num_classes=100)``.
-
-    Every builder accepts ``num_classes``, ``widths`` (a narrower width config gives the same
-    class, pruned) and, where it makes sense, ``in_channels`` and ``input_size``.
-    """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
-    builder = _REGISTRY[name]
-    accepted = arguments(name)
-    unknown = sorted(set(kwargs) - accepted)
-    if unknown:
-        raise ValueError(f"model {name!r} does not take {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
-    return builder(**kwargs)
+from .registry import arguments, create, names, register  # noqa: F401  (netslim.models.create, ...)
+from .sources import after_narrowing, create_model, is_factory_path, rebuildable  # noqa: F401
 
 
 @register
@@ -97,5 +58,3 @@ def mlp(num_classes=10, widths=(500, 300), input_size=(1, 28, 28)) -> MLP:
     """784-500-300-10 MLP with BatchNorm1d (paper Table 3)."""
     return MLP(widths, num_classes, input_size)
 
-
-from .sources import after_narrowing, create_model, is_factory_path, rebuildable  # noqa: E402, F401  (sources builds on the registry)

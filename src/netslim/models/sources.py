@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from . import create, names
+from .registry import create, names
 
 ZOO_SOURCES = ("torchvision", "timm", "ultralytics")
 
