@@ -44,10 +44,11 @@ def _src(*names: str) -> tuple[str, ...]:
     return tuple(f"src/netslim/{n}" for n in names)
 
 
-# What every pruning call runs: the analysis (graph, its op rules, the stand-ins that skip the multiply-adds),
-# the plan, the surgery and the narrowing of each layer type, and the model-source hook surgery calls.
-PRUNING = _src("graph.py", "channel_ops.py", "shape_only.py", "plan.py", "surgery.py", "layers.py", "metrics.py",
-               "models/sources.py")
+# What every pruning call runs: the analysis (graph, its result, its op rules, the stand-ins that skip the
+# multiply-adds, the width probe), the plan, the surgery and the compaction that narrows each layer type, and
+# the model-source hook surgery calls.
+PRUNING = _src("graph.py", "channel_graph.py", "channel_ops.py", "shape_only.py", "width_probe.py", "plan.py",
+               "surgery.py", "compaction.py", "architecture.py", "layers.py", "metrics.py", "models/sources.py")
 SPARSE_TRAINING = _src("train.py", "steps.py", "sparsity.py", "sparsity_target.py", "stats.py", "runstate.py")
 FMNIST_EXPERIMENT = _src("pipeline.py", "checkpoint.py", "data/mnist.py", "data/experiment.py", "data/loader.py",
                          "data/augment.py", "models/vgg.py", "models/mlp.py")
