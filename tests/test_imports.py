@@ -176,3 +176,46 @@ def test_type_checking_imports_count(tmp_path):
         "high.py": "import pkg.low as low\n",
     })
     assert cycles(import_graph(modules)) == [["pkg.high", "pkg.low", "pkg.high"]]
+
+
+# The package is flat on purpose (docs/contributing.md, "Layout"): its floors, in the order of the method, are
+# this list, and a module may import only from its own floor or those below. A module belongs to the floor of
+# the longest name listed that is it or a package above it (``data`` holds ``data.mnist``); a new module must be
+# given its floor here, and the map in docs/contributing.md follows this list.
+FLOORS = [
+    ("ground", ["layers", "limits", "runfolder", "distributed", "metrics", "stats", "architecture", "testing"]),
+    ("models, data and files", ["models", "data", "foreign", "checkpoint", "integrations"]),
+    ("sparse training (Eq. 1)", ["sparsity_target", "sparsity", "steps", "recalibration", "runstate", "train"]),
+    ("channel analysis", ["shape_only", "channel_ops", "channel_graph", "compaction", "width_probe", "graph"]),
+    ("plan and surgery", ["plan", "surgery"]),
+    ("deployment and timing", ["export", "deployment", "timing", "latency_cache", "layer_law"]),
+    ("budgets (FLOPs, parameters, latency)", ["budget", "latency", "pruning"]),
+    ("workflows", ["pipeline", "report", "integrations.lightning", "integrations.ultralytics", "cli", ""]),
+]
+
+
+def floor_of(module: str) -> int | None:
+    """The index in FLOORS of ``module`` (``netslim.x.y``), or None where no listed name covers it."""
+    name = module.removeprefix("netslim").removeprefix(".")
+    covering = [(len(listed), i) for i, (_, names) in enumerate(FLOORS) for listed in names
+                if name == listed or listed and name.startswith(listed + ".")]
+    return max(covering)[1] if covering else None
+
+
+def test_every_module_imports_only_from_its_floor_or_below():
+    modules = module_names(PACKAGE_DIR, "netslim")
+    unplaced = sorted(m for m in modules if floor_of(m) is None)
+    assert not unplaced, f"give these modules their floor in FLOORS (tests/test_imports.py): {unplaced}"
+    upward = [f"{a} ({FLOORS[floor_of(a)][0]}) imports {b} ({FLOORS[floor_of(b)][0]}) at "
+              f"{modules[a].relative_to(PACKAGE_DIR.parent)}:{line}"
+              for a, targets in import_graph(modules).items() for b, line in targets.items()
+              if floor_of(b) > floor_of(a)]
+    assert not upward, "imports reaching a higher floor:\n" + "\n".join(upward)
+
+
+def test_floors_are_read_by_the_longest_name():
+    assert FLOORS[floor_of("netslim.integrations")][0] == "models, data and files"
+    assert FLOORS[floor_of("netslim.integrations.ultralytics")][0] == "workflows"
+    assert FLOORS[floor_of("netslim.data.mnist")][0] == "models, data and files"
+    assert FLOORS[floor_of("netslim")][0] == "workflows"
+    assert floor_of("netslim.somewhere_new") is None
