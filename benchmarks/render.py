@@ -116,7 +116,7 @@ SECTIONS = (
             run=("benchmarks/zoo.py --full --jobs 2",), quick=True,
             needs=("timm", "torchvision", "ultralytics", "segmentation_models_pytorch", "torch_pruning")),
     Section("Latency planner on a busy machine", "latency_under_load", ("latency_under_load_{mode}.json",),
-            LATENCY_PLANNER + PRUNING + _src("cli.py", "pruning.py", "checkpoint.py", "deployment.py"),
+            LATENCY_PLANNER + PRUNING + _src("cli/prune.py", "prune_checkpoint.py", "pruning.py", "checkpoint.py", "deployment.py"),
             run=("benchmarks/latency_under_load.py --full --threads 1",)),
     Section("Pruning time beside Torch-Pruning", "prune_speed", ("prune_speed_{mode}.json",), PRUNING,
             run=("benchmarks/prune_speed.py --full",), quick=True,

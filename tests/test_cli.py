@@ -1,9 +1,13 @@
+import ast
+import importlib.util
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
+import netslim.cli
 from netslim.cli import main
 
 pytest.importorskip("sklearn")  # the embedded digits dataset
@@ -25,6 +29,56 @@ def test_info_json_gives_params_flops_widths(capsys):
 def test_info_with_classes_and_input_size(capsys):
     code, out, _ = run(capsys, "info", "resnet164", "--num-classes", "100", "--input-size", "32", "--json")
     assert code == 0 and json.loads(out)["params"] == pytest.approx(1.73e6, rel=0.01)
+
+
+CLI_DIR = Path(netslim.cli.__file__).parent
+CLI_MODULE_LINES = 200
+
+
+def _data_imports(source: str, package: str = "netslim.cli") -> list[str]:
+    """The netslim.data modules a module of ``package`` imports, anywhere in it (inside functions too)."""
+    imported = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = importlib.util.resolve_name("." * node.level + (node.module or ""), package) \
+                if node.level else node.module
+            imported += [module, *(f"{module}.{alias.name}" for alias in node.names)]
+    return [name for name in imported if name == "netslim.data" or name.startswith("netslim.data.")]
+
+
+def test_the_data_import_check_finds_every_spelling():
+    for source in ("from ..data import Loader", "from ..data.loader import Loader", "from .. import data",
+                   "import netslim.data.registry", "from netslim.data import load_dataset",
+                   "def run(args):\n    from ..data import make_loaders\n"):
+        assert _data_imports(source), source
+    assert not _data_imports("from ..pipeline import run_experiment\nfrom .common import data_options")
+
+
+def test_the_command_line_is_one_short_module_per_subcommand_that_loads_no_data():
+    """The CLI parses and calls the library; loading data, evaluating and timing live in the library."""
+    modules = sorted(CLI_DIR.glob("*.py"))
+    assert {p.stem for p in modules} >= {"__init__", "common", *netslim.cli.COMMANDS}
+    for path in modules:
+        source = path.read_text()
+        assert len(source.splitlines()) < CLI_MODULE_LINES, f"{path.name} is {len(source.splitlines())} lines"
+        assert not _data_imports(source), f"{path.name} imports {_data_imports(source)}"
+    for module in netslim.cli.SUBCOMMANDS:
+        assert callable(module.add_parser) and callable(module.run), module.__name__
+
+
+def test_what_the_commands_do_is_the_library_s(trained, tmp_path, capsys):
+    """From a notebook: the same work, what it says given to ``log``, nothing printed."""
+    from netslim.model_info import model_info
+    from netslim.prune_checkpoint import prune_checkpoint
+
+    assert model_info("vgg19")["params"] == 20035018
+    said = []
+    pruned = prune_checkpoint(str(trained / "last.pt"), tmp_path / "s.pt", percent=0.5, dataset="digits",
+                              recalibrate=2, log=said.append)
+    assert pruned.path.exists() and pruned.plan.pruned_channels == 400
+    assert any("right after pruning" in line for line in said) and capsys.readouterr().out == ""
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from .deployment import target_defaults
 from .layers import device_of, evaluating
 from .metrics import count_flops, count_params
 from .plan import DEFAULT_PERCENT, plan_pruning
-from .runfolder import locked, write_atomic
+from .report import write_report
+from .runfolder import check_folder, check_output, locked, refuse_overwriting_inputs, write_atomic
 from .runstate import HOW_IT_RUNS, TrainingDiverged
 from .surgery import apply_plan
 from .train import TrainConfig, evaluate, recalibrate_bn, resolve_device, train
@@ -268,6 +270,34 @@ def run_experiment(config: ExperimentConfig, out_dir: str | Path, *, progress: b
             raise TrainingDiverged(f"{str(e).split(';')[0]}; lower lr or sparsity in the config and run it into "
                                    "another --out (this folder's stages were trained with the old values)",
                                    e.epoch) from None
+
+
+RUN_FILES = ("results.md", "results.json", "config.yaml")
+
+
+def run_and_report(config: ExperimentConfig, out_dir: str | Path, *, config_file: str | Path | None = None,
+                   progress: bool = True, resume: bool = True, log: Callable[[str], None] = print) -> dict:
+    """:func:`run_experiment` into ``out_dir``, then its results table and plots (``out_dir/report``, when
+    matplotlib is installed) told to ``log`` (rank 0 only). Before anything is written, the run's own files
+    (results.md, results.json, config.yaml) are checked: replaced, but never through a link, and never the
+    ``config_file`` the config was read from."""
+    distributed.init_from_env(config.train.get("device", "auto"))
+    out = check_folder(out_dir)
+    written = {f"--out ({name})": out / name for name in RUN_FILES}
+    refuse_overwriting_inputs(written, {"config": config_file}, advice="give another --out")
+    for option, path in written.items():
+        check_output(path, overwrite=True, option=option)
+    result = run_experiment(config, out, progress=progress, resume=resume)
+    if not distributed.current().is_main:
+        return result
+    log("")
+    log((out / "results.md").read_text())
+    log(f"results: {out / 'results.md'}, {out / 'results.json'}")
+    try:
+        log(f"plots: {out / 'report'} ({len(write_report(out))} PNGs)")
+    except ImportError as e:  # matplotlib is optional
+        log(f"plots skipped: {e}")
+    return result
 
 
 def check_resumable(config: ExperimentConfig, out: Path) -> None:

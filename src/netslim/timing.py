@@ -25,8 +25,8 @@ from torch import nn
 
 from .layers import evaluating
 
-__all__ = ["BACKENDS", "SpeedCheck", "deployed_latencies", "deployed_latency", "measure_latency", "original_of",
-           "speed_check", "timing_input"]
+__all__ = ["BACKENDS", "SpeedCheck", "against_original", "deployed_latencies", "deployed_latency", "measure_latency",
+           "original_of", "speed_check", "timing_input"]
 
 BACKENDS = ("eager", "onnxruntime", "compile")
 RUNTIME_NAMES = {"eager": "eager PyTorch", "onnxruntime": "ONNX Runtime", "compile": "torch.compile (TorchInductor)"}
@@ -314,3 +314,20 @@ def original_of(arch: dict, factory=None) -> nn.Module | None:
         return build_model({**arch, "shapes": {}}, factory).eval()
     except (CheckpointError, ImportError):
         return None
+
+
+def against_original(compact: nn.Module, arch: dict, input_size: Sequence[int], target: str = "cpu",
+                     backend: str = "eager", factory=None) -> str | None:
+    """One line: the compact model of a checkpoint (described by ``arch``) timed against the unpruned model it
+    was cut from (:func:`original_of`, :func:`speed_check`), on this machine, at batch 1, deployed for
+    ``target`` on ``backend``. None when there is nothing to compare: the model is not pruned, the original
+    cannot be rebuilt, or this machine cannot run ``target`` (a gpu target without CUDA)."""
+    if not arch.get("shapes") or (target == "gpu" and not torch.cuda.is_available()):
+        return None
+    original = original_of(arch, factory=factory)
+    if original is None:
+        return None
+    x = timing_input(input_size, 1, target, backend)
+    check = speed_check(original, compact, x, backend=backend)
+    return (f"on this machine ({x.device.type}, {str(x.dtype).split('.')[-1]}, batch 1, {RUNTIME_NAMES[backend]}): "
+            f"{check.line()}")

@@ -14,7 +14,7 @@ from .base import Dataset, DatasetError, validation_split
 from .cifar import load_cifar10, load_cifar100
 from .digits import load_digits
 from .download import cache_dir, check_md5, md5sum
-from .experiment import make_loaders
+from .experiment import evaluation_loader, make_loaders, recalibration_loader
 from .imagefolder import ImageFiles, list_image_folder, list_imagenet, load_image_folder, load_imagenet
 from .loader import Loader
 from .mnist import load_fashion_mnist, load_mnist, parse_idx, read_idx
@@ -25,8 +25,10 @@ from .svhn import load_svhn
 __all__ = [
     "DATASETS", "DEFAULT_AUGMENT", "Dataset", "DatasetError", "ImageFiles", "Loader", "StreamLoader",
     "apply_augmentation", "list_image_folder", "list_imagenet",
-    "cache_dir", "check_md5", "draw_augmentation", "load_cifar10", "load_cifar100", "load_dataset", "load_digits",
+    "cache_dir", "check_md5", "draw_augmentation", "evaluation_loader", "load_cifar10", "load_cifar100",
+    "load_dataset", "load_digits",
     "load_fashion_mnist", "load_image_folder", "load_imagenet", "load_mnist", "load_svhn", "make_loaders", "md5sum",
     "normalize",
+    "recalibration_loader",
     "parse_idx", "random_crop", "random_flip", "read_idx", "validation_split",
 ]

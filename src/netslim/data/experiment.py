@@ -1,4 +1,5 @@
-"""The loaders of one experiment: its dataset's train, validation and test splits, sharded under torchrun."""
+"""The loaders of one experiment: its dataset's train, validation and test splits, sharded under torchrun; and
+the loaders that measure and re-estimate a model outside an experiment (netslim prune --dataset)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,17 @@ def streams(config) -> bool:
     if config.stream and not imagenet:
         raise ValueError(f"stream: true applies to image-file datasets (imagenet), not {config.dataset}")
     return imagenet if config.stream is None else config.stream
+
+
+def evaluation_loader(dataset: str, data_dir: str | None = None, download: bool = True,
+                      batch_size: int = 1000) -> Loader:
+    """The test split of a dataset by name, in order, unaugmented: for measuring a model's accuracy."""
+    return Loader(load_dataset(dataset, data_dir, "test", download), batch_size, train=False)
+
+
+def recalibration_loader(dataset: str, data_dir: str | None = None, download: bool = True,
+                         batch_size: int = 64) -> Loader:
+    """Shuffled training batches of a dataset by name, with its default augmentation: what BN statistics
+    are re-estimated on (:func:`netslim.recalibrate_bn`) after pruning."""
+    augment = DEFAULT_AUGMENT.get(dataset, "none")
+    return Loader(load_dataset(dataset, data_dir, "train", download), batch_size, train=True, augment=augment)
