@@ -183,14 +183,16 @@ def test_type_checking_imports_count(tmp_path):
 # the longest name listed that is it or a package above it (``data`` holds ``data.mnist``); a new module must be
 # given its floor here, and the map in docs/contributing.md follows this list.
 FLOORS = [
-    ("ground", ["layers", "limits", "errors", "runfolder", "distributed", "metrics", "stats", "architecture", "testing"]),
+    ("ground", ["layers", "limits", "errors", "runfolder", "distributed", "metrics", "stats", "architecture",
+                "testing"]),
     ("models, data and files", ["models", "data", "foreign", "checkpoint", "integrations"]),
     ("sparse training (Eq. 1)", ["sparsity_target", "sparsity", "steps", "recalibration", "runstate", "train"]),
     ("channel analysis", ["shape_only", "channel_ops", "channel_graph", "compaction", "width_probe", "graph"]),
     ("plan and surgery", ["plan", "surgery"]),
     ("deployment and timing", ["export", "deployment", "timing", "latency_cache", "layer_law"]),
     ("budgets (FLOPs, parameters, latency)", ["budget", "latency", "pruning"]),
-    ("workflows", ["pipeline", "training_run", "prune_checkpoint", "export_checkpoint", "model_info", "report", "integrations.lightning", "integrations.ultralytics", "cli", ""]),
+    ("workflows", ["pipeline", "training_run", "prune_checkpoint", "export_checkpoint", "model_info", "report",
+                   "integrations.lightning", "integrations.ultralytics", "cli", ""]),
 ]
 
 
