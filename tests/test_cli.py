@@ -424,7 +424,10 @@ def test_the_demo_table_shows_what_pruning_costs_and_what_wins_it_back(tmp_path,
     pruned, recalibrated = error["pass 1 pruned, before fine-tuning"], error["pass 1 pruned, BN re-estimated"]
     tuned = error["pass 1 fine-tuned"]
     assert base >= 1.5 and abs(sparse - base) < 2  # sparse training costs little
-    assert pruned > sparse + 10 and recalibrated < pruned - 10 and tuned < recalibrated  # 70% > the 50% made free
+    # 70% cuts past the 50% made free. The target pulls only the channels it makes prunable, so the 20% cut
+    # beyond them are live and undisturbed (measured at 6c172da: 1.95 sparse, 10.03 pruned, 6.96 re-estimated,
+    # 1.67 fine-tuned); the earlier controller, which pulled every γ down, made it cost 41 points (ba2cdc6).
+    assert pruned > sparse + 5 and recalibrated < pruned - 2 and tuned < recalibrated
     assert tuned < base + 3
 
 
