@@ -1,4 +1,3 @@
-import os
 import pickle
 
 import pytest
@@ -14,7 +13,7 @@ from netslim.checkpoint import (
     save_checkpoint,
 )
 
-from .conftest import randomize_bn
+from .conftest import on_a_full_disk, randomize_bn
 
 
 def _compact():
@@ -124,20 +123,9 @@ def test_nan_weights_are_refused(tmp_path):
 def test_a_full_disk_is_the_disk_is_full_error_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
     """ENOSPC from the kernel (/dev/full), which torch's zip writer used to report as an inline_container
     RuntimeError; no temporary file is left behind."""
-    import tempfile
-
     save_checkpoint(tmp_path / "c.pt", {"state_dict": {"w": torch.ones(3)}})
     before = (tmp_path / "c.pt").read_bytes()
-    real = tempfile.mkstemp
-
-    def on_a_full_disk(**kw):
-        fd, path = real(**kw)
-        full = os.open("/dev/full", os.O_WRONLY)
-        os.dup2(full, fd)
-        os.close(full)
-        return fd, path
-
-    monkeypatch.setattr(tempfile, "mkstemp", on_a_full_disk)
+    on_a_full_disk(monkeypatch)
     with pytest.raises(CheckpointError, match="the disk is full; the previous checkpoint is kept"):
         save_checkpoint(tmp_path / "c.pt", {"state_dict": {"w": torch.zeros(100_000)}})
     assert (tmp_path / "c.pt").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]

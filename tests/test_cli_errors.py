@@ -14,23 +14,11 @@ from netslim import models
 from netslim.checkpoint import describe, save_checkpoint
 from netslim.cli import main
 
+from .conftest import on_a_full_disk, one_line_error, run_cli
+
 pytest.importorskip("sklearn")  # the embedded digits dataset
 
 TRAIN = ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--no-progress"]
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(capsys, *argv, message=""):
-    code, _, err = run(capsys, *argv)
-    assert code == 2, (argv, err)
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "internal error" not in err, (argv, err)
-    assert message in err, (argv, err)
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +103,13 @@ def test_a_model_without_input_size_learns_it_from_the_data_or_the_command_line(
     assert main([*TRAIN, "--model", "usermodels:small", "--out", "t"]) == 0
     assert torch.load("t/last.pt", weights_only=True)["arch"]["input_size"] == [1, 8, 8]  # stored once known
     capsys.readouterr()
-    code, out, err = run(capsys, "export", "t/last.pt", "--factory", "usermodels:small", "--torchscript", "m.ts")
+    code, out, err = run_cli(capsys, "export", "t/last.pt", "--factory", "usermodels:small", "--torchscript", "m.ts")
     assert code == 0, err
     bare = models.create_model("usermodels:small", {})
     _checkpoint(user_package / "bare.pt", describe(bare, "usermodels:small"), bare.state_dict())
     one_line_error(capsys, "export", "bare.pt", "--factory", "usermodels:small", "--torchscript", "b.ts",
                    message="does not declare its input size: pass --input-size")
-    code, _, err = run(capsys, "export", "bare.pt", "--factory", "usermodels:small", "--torchscript", "b.ts",
+    code, _, err = run_cli(capsys, "export", "bare.pt", "--factory", "usermodels:small", "--torchscript", "b.ts",
                        "--input-size", "1,8,8")
     assert code == 0, err
 
@@ -164,18 +152,7 @@ def test_names_that_cannot_be_outputs(trained, tmp_path, capsys):
 
 
 def test_a_full_disk_is_one_line(trained, tmp_path, capsys, monkeypatch):
-    import tempfile
-
-    real = tempfile.mkstemp
-
-    def on_a_full_disk(**kw):
-        fd, path = real(**kw)
-        full = os.open("/dev/full", os.O_WRONLY)
-        os.dup2(full, fd)
-        os.close(full)
-        return fd, path
-
-    monkeypatch.setattr(tempfile, "mkstemp", on_a_full_disk)
+    on_a_full_disk(monkeypatch)
     one_line_error(capsys, "prune", trained, "--out", tmp_path / "s.pt", message="the disk is full")
     one_line_error(capsys, *TRAIN, "--out", tmp_path / "t", message="the disk is full")
 
@@ -219,7 +196,7 @@ def test_budget_and_plan_messages_say_what_is_true(trained, tmp_path, capsys):
 
 
 def test_sgd_with_a_huge_lambda_is_not_told_to_raise_it(tmp_path, capsys):
-    code, _, err = run(capsys, *TRAIN, "--epochs", "2", "--sparsity", "10", "--out", tmp_path)
+    code, _, err = run_cli(capsys, *TRAIN, "--epochs", "2", "--sparsity", "10", "--out", tmp_path)
     assert code == 0 and "λ is too strong for SGD" in err and "raise λ" not in err
 
 
@@ -236,7 +213,7 @@ def test_a_torch_internal_warning_of_the_archive_writer_does_not_leak(trained, t
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.export, "save", save)
-    code, _, err = run(capsys, "export", trained, "--target", "cpu", "--program", tmp_path / "m.pt2")
+    code, _, err = run_cli(capsys, "export", trained, "--target", "cpu", "--program", tmp_path / "m.pt2")
     assert code == 0 and "No complete tensor" not in err, err
 
 

@@ -16,7 +16,6 @@ import torch
 import netslim
 from netslim import models
 from netslim.checkpoint import describe, save_checkpoint
-from netslim.cli import main
 from netslim.deployment import export_torchscript
 from netslim.runfolder import (
     LOCK_NAME,
@@ -29,23 +28,9 @@ from netslim.runfolder import (
     write_atomic,
 )
 
-from .conftest import randomize_bn
+from .conftest import on_a_full_disk, one_line_error, randomize_bn, run_cli
 
 KWARGS = {"widths": [16, 8], "input_size": (1, 8, 8), "num_classes": 3}
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def refused(capsys, *argv, message=""):
-    code, _, err = run(capsys, *argv)
-    assert code == 2, (argv, err)
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
-    assert message in err, (argv, err)
-    return err
 
 
 @pytest.fixture
@@ -80,11 +65,12 @@ def test_outputs_are_never_written_through_a_link(checkpoint, tmp_path, capsys):
     for name in ("p.json", "k.pt", "y.pt", "m.ts", "m.onnx"):
         (tmp_path / name).symlink_to(target)
     for option, name in (("--plan-out", "p.json"), ("--ultralytics-out", "y.pt")):
-        refused(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", option, tmp_path / name,
+        one_line_error(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", option, tmp_path / name,
                 message="is a symbolic link")
-    refused(capsys, "prune", checkpoint, "--out", tmp_path / "k.pt", "--overwrite", message="is a symbolic link")
+    one_line_error(capsys, "prune", checkpoint, "--out", tmp_path / "k.pt", "--overwrite", message="is a symbolic link")
     for option, name in (("--torchscript", "m.ts"), ("--onnx", "m.onnx")):
-        refused(capsys, "export", checkpoint, option, tmp_path / name, "--overwrite", message="is a symbolic link")
+        one_line_error(capsys, "export", checkpoint, option, tmp_path / name, "--overwrite",
+                       message="is a symbolic link")
     assert target.read_text() == "precious" and not (tmp_path / "s.pt").exists()
     plan = netslim.plan_pruning(_compact(), 0.5)
     with pytest.raises(OutputRefused, match="symbolic link"):
@@ -101,19 +87,19 @@ def test_the_run_folders_own_files_are_never_written_through_a_link(tmp_path, ca
     run_dir = tmp_path / "R"
     run_dir.mkdir()
     (run_dir / "results.md").symlink_to(target)
-    refused(capsys, "run", "demo", "--out", run_dir, "--epochs", "1", message="is a symbolic link")
+    one_line_error(capsys, "run", "demo", "--out", run_dir, "--epochs", "1", message="is a symbolic link")
     assert sorted(p.name for p in run_dir.iterdir()) == ["results.md"]  # not even config.yaml
 
     trained = tmp_path / "T"
-    assert run(capsys, "train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--no-progress",
+    assert run_cli(capsys, "train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--no-progress",
                "--out", trained)[0] == 0
     (trained / "report").mkdir()
     (trained / "report" / "gamma_distribution.png").symlink_to(target)
-    refused(capsys, "report", trained, message="is a symbolic link")
+    one_line_error(capsys, "report", trained, message="is a symbolic link")
     (trained / "report" / "gamma_distribution.png").unlink()
     (trained / "report").rmdir()
     (trained / "report").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    refused(capsys, "report", trained, message="link")
+    one_line_error(capsys, "report", trained, message="link")
     from netslim.report import write_report
 
     with pytest.raises(OutputRefused):
@@ -126,12 +112,12 @@ def test_outputs_that_are_not_regular_files_are_refused(checkpoint, tmp_path, ca
     sock, specials = _not_a_regular_file(tmp_path)
     try:
         for special in specials:
-            refused(capsys, "prune", checkpoint, "--out", special, "--overwrite", message="not a regular file")
-            refused(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", "--plan-out", special, "--overwrite",
-                    message="not a regular file")
-            refused(capsys, "export", checkpoint, "--onnx", special, "--overwrite", message="not a regular file")
-            refused(capsys, "export", checkpoint, "--torchscript", special, "--overwrite",
-                    message="not a regular file")
+            one_line_error(capsys, "prune", checkpoint, "--out", special, "--overwrite", message="not a regular file")
+            one_line_error(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", "--plan-out", special,
+                           "--overwrite", message="not a regular file")
+            one_line_error(capsys, "export", checkpoint, "--onnx", special, "--overwrite", message="not a regular file")
+            one_line_error(capsys, "export", checkpoint, "--torchscript", special, "--overwrite",
+                           message="not a regular file")
             with pytest.raises(OutputRefused, match="not a regular file"):
                 netslim.plan_pruning(_compact(), 0.5).save(special, overwrite=True)
             with pytest.raises(OutputRefused, match="not a regular file"):
@@ -145,15 +131,15 @@ def test_an_existing_output_is_replaced_only_when_asked(checkpoint, tmp_path, ca
     unrelated = tmp_path / "k.pt"
     save_checkpoint(unrelated, {"arch": describe(_compact(), "mlp", KWARGS), "state_dict": {}})
     before = unrelated.read_bytes()
-    refused(capsys, "prune", checkpoint, "--out", unrelated, message="exists: pass --overwrite")
+    one_line_error(capsys, "prune", checkpoint, "--out", unrelated, message="exists: pass --overwrite")
     assert unrelated.read_bytes() == before
-    assert run(capsys, "prune", checkpoint, "--out", unrelated, "--overwrite")[0] == 0
+    assert run_cli(capsys, "prune", checkpoint, "--out", unrelated, "--overwrite")[0] == 0
     assert unrelated.read_bytes() != before
 
     (tmp_path / "m.ts").write_text("mine")
-    refused(capsys, "export", unrelated, "--torchscript", tmp_path / "m.ts", message="exists: pass --overwrite")
+    one_line_error(capsys, "export", unrelated, "--torchscript", tmp_path / "m.ts", message="exists: pass --overwrite")
     assert (tmp_path / "m.ts").read_text() == "mine"
-    assert run(capsys, "export", unrelated, "--torchscript", tmp_path / "m.ts", "--overwrite")[0] == 0
+    assert run_cli(capsys, "export", unrelated, "--torchscript", tmp_path / "m.ts", "--overwrite")[0] == 0
     assert torch.jit.load(str(tmp_path / "m.ts")) is not None
 
     plan = netslim.plan_pruning(_compact(), 0.5)
@@ -173,14 +159,14 @@ def test_a_failed_export_keeps_the_previous_file_and_says_so(checkpoint, tmp_pat
     from netslim.export import ExportError
 
     good = tmp_path / "m.ts"
-    assert run(capsys, "export", checkpoint, "--torchscript", good)[0] == 0
+    assert run_cli(capsys, "export", checkpoint, "--torchscript", good)[0] == 0
     before = good.read_bytes()
 
     def differs(*args, **kwargs):
         raise ExportError(f"{args[-1]}: the exported model differs from PyTorch")
 
     monkeypatch.setattr(deployment, "_check", differs)
-    code, _, err = run(capsys, "export", checkpoint, "--torchscript", good, "--overwrite")
+    code, _, err = run_cli(capsys, "export", checkpoint, "--torchscript", good, "--overwrite")
     assert code != 0 and len(err.strip().splitlines()) == 1 and f"the previous {good} is kept" in err, err
     assert good.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.ts"]  # no temporary file left
@@ -204,21 +190,6 @@ def test_a_failed_onnx_check_keeps_the_previous_file(tmp_path, monkeypatch):
     assert good.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
-def _on_a_full_disk(monkeypatch):
-    import netslim.runfolder as runfolder
-
-    real = runfolder.tempfile.mkstemp
-
-    def mkstemp(**kw):
-        fd, path = real(**kw)
-        full = os.open("/dev/full", os.O_WRONLY)
-        os.dup2(full, fd)
-        os.close(full)
-        return fd, path
-
-    monkeypatch.setattr(runfolder.tempfile, "mkstemp", mkstemp)
-
-
 def test_a_full_disk_while_exporting_is_one_line_and_keeps_the_previous_file(checkpoint, tmp_path, capsys,
                                                                                monkeypatch):
     import importlib.util
@@ -226,14 +197,14 @@ def test_a_full_disk_while_exporting_is_one_line_and_keeps_the_previous_file(che
     artifacts = {"--torchscript": "m.ts", "--program": "m.pt2"}
     if importlib.util.find_spec("onnx"):  # an internal error and a 0-byte file, before
         artifacts["--onnx"] = "m.onnx"
-    assert run(capsys, "export", checkpoint, *(a for o, n in artifacts.items() for a in (o, tmp_path / n)))[0] == 0
+    assert run_cli(capsys, "export", checkpoint, *(a for o, n in artifacts.items() for a in (o, tmp_path / n)))[0] == 0
     before = {name: (tmp_path / name).read_bytes() for name in artifacts.values()}
-    _on_a_full_disk(monkeypatch)
+    on_a_full_disk(monkeypatch)
     for option, name in artifacts.items():
-        refused(capsys, "export", checkpoint, option, tmp_path / name, "--overwrite",
+        one_line_error(capsys, "export", checkpoint, option, tmp_path / name, "--overwrite",
                 message=f"the disk is full; the previous {tmp_path / name} is kept")
-    refused(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", "--plan-out", tmp_path / "p.json",
-            message="the disk is full")
+    one_line_error(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", "--plan-out", tmp_path / "p.json",
+                   message="the disk is full")
     with pytest.raises(DiskFull, match="the disk is full; nothing was written"):
         netslim.plan_pruning(_compact(), 0.5).save(tmp_path / "q.json")
     assert {name: (tmp_path / name).read_bytes() for name in artifacts.values()} == before
@@ -245,7 +216,7 @@ def test_a_kill_while_exporting_keeps_the_previous_file_and_the_next_run_removes
     """SIGKILL half-way through writing the file: the previous one stays whole; the temporary file the
     killed process left is removed by the next export of that name."""
     good = tmp_path / "m.ts"
-    assert run(capsys, "export", checkpoint, "--torchscript", good)[0] == 0
+    assert run_cli(capsys, "export", checkpoint, "--torchscript", good)[0] == 0
     before = good.read_bytes()
     script = textwrap.dedent(f"""
         import os, signal, sys
@@ -263,7 +234,7 @@ def test_a_kill_while_exporting_keeps_the_previous_file_and_the_next_run_removes
     assert good.read_bytes() == before
     leftovers = list(tmp_path.glob(".m.ts.*.tmp"))
     assert len(leftovers) == 1 and 0 < leftovers[0].stat().st_size < len(before)
-    assert run(capsys, "export", checkpoint, "--torchscript", good, "--overwrite")[0] == 0
+    assert run_cli(capsys, "export", checkpoint, "--torchscript", good, "--overwrite")[0] == 0
     assert not list(tmp_path.glob(".m.ts.*")) and torch.jit.load(str(good)) is not None
 
 
@@ -279,7 +250,8 @@ def test_a_killed_prunes_leftovers_are_removed_and_a_live_writers_are_not(checkp
     live.write_bytes(b"being written")
     with open(live, "rb") as writer:  # another process writing it: it holds its lock
         fcntl.flock(writer, fcntl.LOCK_EX)
-        assert run(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", "--plan-out", tmp_path / "p.json")[0] == 0
+        pruned = run_cli(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", "--plan-out", tmp_path / "p.json")
+        assert pruned[0] == 0
         assert not stale.exists() and live.exists()
     assert clean_stale(tmp_path / "s.pt") == [live]  # once its writer is gone
 
@@ -296,11 +268,12 @@ def test_prune_export_and_train_honour_the_run_folders_lock(checkpoint, tmp_path
     busy = tmp_path / "T"
     busy.mkdir()
     with _hold(busy):
-        refused(capsys, "prune", checkpoint, "--out", busy / "last.pt", message="in use by another netslim process")
-        refused(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", "--plan-out", busy / "plan.json",
+        one_line_error(capsys, "prune", checkpoint, "--out", busy / "last.pt",
+                       message="in use by another netslim process")
+        one_line_error(capsys, "prune", checkpoint, "--out", tmp_path / "s.pt", "--plan-out", busy / "plan.json",
                 message="in use by another")
-        refused(capsys, "export", checkpoint, "--torchscript", busy / "m.ts", message="in use by another")
-        refused(capsys, "train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--out",
+        one_line_error(capsys, "export", checkpoint, "--torchscript", busy / "m.ts", message="in use by another")
+        one_line_error(capsys, "train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--out",
                 busy / "baseline", message="in use by another")
         with pytest.raises(FolderBusy):
             export_torchscript(_compact(), busy / "sub" / "m.ts")
@@ -317,23 +290,23 @@ def test_prune_export_and_train_honour_the_run_folders_lock(checkpoint, tmp_path
     with locked(busy), locked(inner):  # one process: the run, then its stage
         save_checkpoint(inner / "x.pt", {"state_dict": {}})
         write_atomic(inner / "notes.txt", "ok")
-    assert run(capsys, "prune", checkpoint, "--out", busy / "s.pt")[0] == 0  # free again
+    assert run_cli(capsys, "prune", checkpoint, "--out", busy / "s.pt")[0] == 0  # free again
 
 
 def test_a_refused_command_leaves_no_folder_behind(tmp_path, capsys):
     """Validation before the output is touched: no config.yaml, no lock, no empty folders."""
     train = ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--no-progress"]
-    refused(capsys, "run", "demo", "--device", "tpu", "--out", tmp_path / "X", message="unknown device")
-    refused(capsys, *train, "--device", "tpu", "--out", tmp_path / "a" / "b" / "c", message="unknown device")
-    refused(capsys, "train", "--model", "nosuchmodel", "--dataset", "digits", "--out", tmp_path / "d" / "e",
-            message="unknown model")
-    refused(capsys, "train", "--model", "mlp", "--dataset", "nosuchdata", "--out", tmp_path / "f", message="")
+    one_line_error(capsys, "run", "demo", "--device", "tpu", "--out", tmp_path / "X", message="unknown device")
+    one_line_error(capsys, *train, "--device", "tpu", "--out", tmp_path / "a" / "b" / "c", message="unknown device")
+    one_line_error(capsys, "train", "--model", "nosuchmodel", "--dataset", "digits", "--out", tmp_path / "d" / "e",
+                   message="unknown model")
+    one_line_error(capsys, "train", "--model", "mlp", "--dataset", "nosuchdata", "--out", tmp_path / "f", message="")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     existing = tmp_path / "empty"
     existing.mkdir()
-    refused(capsys, "run", "demo", "--device", "tpu", "--out", existing, message="unknown device")
-    refused(capsys, *train, "--device", "tpu", "--out", existing, message="unknown device")
-    refused(capsys, "train", "--model", "nosuchmodel", "--dataset", "digits", "--out", existing)
+    one_line_error(capsys, "run", "demo", "--device", "tpu", "--out", existing, message="unknown device")
+    one_line_error(capsys, *train, "--device", "tpu", "--out", existing, message="unknown device")
+    one_line_error(capsys, "train", "--model", "nosuchmodel", "--dataset", "digits", "--out", existing)
     assert list(existing.iterdir()) == []
     from netslim.pipeline import load_config, overridden, run_experiment
 
